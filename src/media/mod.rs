@@ -1,0 +1,8 @@
+//! Media: RTP header handling, decoders, and the frame type that leaves the data plane.
+//!
+//! No I/O. No clock.
+
+pub mod frame;
+pub mod g711;
+
+pub use frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
