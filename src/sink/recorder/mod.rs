@@ -1,1 +1,1154 @@
-//! TODO
+//! The recorder thread: drains the data plane's rings and writes, per recording session, one WAV
+//! per stream and optionally one multichannel `mixed.wav`, all aligned to the session's clock.
+//!
+//! Every file of a recording session lasts exactly `end_ns - start_ns` (in samples, rounded):
+//! late start, hold, RTP gaps and loss become silence, because each stream's samples are placed
+//! on a `timeline::StreamTimeline` and committed `commit_delay_ms` behind the clock. Headers are
+//! patched every `header_patch_interval_ms`, so a SIGKILL leaves valid files (see `wav`).
+//!
+//! Driving contract: the control plane sends `RecorderCommand`s and reads `RecorderEvent`s on
+//! the `RecorderHandle`; data-plane workers push `MediaFrame`s into the rings given to `spawn`.
+//! A `StartSession` must be sent before the first frame of that recording session is pushed.
+//! Dropping the command sender is the same as `Shutdown`.
+//!
+//! Refuses: to block the data plane (rings are only popped), to overwrite an existing file, to
+//! let one recording session's disk error affect another (it fails alone, with `SessionFailed`
+//! and headers valid for what is on disk), to panic on a frame it can't place (frames of unknown
+//! sessions, streams, or of a sample rate other than the stream's are counted and dropped), and
+//! to resample (a stream whose rate differs from the mix's first stream is left out of the mix).
+
+mod error;
+mod fsutil;
+pub mod timeline;
+mod wav;
+
+pub use error::RecorderError;
+pub use fsutil::{sanitize_component, write_atomic};
+pub use timeline::{position_at, StreamTimeline, TimelineStats};
+pub use wav::{read_wav, WavInfo, WavWriter};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use tracing::{info, warn};
+
+use crate::media::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
+use crate::ring::Consumer;
+
+/// When WAV data is fdatasynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Never fsync; a power loss may lose what the page cache held (a SIGKILL loses nothing).
+    Never,
+    /// Fdatasync with each header patch (and at close); the header then only describes synced
+    /// data, so a power loss loses at most one patch interval.
+    Periodic,
+    /// Fdatasync once, when the file is closed.
+    OnClose,
+}
+
+/// The recorder's configuration, captured at `spawn`.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// Also write `mixed.wav`, one channel per stream of the initial offer.
+    pub combine_legs: bool,
+    /// How far behind the clock samples are committed to files, in ms: the longest a frame may
+    /// be late (jitter, reordering) and still be recorded. Default 300.
+    /// Memory: (commit_delay_ms + 2000) × rate / 1000 × 2 B per stream (37 KiB at 8 kHz).
+    pub commit_delay_ms: u32,
+    /// How often headers are rewritten to describe what is on disk, in ms. Default 1000: a
+    /// SIGKILL loses at most this much of each file's tail (it stays on disk, undescribed).
+    pub header_patch_interval_ms: u32,
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            combine_legs: true,
+            commit_delay_ms: 300,
+            header_patch_interval_ms: 1000,
+            fsync: FsyncPolicy::Periodic,
+        }
+    }
+}
+
+/// One stream to record.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stream index in the recording session (`StreamKey::stream`).
+    pub index: u32,
+    /// File name without extension, already sanitized: "<label or index>". Sanitized again and
+    /// made unique within the session (suffix `-<index>`) before use.
+    pub file_stem: String,
+    pub sample_rate: u32,
+    /// Give this stream a channel in `mixed.wav` (only honoured in `StartSession`).
+    pub in_mixed: bool,
+}
+
+#[derive(Debug)]
+pub enum RecorderCommand {
+    /// Starts recording into `dir` (created with its parents). Files start at `start_ns`.
+    StartSession {
+        session: u64,
+        dir: PathBuf,
+        start_ns: u64,
+        streams: Vec<StreamSpec>,
+    },
+    /// A stream added by re-INVITE: its own file, silence from the session's start, never in
+    /// `mixed.wav` (whose channel count is fixed).
+    AddStream { session: u64, spec: StreamSpec },
+    /// Finalizes once the clock reaches `end_ns + commit_delay`: commits exactly to `end_ns`,
+    /// patches, fsyncs per policy, closes, then emits `SessionClosed`.
+    StopSession { session: u64, end_ns: u64 },
+    /// Finalizes every recording session at "now" (or its `end_ns`, if earlier) and exits.
+    Shutdown,
+}
+
+/// One file a closed recording session left on disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecordedFile {
+    pub path: PathBuf,
+    /// The stream's index, or `None` for `mixed.wav`.
+    pub stream: Option<u32>,
+    pub channels: u16,
+    pub sample_rate: u32,
+    pub frames: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamRecordStats {
+    pub index: u32,
+    pub frames_received: u64,
+    pub samples_late_dropped: u64,
+    pub resyncs: u64,
+    /// Samples beyond the timeline's buffer even after re-anchoring (the recorder stalled).
+    pub samples_early_dropped: u64,
+    /// Frames whose sample rate differed from the stream's (no resampling yet).
+    pub frames_rate_mismatch_dropped: u64,
+}
+
+#[derive(Debug)]
+pub enum RecorderEvent {
+    /// The recording session was finalized. `error` is set when finalizing hit an error; the
+    /// files are then valid for what reached the disk.
+    SessionClosed {
+        session: u64,
+        files: Vec<RecordedFile>,
+        streams: Vec<StreamRecordStats>,
+        error: Option<String>,
+    },
+    /// The recording session could not start or hit a write error while recording. Its files
+    /// were closed with headers valid for what is on disk; later commands for it are ignored.
+    SessionFailed { session: u64, error: String },
+}
+
+/// The control plane's end of the recorder.
+pub struct RecorderHandle {
+    pub commands: Sender<RecorderCommand>,
+    pub events: Receiver<RecorderEvent>,
+    /// Counters for metrics exposition, updated by the recorder thread.
+    pub counters: Arc<RecorderCounters>,
+}
+
+/// Recorder-wide counters (relaxed atomics, read by the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct RecorderCounters {
+    /// Frames popped from the rings, whatever became of them.
+    pub frames_popped: AtomicU64,
+    /// Frames for a recording session or stream the recorder does not know (already closed).
+    pub frames_unknown_dropped: AtomicU64,
+    /// Frames with `len` above `FRAME_SAMPLES_MAX` (a data-plane bug).
+    pub frames_malformed_dropped: AtomicU64,
+    pub sessions_closed: AtomicU64,
+    pub sessions_failed: AtomicU64,
+}
+
+/// The monotonic clock that `MediaFrame::arrival_ns` is read from.
+pub trait MonotonicClock: Send + 'static {
+    fn now_ns(&self) -> u64;
+}
+
+/// `CLOCK_MONOTONIC`, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemMonotonicClock;
+
+impl MonotonicClock for SystemMonotonicClock {
+    fn now_ns(&self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on
+        // Linux, so the call cannot fail.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        debug_assert_eq!(rc, 0);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// Starts the recorder thread (named "recorder"). It owns `rings` and `clock` until it exits.
+pub fn spawn<C: MonotonicClock>(
+    config: RecorderConfig,
+    rings: Vec<Consumer<MediaFrame>>,
+    clock: C,
+) -> std::io::Result<(RecorderHandle, std::thread::JoinHandle<()>)> {
+    let (command_tx, command_rx) = crossbeam_channel::unbounded();
+    let (event_tx, event_rx) = crossbeam_channel::unbounded();
+    let counters = Arc::new(RecorderCounters::default());
+    let recorder = Recorder {
+        commit_delay_ns: u64::from(config.commit_delay_ms) * NANOS_PER_MS,
+        patch_interval_ns: u64::from(config.header_patch_interval_ms.max(1)) * NANOS_PER_MS,
+        config,
+        rings,
+        clock,
+        commands: command_rx,
+        events: event_tx,
+        counters: counters.clone(),
+        sessions: HashMap::new(),
+        next_commit_ns: 0,
+        next_patch_ns: 0,
+        shutdown_requested: false,
+    };
+    let join = std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || recorder.run())?;
+    Ok((
+        RecorderHandle {
+            commands: command_tx,
+            events: event_rx,
+            counters,
+        },
+        join,
+    ))
+}
+
+struct Recorder<C> {
+    config: RecorderConfig,
+    commit_delay_ns: u64,
+    patch_interval_ns: u64,
+    rings: Vec<Consumer<MediaFrame>>,
+    clock: C,
+    commands: Receiver<RecorderCommand>,
+    events: Sender<RecorderEvent>,
+    counters: Arc<RecorderCounters>,
+    sessions: HashMap<u64, RecordingSession>,
+    next_commit_ns: u64,
+    next_patch_ns: u64,
+    shutdown_requested: bool,
+}
+
+impl<C: MonotonicClock> Recorder<C> {
+    fn run(mut self) {
+        info!(rings = self.rings.len(), "recorder started");
+        loop {
+            let now = self.clock.now_ns();
+            let commands = self.drain_commands(now);
+            if self.shutdown_requested {
+                break;
+            }
+            let drained = self.drain_rings(now, FRAMES_PER_RING_BATCH);
+            if self.shutdown_requested {
+                break;
+            }
+            // Drain before committing: a frame that arrived in time must not turn late because
+            // it waited in a ring while this thread was descheduled. With a backlog left in a
+            // ring, the commit waits, but not beyond COMMIT_BACKLOG_WAIT_NS (memory is bounded).
+            let due = now >= self.next_commit_ns;
+            let overdue = now >= self.next_commit_ns.saturating_add(COMMIT_BACKLOG_WAIT_NS);
+            if due && (drained != Drained::Backlog || overdue) {
+                self.commit_all(now);
+                self.finalize_due(now);
+                self.next_commit_ns = now + COMMIT_INTERVAL_NS;
+            }
+            if now >= self.next_patch_ns {
+                self.patch_all();
+                self.next_patch_ns = now + self.patch_interval_ns;
+            }
+            if !commands && drained == Drained::Empty {
+                std::thread::sleep(IDLE_SLEEP);
+            }
+        }
+        let now = self.clock.now_ns();
+        // Frames already in the rings belong to the recordings; take them before closing.
+        self.drain_rings(now, FRAMES_PER_RING_SHUTDOWN);
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let session = self.sessions.remove(&id).expect("id taken from the map");
+            let end_ns = session.end_ns.map_or(now, |end| end.min(now));
+            self.close(session, end_ns);
+        }
+        info!("recorder stopped");
+    }
+
+    /// Handles every queued command; returns whether there was any.
+    fn drain_commands(&mut self, now: u64) -> bool {
+        let mut any = false;
+        while !self.shutdown_requested {
+            match self.commands.try_recv() {
+                Ok(command) => {
+                    any = true;
+                    self.handle_command(now, command);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.shutdown_requested = true,
+            }
+        }
+        any
+    }
+
+    fn handle_command(&mut self, now: u64, command: RecorderCommand) {
+        match command {
+            RecorderCommand::StartSession {
+                session,
+                dir,
+                start_ns,
+                streams,
+            } => {
+                if self.sessions.contains_key(&session) {
+                    warn!(
+                        session,
+                        "StartSession for a recording session already recording"
+                    );
+                    return;
+                }
+                let config = &self.config;
+                match RecordingSession::open(session, dir, start_ns, &streams, config) {
+                    Ok(mut recording) => {
+                        // A start in the past is committed (as silence) up to now at once.
+                        let target = now.saturating_sub(self.commit_delay_ns);
+                        match recording.commit_to(target) {
+                            Ok(()) => {
+                                self.sessions.insert(session, recording);
+                            }
+                            Err(e) => self.fail(recording, e),
+                        }
+                    }
+                    Err(e) => {
+                        self.counters
+                            .sessions_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(session, error = %e, "recording session failed to start");
+                        self.emit(RecorderEvent::SessionFailed {
+                            session,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+            RecorderCommand::AddStream { session, spec } => {
+                let Some(recording) = self.sessions.get_mut(&session) else {
+                    warn!(
+                        session,
+                        stream = spec.index,
+                        "AddStream for an unknown recording session"
+                    );
+                    return;
+                };
+                let delay = self.config.commit_delay_ms;
+                if let Err(e) = recording.add_stream(&spec, delay) {
+                    let recording = self.sessions.remove(&session).expect("looked up above");
+                    self.fail(recording, e);
+                }
+            }
+            RecorderCommand::StopSession { session, end_ns } => {
+                match self.sessions.get_mut(&session) {
+                    Some(recording) => recording.end_ns = Some(end_ns),
+                    None => warn!(session, "StopSession for an unknown recording session"),
+                }
+            }
+            RecorderCommand::Shutdown => self.shutdown_requested = true,
+        }
+    }
+
+    /// Pops up to `batch` frames from each ring.
+    fn drain_rings(&mut self, now: u64, batch: usize) -> Drained {
+        let mut drained = Drained::Empty;
+        let mut popped_total = 0;
+        for ring in 0..self.rings.len() {
+            let mut popped = 0;
+            while popped < batch {
+                let Some(frame) = self.rings[ring].pop() else {
+                    break;
+                };
+                popped += 1;
+                self.handle_frame(now, &frame);
+            }
+            popped_total += popped as u64;
+            if popped == batch {
+                drained = Drained::Backlog;
+            } else if popped > 0 && drained == Drained::Empty {
+                drained = Drained::Some;
+            }
+        }
+        // Published after the frames were handled: a reader that sees the count sees them placed.
+        self.counters
+            .frames_popped
+            .fetch_add(popped_total, Ordering::Release);
+        drained
+    }
+
+    fn handle_frame(&mut self, now: u64, frame: &MediaFrame) {
+        if usize::from(frame.len) > FRAME_SAMPLES_MAX {
+            self.counters
+                .frames_malformed_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.knows(frame.key) && !self.shutdown_requested {
+            // The control plane sends StartSession (or AddStream) before the data plane pushes
+            // the stream's first frame, but this thread may have polled the command channel in
+            // between: look again.
+            self.drain_commands(now);
+        }
+        let stream = self
+            .sessions
+            .get_mut(&frame.key.session)
+            .and_then(|s| s.streams.iter_mut().find(|st| st.index == frame.key.stream));
+        let Some(stream) = stream else {
+            self.counters
+                .frames_unknown_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if frame.sample_rate != stream.timeline.sample_rate() {
+            stream.frames_rate_mismatch_dropped += 1;
+            return;
+        }
+        stream.timeline.handle_frame(
+            frame.arrival_ns,
+            frame.ext_ts,
+            frame.ssrc_epoch,
+            frame.pcm(),
+        );
+    }
+
+    fn knows(&self, key: StreamKey) -> bool {
+        self.sessions
+            .get(&key.session)
+            .is_some_and(|s| s.streams.iter().any(|st| st.index == key.stream))
+    }
+
+    fn commit_all(&mut self, now: u64) {
+        let target = now.saturating_sub(self.commit_delay_ns);
+        let mut failed = Vec::new();
+        for (id, recording) in self.sessions.iter_mut() {
+            if let Err(e) = recording.commit_to(target) {
+                failed.push((*id, e));
+            }
+        }
+        self.fail_all(failed);
+    }
+
+    fn patch_all(&mut self) {
+        let sync = self.config.fsync == FsyncPolicy::Periodic;
+        let mut failed = Vec::new();
+        for (id, recording) in self.sessions.iter_mut() {
+            if let Err(e) = recording.checkpoint(sync) {
+                failed.push((*id, e));
+            }
+        }
+        self.fail_all(failed);
+    }
+
+    fn finalize_due(&mut self, now: u64) {
+        let delay = self.commit_delay_ns;
+        let due: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| s.end_ns.map(|end| (*id, end)))
+            .filter(|(_, end)| now >= end.saturating_add(delay))
+            .collect();
+        for (id, end_ns) in due {
+            let recording = self.sessions.remove(&id).expect("id taken from the map");
+            self.close(recording, end_ns);
+        }
+    }
+
+    /// Commits exactly to `end_ns`, closes every file and emits `SessionClosed`.
+    fn close(&mut self, mut recording: RecordingSession, end_ns: u64) {
+        recording.end_ns = Some(end_ns);
+        let session = recording.id;
+        let mut error = recording.commit_to(end_ns).err();
+        let streams = recording.stats();
+        let (files, close_error) = recording.close_files(self.config.fsync);
+        error = error.or(close_error);
+        self.counters
+            .sessions_closed
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = &error {
+            warn!(session, error = %e, "recording session closed with an error");
+        }
+        let error = error.map(|e| e.to_string());
+        self.emit(RecorderEvent::SessionClosed {
+            session,
+            files,
+            streams,
+            error,
+        });
+    }
+
+    fn fail_all(&mut self, failed: Vec<(u64, RecorderError)>) {
+        for (id, e) in failed {
+            let recording = self.sessions.remove(&id).expect("id taken from the map");
+            self.fail(recording, e);
+        }
+    }
+
+    /// Closes a recording session's files as they are and emits `SessionFailed`.
+    fn fail(&mut self, recording: RecordingSession, error: RecorderError) {
+        self.counters
+            .sessions_failed
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(session = recording.id, error = %error, "recording session failed");
+        let id = recording.id;
+        // The headers describe what is on disk whatever happens here; the first error is the one
+        // worth reporting.
+        let _ = recording.close_files(FsyncPolicy::Never);
+        self.emit(RecorderEvent::SessionFailed {
+            session: id,
+            error: error.to_string(),
+        });
+    }
+
+    fn emit(&self, event: RecorderEvent) {
+        // The control plane may be gone during shutdown; nobody is left to tell.
+        let _ = self.events.send(event);
+    }
+}
+
+/// What one pass over the rings found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Empty,
+    Some,
+    /// A ring still held frames when its batch ran out.
+    Backlog,
+}
+
+/// One recording session's files and timelines.
+struct RecordingSession {
+    id: u64,
+    dir: PathBuf,
+    start_ns: u64,
+    /// Set by StopSession; commits never go past it.
+    end_ns: Option<u64>,
+    /// The instant everything is committed up to (per stream, at its own rate).
+    committed_ns: u64,
+    streams: Vec<StreamRecording>,
+    mixed: Option<MixedRecording>,
+}
+
+struct StreamRecording {
+    index: u32,
+    timeline: StreamTimeline,
+    writer: WavWriter,
+    /// Channel of `mixed.wav`, if any. Mixed streams are committed together in chunks.
+    in_mix: bool,
+    /// One chunk of committed samples, for the mix. Allocated once (empty if not in the mix).
+    chunk: Vec<i16>,
+    frames_rate_mismatch_dropped: u64,
+}
+
+struct MixedRecording {
+    writer: WavWriter,
+    sample_rate: u32,
+    /// Indices into `RecordingSession::streams`, in channel order.
+    members: Vec<usize>,
+    /// One interleaved chunk. Allocated once.
+    interleaved: Vec<i16>,
+}
+
+impl RecordingSession {
+    fn open(
+        id: u64,
+        dir: PathBuf,
+        start_ns: u64,
+        specs: &[StreamSpec],
+        config: &RecorderConfig,
+    ) -> Result<RecordingSession, RecorderError> {
+        std::fs::create_dir_all(&dir).map_err(|e| RecorderError::io("create_dir_all", &dir, e))?;
+        let mut recording = RecordingSession {
+            id,
+            dir,
+            start_ns,
+            end_ns: None,
+            committed_ns: start_ns,
+            streams: Vec::with_capacity(specs.len()),
+            mixed: None,
+        };
+        let mut mix_rate = None;
+        for spec in specs {
+            let in_mix = config.combine_legs && spec.in_mixed && {
+                let rate = *mix_rate.get_or_insert(spec.sample_rate);
+                if rate != spec.sample_rate {
+                    warn!(
+                        session = id,
+                        stream = spec.index,
+                        rate = spec.sample_rate,
+                        mix_rate = rate,
+                        "stream left out of mixed.wav: its sample rate differs (no resampling)"
+                    );
+                }
+                rate == spec.sample_rate
+            };
+            recording.add_stream_inner(spec, config.commit_delay_ms, in_mix)?;
+        }
+        let members: Vec<usize> = (0..recording.streams.len())
+            .filter(|&i| recording.streams[i].in_mix)
+            .collect();
+        if let (false, Some(sample_rate)) = (members.is_empty(), mix_rate) {
+            let channels = u16::try_from(members.len()).unwrap_or(u16::MAX);
+            let members = members[..usize::from(channels)].to_vec();
+            let path = recording.dir.join(MIXED_FILE_NAME);
+            let writer = WavWriter::create(&path, channels, sample_rate)?;
+            let interleaved = Vec::with_capacity(MIX_CHUNK_FRAMES * members.len());
+            recording.mixed = Some(MixedRecording {
+                writer,
+                sample_rate,
+                members,
+                interleaved,
+            });
+        }
+        Ok(recording)
+    }
+
+    /// A stream added by re-INVITE: silence from the session's start up to the current commit.
+    fn add_stream(&mut self, spec: &StreamSpec, commit_delay_ms: u32) -> Result<(), RecorderError> {
+        self.add_stream_inner(spec, commit_delay_ms, false)?;
+        let stream = self.streams.last_mut().expect("just added");
+        let upto = position_at(
+            self.committed_ns,
+            self.start_ns,
+            stream.timeline.sample_rate(),
+        );
+        commit_solo(stream, upto.max(0) as u64)
+    }
+
+    fn add_stream_inner(
+        &mut self,
+        spec: &StreamSpec,
+        commit_delay_ms: u32,
+        in_mix: bool,
+    ) -> Result<(), RecorderError> {
+        if self.streams.iter().any(|s| s.index == spec.index) {
+            warn!(
+                session = self.id,
+                stream = spec.index,
+                "stream index already recorded; ignored"
+            );
+            return Ok(());
+        }
+        if spec.sample_rate == 0 {
+            let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "sample rate 0");
+            return Err(RecorderError::io(
+                "create",
+                self.dir.join(&spec.file_stem),
+                source,
+            ));
+        }
+        let path = self.unique_path(spec);
+        let writer = WavWriter::create(&path, 1, spec.sample_rate)?;
+        let capacity = StreamTimeline::capacity_for(spec.sample_rate, commit_delay_ms);
+        self.streams.push(StreamRecording {
+            index: spec.index,
+            timeline: StreamTimeline::new(self.start_ns, spec.sample_rate, capacity),
+            writer,
+            in_mix,
+            chunk: Vec::with_capacity(if in_mix { MIX_CHUNK_FRAMES } else { 0 }),
+            frames_rate_mismatch_dropped: 0,
+        });
+        Ok(())
+    }
+
+    /// `<stem>.wav`, or `<stem>-<index>.wav` if that name is taken in this session.
+    fn unique_path(&self, spec: &StreamSpec) -> PathBuf {
+        let stem = sanitize_component(&spec.file_stem);
+        let taken = |p: &Path| {
+            p.file_name() == Some(MIXED_FILE_NAME.as_ref())
+                || self.streams.iter().any(|s| s.writer.path() == p)
+        };
+        let path = self.dir.join(format!("{stem}.wav"));
+        if !taken(&path) {
+            return path;
+        }
+        let unique = sanitize_component(&format!("{stem}-{}", spec.index));
+        self.dir.join(format!("{unique}.wav"))
+    }
+
+    /// Commits every stream up to `target_ns` (never past `end_ns`).
+    fn commit_to(&mut self, target_ns: u64) -> Result<(), RecorderError> {
+        let target_ns = self.end_ns.map_or(target_ns, |end| target_ns.min(end));
+        if target_ns <= self.committed_ns {
+            return Ok(());
+        }
+        self.committed_ns = target_ns;
+        if let Some(mixed) = &mut self.mixed {
+            let upto = position_at(target_ns, self.start_ns, mixed.sample_rate).max(0) as u64;
+            commit_mixed(&mut self.streams, mixed, upto)?;
+        }
+        for stream in self.streams.iter_mut().filter(|s| !s.in_mix) {
+            let rate = stream.timeline.sample_rate();
+            let upto = position_at(target_ns, self.start_ns, rate).max(0) as u64;
+            commit_solo(stream, upto)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, sync: bool) -> Result<(), RecorderError> {
+        for stream in &mut self.streams {
+            stream.writer.checkpoint(sync)?;
+        }
+        if let Some(mixed) = &mut self.mixed {
+            mixed.writer.checkpoint(sync)?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Vec<StreamRecordStats> {
+        self.streams
+            .iter()
+            .map(|s| {
+                let t = s.timeline.stats();
+                StreamRecordStats {
+                    index: s.index,
+                    frames_received: t.frames_received,
+                    samples_late_dropped: t.samples_late_dropped,
+                    resyncs: t.resyncs,
+                    samples_early_dropped: t.samples_early_dropped,
+                    frames_rate_mismatch_dropped: s.frames_rate_mismatch_dropped,
+                }
+            })
+            .collect()
+    }
+
+    /// Closes every file (each one even if another failed); returns what is on disk and the
+    /// first error.
+    fn close_files(self, fsync: FsyncPolicy) -> (Vec<RecordedFile>, Option<RecorderError>) {
+        let sync = fsync != FsyncPolicy::Never;
+        let mut files = Vec::new();
+        let mut first_error = None;
+        let writers = self
+            .streams
+            .into_iter()
+            .map(|s| (Some(s.index), s.writer))
+            .chain(self.mixed.map(|m| (None, m.writer)));
+        for (stream, mut writer) in writers {
+            let result = writer.checkpoint(sync).and_then(|()| writer.finish());
+            match result {
+                Ok(info) => files.push(RecordedFile {
+                    path: info.path,
+                    stream,
+                    channels: info.channels,
+                    sample_rate: info.sample_rate,
+                    frames: info.frames,
+                }),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if sync {
+            // New directory entries must survive a power loss too.
+            if let Err(e) = fsutil::sync_dir(&self.dir) {
+                first_error.get_or_insert(e);
+            }
+        }
+        (files, first_error)
+    }
+}
+
+/// Commits a stream that is not in the mix straight into its file.
+fn commit_solo(stream: &mut StreamRecording, upto: u64) -> Result<(), RecorderError> {
+    let StreamRecording {
+        timeline, writer, ..
+    } = stream;
+    let mut result = Ok(());
+    timeline.commit(upto, |samples| {
+        if result.is_ok() {
+            result = writer.write_interleaved(samples);
+        }
+    });
+    result
+}
+
+/// Commits the mixed streams in lockstep, chunk by chunk: each chunk goes to every stream's own
+/// file and, interleaved, to `mixed.wav`. All members share one rate and one committed position.
+fn commit_mixed(
+    streams: &mut [StreamRecording],
+    mixed: &mut MixedRecording,
+    upto: u64,
+) -> Result<(), RecorderError> {
+    loop {
+        let from = streams[mixed.members[0]].timeline.committed();
+        if from >= upto {
+            return Ok(());
+        }
+        let next = upto.min(from + MIX_CHUNK_FRAMES as u64);
+        for &m in &mixed.members {
+            let StreamRecording {
+                timeline,
+                writer,
+                chunk,
+                ..
+            } = &mut streams[m];
+            debug_assert_eq!(
+                timeline.committed(),
+                from,
+                "mixed streams commit in lockstep"
+            );
+            chunk.clear();
+            timeline.commit(next, |samples| chunk.extend_from_slice(samples));
+            writer.write_interleaved(chunk)?;
+        }
+        mixed.interleaved.clear();
+        for i in 0..(next - from) as usize {
+            for &m in &mixed.members {
+                mixed.interleaved.push(streams[m].chunk[i]);
+            }
+        }
+        mixed.writer.write_interleaved(&mixed.interleaved)?;
+    }
+}
+
+/// Name of the multichannel file in a recording session's directory.
+const MIXED_FILE_NAME: &str = "mixed.wav";
+
+/// Sample frames per lockstep commit of the mix (0.5 s at 8 kHz).
+const MIX_CHUNK_FRAMES: usize = 4096;
+
+/// How often timelines are committed to files.
+const COMMIT_INTERVAL_NS: u64 = 20 * NANOS_PER_MS;
+
+/// Longest a commit waits for a ring backlog to clear (the rings' depth bounds the backlog).
+const COMMIT_BACKLOG_WAIT_NS: u64 = 500 * NANOS_PER_MS;
+
+/// Frames popped from one ring per iteration, so that one busy worker can't starve the others
+/// or the commands.
+const FRAMES_PER_RING_BATCH: usize = 256;
+
+/// Frames popped from one ring at shutdown, to take what is queued without chasing a producer
+/// that never stops.
+const FRAMES_PER_RING_SHUTDOWN: usize = 65_536;
+
+/// Sleep when rings and commands were all empty: short against the commit delay.
+const IDLE_SLEEP: Duration = Duration::from_millis(1);
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{self, Producer};
+
+    const MS: u64 = 1_000_000;
+    const START: u64 = 1_000_000 * MS;
+    const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[derive(Clone)]
+    struct FakeClock(Arc<AtomicU64>);
+
+    impl MonotonicClock for FakeClock {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl FakeClock {
+        fn set(&self, ns: u64) {
+            self.0.store(ns, Ordering::SeqCst);
+        }
+    }
+
+    /// A running recorder fed through a real ring, with a clock the test controls. `advance`
+    /// waits until the recorder has popped every frame pushed so far, as a recorder keeping up
+    /// with real time would have.
+    struct Rig {
+        clock: FakeClock,
+        pushed: u64,
+        producer: Producer<MediaFrame>,
+        handle: RecorderHandle,
+        join: std::thread::JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn new(config: RecorderConfig) -> Rig {
+            let clock = FakeClock(Arc::new(AtomicU64::new(START)));
+            let (producer, consumer) = ring::channel(8);
+            let (handle, join) = spawn(config, vec![consumer], clock.clone()).unwrap();
+            Rig {
+                clock,
+                pushed: 0,
+                producer,
+                handle,
+                join,
+            }
+        }
+
+        fn push(&mut self, session: u64, stream: u32, arrival_ns: u64, ext_ts: u64, pcm: &[i16]) {
+            let mut frame = MediaFrame {
+                key: StreamKey { session, stream },
+                arrival_ns,
+                ext_ts,
+                ssrc_epoch: 0,
+                sample_rate: 8000,
+                len: pcm.len() as u16,
+                samples: [0; FRAME_SAMPLES_MAX],
+            };
+            frame.samples[..pcm.len()].copy_from_slice(pcm);
+            let mut pending = frame;
+            while let Err(back) = self.producer.push(pending) {
+                pending = back;
+                std::thread::yield_now();
+            }
+            self.pushed += 1;
+        }
+
+        fn advance(&self, now_ns: u64) {
+            let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+            while self.handle.counters.frames_popped.load(Ordering::Acquire) < self.pushed {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "recorder stopped popping"
+                );
+                std::thread::yield_now();
+            }
+            self.clock.set(now_ns);
+        }
+
+        fn send(&self, command: RecorderCommand) {
+            self.handle.commands.send(command).unwrap();
+        }
+
+        fn next_event(&self) -> RecorderEvent {
+            self.handle
+                .events
+                .recv_timeout(EVENT_TIMEOUT)
+                .expect("recorder event")
+        }
+
+        fn shutdown(self) {
+            self.send(RecorderCommand::Shutdown);
+            self.join.join().unwrap();
+        }
+    }
+
+    fn spec(index: u32, stem: &str) -> StreamSpec {
+        StreamSpec {
+            index,
+            file_stem: stem.into(),
+            sample_rate: 8000,
+            in_mixed: true,
+        }
+    }
+
+    /// Compares a file with the expected 8 kHz samples, naming the first differing position.
+    fn assert_wav(path: &Path, channels: u16, expected: &[i16]) {
+        let (ch, rate, got) = read_wav(path).unwrap();
+        assert_eq!(
+            (ch, rate, got.len()),
+            (channels, 8000, expected.len()),
+            "{path:?}"
+        );
+        if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+            panic!(
+                "{path:?} differs at {i}: got {}, expected {}",
+                got[i], expected[i]
+            );
+        }
+    }
+
+    fn caller_value(pos: usize) -> i16 {
+        (pos % 1000) as i16 + 1
+    }
+
+    fn callee_value(pos: usize) -> i16 {
+        -((pos % 777) as i16) - 1
+    }
+
+    fn samples(first: usize, len: usize, value: fn(usize) -> i16) -> Vec<i16> {
+        (first..first + len).map(value).collect()
+    }
+
+    /// Two legs over 10 s: the caller talks throughout; the callee starts 1 s late and is on
+    /// hold from 3 s to 5 s (timestamps keep running). Each leg file and each mixed channel
+    /// lasts exactly 10 s and holds what was sent at the right offsets, silence elsewhere.
+    #[test]
+    fn records_legs_and_mix_aligned() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("session-1");
+        let mut rig = Rig::new(RecorderConfig::default());
+        rig.send(RecorderCommand::StartSession {
+            session: 1,
+            dir: dir.clone(),
+            start_ns: START,
+            streams: vec![spec(0, "caller"), spec(1, "callee")],
+        });
+        for k in 0..500usize {
+            let arrival = START + (k as u64 + 1) * 20 * MS;
+            rig.advance(arrival);
+            let pos = k * 160;
+            rig.push(
+                1,
+                0,
+                arrival,
+                5000 + pos as u64,
+                &samples(pos, 160, caller_value),
+            );
+            let callee_talks = (50..150).contains(&k) || k >= 250;
+            if callee_talks {
+                let ts = 70_000 + pos as u64;
+                rig.push(1, 1, arrival, ts, &samples(pos, 160, callee_value));
+            }
+            if k == 300 {
+                // Mid-recording, the files are already valid WAVs (a SIGKILL now keeps them).
+                std::thread::sleep(Duration::from_millis(20));
+                assert_eq!(read_wav(&dir.join("caller.wav")).unwrap().0, 1);
+                assert_eq!(read_wav(&dir.join("mixed.wav")).unwrap().0, 2);
+            }
+        }
+        let end_ns = START + 10_000 * MS;
+        rig.send(RecorderCommand::StopSession { session: 1, end_ns });
+        rig.advance(end_ns + 320 * MS);
+        let RecorderEvent::SessionClosed {
+            session,
+            files,
+            streams,
+            error,
+        } = rig.next_event()
+        else {
+            panic!("expected SessionClosed");
+        };
+        assert_eq!((session, error), (1, None));
+        assert_eq!(files.len(), 3);
+        assert!(files.iter().all(|f| f.frames == 80_000), "{files:?}");
+        assert_eq!(streams[0].frames_received, 500);
+        assert_eq!(streams[1].frames_received, 350);
+        assert!(streams
+            .iter()
+            .all(|s| s.samples_late_dropped == 0 && s.resyncs == 0));
+
+        let caller = samples(0, 80_000, caller_value);
+        let mut callee = vec![0i16; 80_000];
+        callee[8000..24_000].copy_from_slice(&samples(8000, 16_000, callee_value));
+        callee[40_000..].copy_from_slice(&samples(40_000, 40_000, callee_value));
+        assert_wav(&dir.join("caller.wav"), 1, &caller);
+        assert_wav(&dir.join("callee.wav"), 1, &callee);
+        let (channels, rate, mixed) = read_wav(&dir.join("mixed.wav")).unwrap();
+        assert_eq!((channels, rate, mixed.len()), (2, 8000, 160_000));
+        let left: Vec<i16> = mixed.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = mixed.iter().skip(1).step_by(2).copied().collect();
+        assert!(
+            left == caller && right == callee,
+            "mixed channels differ from the legs"
+        );
+        rig.shutdown();
+    }
+
+    /// A stream added by re-INVITE gets its own file with silence from the session's start and
+    /// stays out of the mix; frames of unknown sessions are counted and dropped.
+    #[test]
+    fn added_stream_and_unknown_frames() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s2");
+        let mut rig = Rig::new(RecorderConfig {
+            fsync: FsyncPolicy::OnClose,
+            ..Default::default()
+        });
+        rig.send(RecorderCommand::StartSession {
+            session: 2,
+            dir: dir.clone(),
+            start_ns: START,
+            streams: vec![spec(0, "a")],
+        });
+        for k in 0..150usize {
+            let arrival = START + (k as u64 + 1) * 20 * MS;
+            rig.advance(arrival);
+            if k == 100 {
+                let added = StreamSpec {
+                    in_mixed: true,
+                    ..spec(1, "a")
+                }; // Same stem: renamed.
+                rig.send(RecorderCommand::AddStream {
+                    session: 2,
+                    spec: added,
+                });
+            }
+            if k >= 100 {
+                rig.push(
+                    2,
+                    1,
+                    arrival,
+                    9 + (k * 160) as u64,
+                    &samples(k * 160, 160, callee_value),
+                );
+            }
+            rig.push(99, 0, arrival, 0, &[1; 160]);
+        }
+        let end_ns = START + 3_000 * MS;
+        rig.send(RecorderCommand::StopSession { session: 2, end_ns });
+        rig.advance(end_ns + 400 * MS);
+        let RecorderEvent::SessionClosed { files, error, .. } = rig.next_event() else {
+            panic!("expected SessionClosed");
+        };
+        assert_eq!(error, None);
+        assert!(files.iter().all(|f| f.frames == 24_000), "{files:?}");
+        let mut added = vec![0i16; 24_000];
+        added[16_000..].copy_from_slice(&samples(16_000, 8000, callee_value));
+        assert_wav(&dir.join("a-1.wav"), 1, &added);
+        assert_wav(&dir.join("a.wav"), 1, &[0; 24_000]);
+        assert_wav(&dir.join("mixed.wav"), 1, &[0; 24_000]);
+        assert_eq!(
+            rig.handle
+                .counters
+                .frames_unknown_dropped
+                .load(Ordering::Relaxed),
+            150
+        );
+        rig.shutdown();
+    }
+
+    /// A directory that can't be created fails that recording session alone, without a panic;
+    /// another one records normally, and Shutdown closes it at "now".
+    #[test]
+    fn failing_directory_fails_only_that_session() {
+        let root = tempfile::tempdir().unwrap();
+        let blocker = root.path().join("regular-file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let rig = Rig::new(RecorderConfig::default());
+        rig.send(RecorderCommand::StartSession {
+            session: 3,
+            dir: blocker.join("s3"),
+            start_ns: START,
+            streams: vec![spec(0, "a")],
+        });
+        let RecorderEvent::SessionFailed { session, error } = rig.next_event() else {
+            panic!("expected SessionFailed");
+        };
+        assert_eq!(session, 3);
+        assert!(error.contains("create_dir_all"), "{error}");
+
+        let dir = root.path().join("s4");
+        rig.send(RecorderCommand::StartSession {
+            session: 4,
+            dir: dir.clone(),
+            start_ns: START,
+            streams: vec![spec(0, "../../etc/passwd")],
+        });
+        rig.advance(START + 1_500 * MS);
+        rig.send(RecorderCommand::Shutdown);
+        let RecorderEvent::SessionClosed { session, files, .. } = rig.next_event() else {
+            panic!("expected SessionClosed");
+        };
+        assert_eq!(session, 4);
+        assert!(files
+            .iter()
+            .all(|f| f.frames == 12_000 && f.path.starts_with(&dir)));
+        rig.join.join().unwrap();
+    }
+}
