@@ -104,7 +104,8 @@ pub enum RecorderCommand {
     /// `mixed.wav` (whose channel count is fixed).
     AddStream { session: u64, spec: StreamSpec },
     /// Finalizes once the clock reaches `end_ns + commit_delay`: commits exactly to `end_ns`,
-    /// patches, fsyncs per policy, closes, then emits `SessionClosed`.
+    /// patches, fsyncs per policy, closes, then emits `SessionClosed`. Send it promptly: audio
+    /// already committed past a stale `end_ns` is kept, so such files run longer.
     StopSession { session: u64, end_ns: u64 },
     /// Finalizes every recording session at "now" (or its `end_ns`, if earlier) and exits.
     Shutdown,
@@ -248,11 +249,11 @@ impl<C: MonotonicClock> Recorder<C> {
         info!(rings = self.rings.len(), "recorder started");
         loop {
             let now = self.clock.now_ns();
-            let commands = self.drain_commands(now);
+            let commands = self.drain_commands();
             if self.shutdown_requested {
                 break;
             }
-            let drained = self.drain_rings(now, FRAMES_PER_RING_BATCH);
+            let drained = self.drain_rings(FRAMES_PER_RING_BATCH);
             if self.shutdown_requested {
                 break;
             }
@@ -276,7 +277,7 @@ impl<C: MonotonicClock> Recorder<C> {
         }
         let now = self.clock.now_ns();
         // Frames already in the rings belong to the recordings; take them before closing.
-        self.drain_rings(now, FRAMES_PER_RING_SHUTDOWN);
+        self.drain_rings(FRAMES_PER_RING_SHUTDOWN);
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             let session = self.sessions.remove(&id).expect("id taken from the map");
@@ -287,13 +288,13 @@ impl<C: MonotonicClock> Recorder<C> {
     }
 
     /// Handles every queued command; returns whether there was any.
-    fn drain_commands(&mut self, now: u64) -> bool {
+    fn drain_commands(&mut self) -> bool {
         let mut any = false;
         while !self.shutdown_requested {
             match self.commands.try_recv() {
                 Ok(command) => {
                     any = true;
-                    self.handle_command(now, command);
+                    self.handle_command(command);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.shutdown_requested = true,
@@ -302,7 +303,7 @@ impl<C: MonotonicClock> Recorder<C> {
         any
     }
 
-    fn handle_command(&mut self, now: u64, command: RecorderCommand) {
+    fn handle_command(&mut self, command: RecorderCommand) {
         match command {
             RecorderCommand::StartSession {
                 session,
@@ -319,15 +320,10 @@ impl<C: MonotonicClock> Recorder<C> {
                 }
                 let config = &self.config;
                 match RecordingSession::open(session, dir, start_ns, &streams, config) {
-                    Ok(mut recording) => {
-                        // A start in the past is committed (as silence) up to now at once.
-                        let target = now.saturating_sub(self.commit_delay_ns);
-                        match recording.commit_to(target) {
-                            Ok(()) => {
-                                self.sessions.insert(session, recording);
-                            }
-                            Err(e) => self.fail(recording, e),
-                        }
+                    // The next regular commit catches up with a start in the past. Not here: a
+                    // StopSession queued right behind must be seen first.
+                    Ok(recording) => {
+                        self.sessions.insert(session, recording);
                     }
                     Err(e) => {
                         self.counters
@@ -367,7 +363,7 @@ impl<C: MonotonicClock> Recorder<C> {
     }
 
     /// Pops up to `batch` frames from each ring.
-    fn drain_rings(&mut self, now: u64, batch: usize) -> Drained {
+    fn drain_rings(&mut self, batch: usize) -> Drained {
         let mut drained = Drained::Empty;
         let mut popped_total = 0;
         for ring in 0..self.rings.len() {
@@ -377,7 +373,7 @@ impl<C: MonotonicClock> Recorder<C> {
                     break;
                 };
                 popped += 1;
-                self.handle_frame(now, &frame);
+                self.handle_frame(&frame);
             }
             popped_total += popped as u64;
             if popped == batch {
@@ -393,7 +389,7 @@ impl<C: MonotonicClock> Recorder<C> {
         drained
     }
 
-    fn handle_frame(&mut self, now: u64, frame: &MediaFrame) {
+    fn handle_frame(&mut self, frame: &MediaFrame) {
         if usize::from(frame.len) > FRAME_SAMPLES_MAX {
             self.counters
                 .frames_malformed_dropped
@@ -404,7 +400,7 @@ impl<C: MonotonicClock> Recorder<C> {
             // The control plane sends StartSession (or AddStream) before the data plane pushes
             // the stream's first frame, but this thread may have polled the command channel in
             // between: look again.
-            self.drain_commands(now);
+            self.drain_commands();
         }
         let stream = self
             .sessions
@@ -739,7 +735,11 @@ impl RecordingSession {
             .map(|s| (Some(s.index), s.writer))
             .chain(self.mixed.map(|m| (None, m.writer)));
         for (stream, mut writer) in writers {
-            let result = writer.checkpoint(sync).and_then(|()| writer.finish());
+            // Sync the data, patch the header, then sync again so the header is durable too.
+            let result = writer
+                .checkpoint(sync)
+                .and_then(|()| if sync { writer.sync() } else { Ok(()) })
+                .and_then(|()| writer.finish());
             match result {
                 Ok(info) => files.push(RecordedFile {
                     path: info.path,
@@ -1110,6 +1110,49 @@ mod tests {
                 .load(Ordering::Relaxed),
             150
         );
+        rig.shutdown();
+    }
+
+    /// A stream at another rate is left out of the mix but still gets its own file of the
+    /// session's exact duration at its own rate.
+    #[test]
+    fn mixed_excludes_other_rates() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s5");
+        let rig = Rig::new(RecorderConfig {
+            fsync: FsyncPolicy::Never,
+            ..Default::default()
+        });
+        let wideband = StreamSpec {
+            sample_rate: 16_000,
+            ..spec(1, "b")
+        };
+        rig.send(RecorderCommand::StartSession {
+            session: 5,
+            dir: dir.clone(),
+            start_ns: START,
+            streams: vec![spec(0, "a"), wideband],
+        });
+        rig.send(RecorderCommand::StopSession {
+            session: 5,
+            end_ns: START + 1_500 * MS,
+        });
+        rig.advance(START + 2_000 * MS);
+        let RecorderEvent::SessionClosed { files, error, .. } = rig.next_event() else {
+            panic!("expected SessionClosed");
+        };
+        assert_eq!(error, None);
+        let summary: Vec<_> = files
+            .iter()
+            .map(|f| (f.stream, f.channels, f.sample_rate, f.frames))
+            .collect();
+        let expected = vec![
+            (Some(0), 1, 8000, 12_000),
+            (Some(1), 1, 16_000, 24_000),
+            (None, 1, 8000, 12_000),
+        ];
+        assert_eq!(summary, expected);
+        assert_eq!(read_wav(&dir.join("b.wav")).unwrap().1, 16_000);
         rig.shutdown();
     }
 

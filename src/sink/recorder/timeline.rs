@@ -447,6 +447,23 @@ mod tests {
         assert_eq!(t.stats().resyncs, 0);
     }
 
+    /// A frame beyond the ring's end (the commit lagged behind a stall) re-anchors, and what
+    /// still doesn't fit is dropped and counted instead of overwriting uncommitted samples.
+    #[test]
+    fn beyond_ring_end() {
+        let mut t = StreamTimeline::new(START, RATE, 1000);
+        send(&mut t, 0, 0);
+        // Arrives 1 s later with a consistent timestamp: position 8000, ring ends at 1000.
+        t.handle_frame(START + 1_020 * MS, 8000, 0, &frame(8000, 160));
+        assert_eq!(t.stats().resyncs, 1);
+        assert_eq!(t.stats().samples_early_dropped, 160);
+        assert_eq!(commit_all(&mut t, 1000), {
+            let mut v = frame(0, 160);
+            v.resize(1000, 0);
+            v
+        });
+    }
+
     /// Rounding of positions: halves round up, before the start is negative.
     #[test]
     fn positions() {
