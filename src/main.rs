@@ -1,1 +1,594 @@
-fn main(){}
+//! `siprec`: the SIPREC recording server. Wiring only: configuration, threads, CPU placement,
+//! sockets of the control plane, signals. Everything with logic lives in the library.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+use siprec::api::{self, ApiState, Snapshot};
+use siprec::config::{self, Config, FileConfig, Override};
+use siprec::dataplane::{self, Dataplane, DataplaneSettings, StreamSockets};
+use siprec::session::{ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager};
+use siprec::sink::recorder::{self, RecorderCommand, RecorderConfig};
+use siprec::sip::{self, Message, Peer, TransactionLayer, Transport, TsxConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// SIPREC (RFC 7865/7866) session recording server.
+///
+/// Configuration is read from the TOML file given with --config, then from environment
+/// variables (SIP_HOST, PORTS, EXTERNAL_IP, HTTP_PORT, RECORDING_DIR, RTP_PORT_MIN,
+/// RTP_PORT_MAX, MAX_CONCURRENT_CALLS, RTP_TIMEOUT, RECORDING_COMBINE_LEGS, API_KEY, ...),
+/// then from these flags; later wins. With none of them it runs on embedded defaults.
+#[derive(Parser, Debug)]
+#[command(name = "siprec", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+    /// Address for SIP sockets (SIP_HOST).
+    #[arg(long)]
+    sip_host: Option<String>,
+    /// Comma-separated SIP ports, each on UDP and TCP (PORTS).
+    #[arg(long)]
+    ports: Option<String>,
+    /// Address to advertise in SDP and Contact behind NAT (EXTERNAL_IP).
+    #[arg(long)]
+    external_ip: Option<String>,
+    /// HTTP API port (HTTP_PORT).
+    #[arg(long)]
+    http_port: Option<String>,
+    /// Recording root directory (RECORDING_DIR).
+    #[arg(long)]
+    recording_dir: Option<String>,
+    /// First RTP port, even (RTP_PORT_MIN).
+    #[arg(long)]
+    rtp_port_min: Option<String>,
+    /// Last RTP port (RTP_PORT_MAX).
+    #[arg(long)]
+    rtp_port_max: Option<String>,
+    /// Concurrent calls before 503 (MAX_CONCURRENT_CALLS).
+    #[arg(long)]
+    max_concurrent_calls: Option<String>,
+    /// Seconds without RTP before we hang up (RTP_TIMEOUT).
+    #[arg(long)]
+    rtp_timeout: Option<String>,
+    /// Receive workers, 0 = auto (DATAPLANE_WORKERS).
+    #[arg(long)]
+    workers: Option<String>,
+    /// Log filter, e.g. info or siprec=debug (RUST_LOG wins when set).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Validates FILE (with the environment and flags applied) and prints the result.
+    Validate { file: PathBuf },
+}
+
+impl Cli {
+    fn overrides(&self) -> Vec<Override> {
+        let mut o = config::env_overrides();
+        let flags: [(&'static str, &Option<String>); 10] = [
+            ("SIP_HOST", &self.sip_host),
+            ("PORTS", &self.ports),
+            ("EXTERNAL_IP", &self.external_ip),
+            ("HTTP_PORT", &self.http_port),
+            ("RECORDING_DIR", &self.recording_dir),
+            ("RTP_PORT_MIN", &self.rtp_port_min),
+            ("RTP_PORT_MAX", &self.rtp_port_max),
+            ("MAX_CONCURRENT_CALLS", &self.max_concurrent_calls),
+            ("RTP_TIMEOUT", &self.rtp_timeout),
+            ("DATAPLANE_WORKERS", &self.workers),
+        ];
+        for (key, value) in flags {
+            if let Some(v) = value {
+                o.push((key, v.clone()));
+            }
+        }
+        o
+    }
+}
+
+fn load_config(
+    file: Option<&PathBuf>,
+    overrides: &[Override],
+) -> Result<Config, config::ConfigError> {
+    let f = match file {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Config::build(f, overrides)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        action: ConfigAction::Validate { file },
+    }) = &cli.command
+    {
+        match load_config(Some(file), &cli.overrides()) {
+            Ok(c) => {
+                println!("{}: valid", file.display());
+                println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("{}: invalid: {e}", file.display());
+                std::process::exit(2);
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load_config(cli.config.as_ref(), &cli.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("siprec: configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(config) {
+        eprintln!("siprec: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "siprec starting");
+    std::fs::create_dir_all(&config.recording.dir).with_context(|| {
+        format!(
+            "cannot create RECORDING_DIR {}",
+            config.recording.dir.display()
+        )
+    })?;
+
+    let (workers, cores) = dataplane::plan_workers(config.dataplane.workers);
+    let mut producers = Vec::with_capacity(workers);
+    let mut consumers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (p, c) = siprec::ring::channel(config.dataplane.ring_slots);
+        producers.push(p);
+        consumers.push(c);
+    }
+    let recorder_config = RecorderConfig {
+        combine_legs: config.recording.combine_legs,
+        commit_delay_ms: 300,
+        header_patch_interval_ms: 1000,
+        fsync: config.recording.fsync,
+    };
+    let (recorder, recorder_thread) =
+        recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
+            .context("cannot start the recorder thread")?;
+    let settings = DataplaneSettings {
+        workers,
+        batch_size: config.dataplane.batch_size,
+        cores,
+    };
+    let dataplane = Dataplane::start(settings, producers).context("cannot start data plane")?;
+    tracing::info!(workers, backend = "epoll+recvmmsg", "data plane started");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the control-plane runtime")?;
+    let result = runtime.block_on(control_plane(config, dataplane, recorder));
+    if let Err(e) = recorder_thread.join() {
+        tracing::error!(?e, "recorder thread panicked");
+    }
+    result
+}
+
+/// An inbound SIP message with where it came from.
+struct Inbound {
+    peer: Peer,
+    message: Message,
+}
+
+type TcpConns = Arc<Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>>;
+
+async fn control_plane(
+    config: Config,
+    mut dataplane: Dataplane,
+    recorder: recorder::RecorderHandle,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Inbound>(4096);
+    let mut udp = Vec::new();
+    let conns: TcpConns = Arc::default();
+    for (i, &port) in config.sip.ports.iter().enumerate() {
+        let addr = SocketAddr::new(config.sip.host, port);
+        let socket = Arc::new(
+            UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind SIP UDP {addr}"))?,
+        );
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind SIP TCP {addr}"))?;
+        tokio::spawn(udp_receive(socket.clone(), i as u64, tx.clone()));
+        tokio::spawn(tcp_accept(listener, conns.clone(), tx.clone()));
+        tracing::info!(%addr, "SIP listening on UDP and TCP");
+        udp.push(socket);
+    }
+    let http_addr = SocketAddr::new(config.http.host, config.http.port);
+    let api_listener = api::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot bind HTTP {http_addr}"))?;
+    let api_state = ApiState::new(config.recording.dir.clone(), config.recording.min_free_mb);
+    tokio::spawn(api::serve(api_listener, api_state.clone()));
+    tracing::info!(%http_addr, "HTTP API listening");
+
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("OS RNG unavailable: {e}"))?;
+    let advertised = config
+        .sip
+        .external_ip
+        .or(Some(config.sip.host).filter(|h| !h.is_unspecified()));
+    let mut sessions = SessionManager::new(SessionConfig {
+        max_concurrent_calls: config.sip.max_concurrent_calls,
+        require_siprec: config.sip.require_siprec,
+        rtp_timeout_ns: config.media.rtp_timeout_s as u64 * 1_000_000_000,
+        max_duration_ns: config.media.max_call_duration_s as u64 * 1_000_000_000,
+        recording_root: config.recording.dir.clone(),
+        combine_legs: config.recording.combine_legs,
+        advertised_ip: advertised,
+        fallback_ip: default_route_ip(),
+        sip_port: config.sip.ports[0],
+        seed: u64::from_le_bytes(seed),
+    });
+    let mut tsx = TransactionLayer::new(TsxConfig {
+        server_header: Some(api::SERVER.to_owned()),
+        ..TsxConfig::default()
+    });
+    let mut ports = BoundPorts {
+        pool: PortPool::new(
+            config.media.rtp_port_min,
+            config.media.rtp_port_max,
+            config.media.port_cooldown_s as u64 * 1_000_000_000,
+        ),
+        bind_ip: config.sip.host,
+        sockets: HashMap::new(),
+    };
+    let io = Io { udp, conns };
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_session_tick = Instant::now();
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut sip_bound = true;
+    loop {
+        let deadline = tsx
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            Some(inbound) = rx.recv() => {
+                tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                tsx.handle_timeout(Instant::now());
+            }
+            _ = tick.tick() => {
+                let now = now();
+                while let Some(report) = dataplane.try_report() {
+                    match report {
+                        dataplane::Report::Stats { streams, .. } => {
+                            for (key, stats) in streams {
+                                sessions.handle_stream_stats(key, stats);
+                            }
+                        }
+                        dataplane::Report::Closed { key, stats } => sessions.handle_stream_stats(key, stats),
+                    }
+                }
+                while let Ok(event) = recorder.events.try_recv() {
+                    sessions.handle_recorder_event(now, event);
+                }
+                if last_session_tick.elapsed() >= Duration::from_secs(1) {
+                    last_session_tick = Instant::now();
+                    sessions.handle_tick(now, &mut ports);
+                }
+                api_state.publish(Snapshot {
+                    sessions: sessions.summaries(),
+                    sip_bound,
+                    draining: sessions.is_draining(),
+                    worker_heartbeat_age_ms: dataplane
+                        .heartbeat_ages_ns(dataplane::mono_now_ns())
+                        .into_iter()
+                        .map(|ns| ns / 1_000_000)
+                        .collect(),
+                    ports_in_use: ports.pool.in_use(),
+                    ports_capacity: ports.pool.capacity(),
+                });
+                if let Some(deadline) = shutdown_deadline {
+                    if sessions.is_idle() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if shutdown_deadline.is_none() => {
+                tracing::info!("SIGINT: ending calls and closing recordings");
+                sessions.shutdown(now(), &mut ports);
+                shutdown_deadline = Some(Instant::now() + Duration::from_secs(10));
+            }
+            _ = sigterm.recv(), if shutdown_deadline.is_none() => {
+                tracing::info!("SIGTERM: ending calls and closing recordings");
+                sessions.shutdown(now(), &mut ports);
+                shutdown_deadline = Some(Instant::now() + Duration::from_secs(10));
+            }
+        }
+        pump(
+            &mut tsx,
+            &mut sessions,
+            &mut ports,
+            &dataplane,
+            &recorder,
+            &io,
+        );
+        if shutdown_deadline.is_some() {
+            sip_bound = false;
+        }
+    }
+    let _ = recorder.commands.send(RecorderCommand::Shutdown);
+    dataplane.shutdown();
+    tracing::info!("siprec stopped");
+    Ok(())
+}
+
+/// Moves outputs between the transaction layer and the session manager until both are idle.
+fn pump(
+    tsx: &mut TransactionLayer,
+    sessions: &mut SessionManager,
+    ports: &mut BoundPorts,
+    dataplane: &Dataplane,
+    recorder: &recorder::RecorderHandle,
+    io: &Io,
+) {
+    loop {
+        let mut progressed = false;
+        while let Some(out) = tsx.poll_output() {
+            progressed = true;
+            match out {
+                sip::Output::Transmit(t) => io.transmit(t.peer, &t.payload),
+                sip::Output::Event(e) => sessions.handle_tsx_event(now(), ports, e),
+            }
+        }
+        while let Some(action) = sessions.poll_action() {
+            progressed = true;
+            match action {
+                Action::Respond { key, response } => tsx.respond(Instant::now(), key, response),
+                Action::SendRequest { peer, request } => {
+                    tsx.send_request(Instant::now(), peer, request);
+                }
+                Action::OpenStream { port, params } => match ports.sockets.remove(&port) {
+                    Some(sockets) => dataplane.open(port, params, sockets),
+                    None => tracing::error!(port, "no bound sockets for stream"),
+                },
+                Action::UpdateStream { port, params } => dataplane.update(port, params),
+                Action::CloseStream { port, key } => dataplane.close(port, key),
+                Action::Recorder(cmd) => {
+                    if recorder.commands.send(cmd).is_err() {
+                        tracing::error!("recorder thread is gone");
+                    }
+                }
+                Action::WriteFile { path, bytes } => {
+                    if let Err(e) = recorder::write_atomic(&path, &bytes) {
+                        tracing::error!(path = %path.display(), error = %e, "cannot write file");
+                    }
+                }
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+}
+
+fn now() -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Now {
+        mono_ns: dataplane::mono_now_ns(),
+        unix_ms,
+    }
+}
+
+/// The local address of the default route, used in SDP when nothing better is known.
+/// Connecting a UDP socket sends no packet.
+fn default_route_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The port pool plus socket binding: a port is handed out only once its RTP and RTCP
+/// sockets are bound, so the SDP answer never names a port we can't receive on.
+struct BoundPorts {
+    pool: PortPool,
+    bind_ip: IpAddr,
+    sockets: HashMap<u16, StreamSockets>,
+}
+
+impl MediaPorts for BoundPorts {
+    fn allocate(&mut self, now_ns: u64) -> Option<u16> {
+        for _ in 0..self.pool.capacity() {
+            let port = self.pool.allocate(now_ns)?;
+            match dataplane::bind_stream_sockets(self.bind_ip, port, true) {
+                Ok(s) => {
+                    self.sockets.insert(port, s);
+                    return Some(port);
+                }
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "RTP port unavailable; trying the next");
+                    self.pool.release(port, now_ns);
+                }
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16, now_ns: u64) {
+        self.sockets.remove(&port);
+        self.pool.release(port, now_ns);
+    }
+
+    fn in_use(&self) -> usize {
+        self.pool.in_use()
+    }
+}
+
+struct Io {
+    udp: Vec<Arc<UdpSocket>>,
+    conns: TcpConns,
+}
+
+impl Io {
+    fn transmit(&self, peer: Peer, payload: &[u8]) {
+        match peer.transport {
+            Transport::Udp => {
+                let socket = &self.udp[peer.conn.unwrap_or(0) as usize % self.udp.len()];
+                if let Err(e) = socket.try_send_to(payload, peer.addr) {
+                    tracing::warn!(error = %e, "SIP UDP send failed");
+                }
+            }
+            Transport::Tcp => {
+                let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+                match peer.conn.and_then(|c| conns.get(&c)) {
+                    Some(tx) => {
+                        if tx.try_send(payload.to_vec()).is_err() {
+                            tracing::warn!("SIP TCP connection backlogged; message dropped");
+                        }
+                    }
+                    None => tracing::warn!(addr = %peer.addr, "SIP TCP connection gone"),
+                }
+            }
+        }
+    }
+}
+
+async fn udp_receive(socket: Arc<UdpSocket>, index: u64, tx: mpsc::Sender<Inbound>) {
+    let mut buf = vec![0u8; sip::MAX_MESSAGE_BYTES + 1];
+    loop {
+        let (n, addr) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "SIP UDP receive error");
+                continue;
+            }
+        };
+        let data = &buf[..n];
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            continue; // Keep-alive.
+        }
+        match sip::parse_datagram(data) {
+            Ok(message) => {
+                let peer = Peer {
+                    transport: Transport::Udp,
+                    addr,
+                    conn: Some(index),
+                };
+                if tx.send(Inbound { peer, message }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "malformed SIP datagram");
+                if let Some(resp) = sip::error_response(data, &e) {
+                    let mut out = Vec::new();
+                    resp.encode(&mut out);
+                    let _ = socket.try_send_to(&out, addr);
+                }
+            }
+        }
+    }
+}
+
+async fn tcp_accept(listener: TcpListener, conns: TcpConns, tx: mpsc::Sender<Inbound>) {
+    let mut next_id: u64 = 1 << 32;
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+        conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, out_tx);
+        let (mut reader, mut writer) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(bytes) = out_rx.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let tx = tx.clone();
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let mut framer = sip::StreamFramer::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            'conn: loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                framer.push(&buf[..n]);
+                while let Some(result) = framer.next_message() {
+                    match result {
+                        Ok(message) => {
+                            let peer = Peer {
+                                transport: Transport::Tcp,
+                                addr,
+                                conn: Some(id),
+                            };
+                            if tx.send(Inbound { peer, message }).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(%addr, error = %e, "SIP TCP framing error; closing");
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+}

@@ -1,1 +1,295 @@
-//! TODO
+//! The HTTP API on hyper (control-plane thread): health probes and session listing, with the
+//! reference server's paths, JSON shapes and error envelopes (`../shared/spec/api-reference.md`).
+//!
+//! Refuses: touching call state directly. The control plane publishes snapshots into
+//! [`ApiState`]; handlers only read them, so a slow client never delays SIP or media.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::session::CallSummary;
+
+pub const SERVER: &str = concat!("siprec/", env!("CARGO_PKG_VERSION"));
+
+/// What the control plane publishes for the API, refreshed on every change and every tick.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub sessions: Vec<CallSummary>,
+    pub sip_bound: bool,
+    pub draining: bool,
+    /// Age of each data-plane worker's last loop iteration.
+    pub worker_heartbeat_age_ms: Vec<u64>,
+    pub ports_in_use: usize,
+    pub ports_capacity: usize,
+}
+
+/// Shared between the control plane (writer) and the HTTP handlers (readers).
+pub struct ApiState {
+    pub snapshot: Mutex<Snapshot>,
+    pub recording_dir: PathBuf,
+    pub min_free_mb: u64,
+    pub started: std::time::Instant,
+}
+
+impl ApiState {
+    pub fn new(recording_dir: PathBuf, min_free_mb: u64) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            snapshot: Mutex::new(Snapshot::default()),
+            recording_dir,
+            min_free_mb,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        // A poisoned lock means a handler panicked mid-read; the data is still a valid value.
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    fn read(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A worker whose loop hasn't turned for this long is considered stuck.
+const WORKER_STALE_MS: u64 = 2_000;
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 * 1024)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(300), conn).await;
+        });
+    }
+}
+
+/// Binds the HTTP listener (separate so start-up can fail early with the address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let method = req.method();
+    let known = ["/health/live", "/health/ready", "/api/sessions"];
+    match (method, path) {
+        (&Method::GET, "/health/live") => json_response(
+            StatusCode::OK,
+            json!({"status": "alive", "version": env!("CARGO_PKG_VERSION")}),
+        ),
+        (&Method::GET, "/health/ready") => ready(state),
+        (&Method::GET, "/api/sessions") => sessions(state, query),
+        (_, p) if known.contains(&p) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
+    }
+}
+
+fn ready(state: &ApiState) -> Response<Full<Bytes>> {
+    let snap = state.read();
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    let mut check = |name: &str, healthy: bool, message: String| {
+        ok &= healthy;
+        let status = if healthy { "healthy" } else { "unhealthy" };
+        checks.insert(
+            name.to_owned(),
+            json!({"status": status, "message": message}),
+        );
+    };
+    check(
+        "sip",
+        snap.sip_bound,
+        if snap.sip_bound {
+            "SIP listeners bound".into()
+        } else {
+            "SIP not bound yet".into()
+        },
+    );
+    check(
+        "draining",
+        !snap.draining,
+        if snap.draining {
+            "draining".into()
+        } else {
+            "accepting calls".into()
+        },
+    );
+    let alive = snap
+        .worker_heartbeat_age_ms
+        .iter()
+        .filter(|&&a| a < WORKER_STALE_MS)
+        .count();
+    check(
+        "dataplane",
+        alive > 0 && alive == snap.worker_heartbeat_age_ms.len(),
+        format!(
+            "{alive}/{} workers alive",
+            snap.worker_heartbeat_age_ms.len()
+        ),
+    );
+    let (writable, free_mb) = storage_status(&state.recording_dir);
+    check(
+        "recording_storage",
+        writable && free_mb >= state.min_free_mb,
+        format!(
+            "{} {}; {free_mb} MiB free (minimum {})",
+            state.recording_dir.display(),
+            if writable { "writable" } else { "not writable" },
+            state.min_free_mb
+        ),
+    );
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": checks,
+        "uptime_s": state.started.elapsed().as_secs(),
+    });
+    json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+fn sessions(state: &ApiState, query: &str) -> Response<Full<Bytes>> {
+    let snap = state.read();
+    let id = query_param(query, "id");
+    let list: Vec<&CallSummary> = match &id {
+        Some(id) => snap.sessions.iter().filter(|s| &s.call_id == id).collect(),
+        None => snap.sessions.iter().collect(),
+    };
+    if let (Some(id), true) = (&id, list.is_empty()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("session {id} not found"),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"count": list.len(), "sessions": list}),
+    )
+}
+
+/// Whether `dir` accepts a new file, and the free space under it in MiB.
+fn storage_status(dir: &std::path::Path) -> (bool, u64) {
+    let _ = std::fs::create_dir_all(dir);
+    let probe = dir.join(".siprec-ready-probe");
+    let writable = std::fs::write(&probe, b"ok").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    (writable, free_mb(dir).unwrap_or(0))
+}
+
+fn free_mb(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; path is a valid NUL-terminated string; result checked.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("Server", SERVER)
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// The reference server's error envelope.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        json!({"error": {"code": code, "message": message, "status": status.as_u16()}}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Query parameters are percent-decoded; malformed escapes are kept literally.
+    #[test]
+    fn query_decoding() {
+        assert_eq!(query_param("id=a%40b&x=1", "id").as_deref(), Some("a@b"));
+        assert_eq!(query_param("x=1", "id"), None);
+        assert_eq!(query_param("id=%zz%4", "id").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param("id=%", "id").as_deref(), Some("%"));
+    }
+}

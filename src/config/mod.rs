@@ -1,1 +1,490 @@
-//! TODO
+//! Configuration: TOML file → environment (the reference server's names) → CLI flags, parsed
+//! into one validated [`Config`]. Invalid values never get past this module: each error names
+//! the key, the value and what is allowed.
+//!
+//! Refuses: reading configuration anywhere else. The hot path never reads `Config`; subsystems
+//! copy what they need when a stream or a thread is created.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sink::recorder::FsyncPolicy;
+
+/// The validated configuration of one `siprec` process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub recording: RecordingConfig,
+    pub dataplane: DataplaneConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SipConfig {
+    /// Address the SIP sockets bind to (`SIP_HOST`). Default 0.0.0.0.
+    pub host: IpAddr,
+    /// Ports bound for SIP, each over UDP and TCP (`PORTS`). Default 5060.
+    pub ports: Vec<u16>,
+    /// Address written into SDP c=/o= and Contact when behind NAT (`EXTERNAL_IP`).
+    pub external_ip: Option<IpAddr>,
+    /// Reject INVITEs that are not SIPREC (no `Require: siprec` / `+sip.src`) with 403.
+    /// Default false: plain INVITEs (Cisco NBR, PBX forks) are recorded too.
+    pub require_siprec: bool,
+    /// Concurrent recording sessions before new INVITEs get 503 (`MAX_CONCURRENT_CALLS`).
+    pub max_concurrent_calls: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConfig {
+    pub host: IpAddr,
+    /// `HTTP_PORT`, default 8080.
+    pub port: u16,
+    /// `API_KEY`: required as `X-API-Key` on mutating routes when set. Never serialized.
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MediaConfig {
+    /// First RTP port (`RTP_PORT_MIN`, even). Default 10000.
+    pub rtp_port_min: u16,
+    /// Last RTP port (`RTP_PORT_MAX`). Default 20000.
+    pub rtp_port_max: u16,
+    /// Seconds without RTP on every non-held stream before we end the call (`RTP_TIMEOUT`).
+    pub rtp_timeout_s: u32,
+    /// Seconds a released port rests before reuse, so late packets of the old call can't land
+    /// in a new one.
+    pub port_cooldown_s: u32,
+    /// Longest recording in seconds before we send BYE (0 = unlimited).
+    pub max_call_duration_s: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingConfig {
+    /// Root of `YYYY-MM-DD/<session-id>/` directories (`RECORDING_DIR`). Default ./recordings.
+    pub dir: PathBuf,
+    /// Write mixed.wav with one channel per stream (`RECORDING_COMBINE_LEGS`). Default true.
+    pub combine_legs: bool,
+    /// When WAV data reaches the disk: never forced, with each header patch, or on close.
+    pub fsync: FsyncPolicy,
+    /// /health/ready fails below this much free space, in MiB.
+    pub min_free_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataplaneConfig {
+    /// Receive workers; 0 = auto (every core but the control plane's when ≥ 3 cores, else 1).
+    pub workers: usize,
+    /// Slots per (worker, recorder) ring. Memory: workers × ring_slots × ~2 KiB.
+    pub ring_slots: usize,
+    /// Datagrams received per recvmmsg call.
+    pub batch_size: usize,
+}
+
+/// A configuration value that cannot be used, with everything needed to fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid {key} = {value:?}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Toml { path: PathBuf, message: String },
+}
+
+/// Raw layered values: every field optional, as text where it may come from env or CLI.
+/// The file gives typed TOML; env and flags give strings with the reference server's names.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub sip: FileSip,
+    #[serde(default)]
+    pub http: FileHttp,
+    #[serde(default)]
+    pub media: FileMedia,
+    #[serde(default)]
+    pub recording: FileRecording,
+    #[serde(default)]
+    pub dataplane: FileDataplane,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSip {
+    pub host: Option<String>,
+    pub ports: Option<Vec<u16>>,
+    pub external_ip: Option<String>,
+    pub require_siprec: Option<bool>,
+    pub max_concurrent_calls: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMedia {
+    pub rtp_port_min: Option<u16>,
+    pub rtp_port_max: Option<u16>,
+    pub rtp_timeout_s: Option<u32>,
+    pub port_cooldown_s: Option<u32>,
+    pub max_call_duration_s: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecording {
+    pub dir: Option<PathBuf>,
+    pub combine_legs: Option<bool>,
+    pub fsync: Option<FsyncPolicy>,
+    pub min_free_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDataplane {
+    pub workers: Option<usize>,
+    pub ring_slots: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+/// One override from the environment or a CLI flag: the env-style key and its text.
+pub type Override = (&'static str, String);
+
+/// The keys overrides may use, each with the file key it maps to (for messages and docs).
+pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
+    ("SIP_HOST", "sip.host"),
+    ("PORTS", "sip.ports"),
+    ("EXTERNAL_IP", "sip.external_ip"),
+    ("SIP_REQUIRE_SIPREC", "sip.require_siprec"),
+    ("MAX_CONCURRENT_CALLS", "sip.max_concurrent_calls"),
+    ("HTTP_HOST", "http.host"),
+    ("HTTP_PORT", "http.port"),
+    ("API_KEY", "http.api_key"),
+    ("RTP_PORT_MIN", "media.rtp_port_min"),
+    ("RTP_PORT_MAX", "media.rtp_port_max"),
+    ("RTP_TIMEOUT", "media.rtp_timeout_s"),
+    ("RTP_PORT_COOLDOWN", "media.port_cooldown_s"),
+    ("MAX_CALL_DURATION", "media.max_call_duration_s"),
+    ("RECORDING_DIR", "recording.dir"),
+    ("RECORDING_COMBINE_LEGS", "recording.combine_legs"),
+    ("RECORDING_FSYNC", "recording.fsync"),
+    ("RECORDING_MIN_FREE_MB", "recording.min_free_mb"),
+    ("DATAPLANE_WORKERS", "dataplane.workers"),
+    ("DATAPLANE_RING_SLOTS", "dataplane.ring_slots"),
+    ("DATAPLANE_BATCH_SIZE", "dataplane.batch_size"),
+];
+
+impl FileConfig {
+    /// Reads and parses a TOML file; unknown keys are errors (a typo must not be ignored).
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Toml {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Collects the overrides present in the process environment, in `OVERRIDE_KEYS` order.
+pub fn env_overrides() -> Vec<Override> {
+    OVERRIDE_KEYS
+        .iter()
+        .filter_map(|(key, _)| std::env::var(key).ok().map(|v| (*key, v)))
+        .collect()
+}
+
+impl Config {
+    /// Builds the validated configuration: `file` values, then each override in order (later
+    /// wins: pass env first, then CLI flags), then embedded defaults for anything unset.
+    pub fn build(file: FileConfig, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut f = file;
+        for (key, value) in overrides {
+            apply_override(&mut f, key, value)?;
+        }
+        let sip = SipConfig {
+            host: parse_ip("SIP_HOST", f.sip.host.as_deref().unwrap_or("0.0.0.0"))?,
+            ports: f.sip.ports.clone().unwrap_or_else(|| vec![5060]),
+            external_ip: match f.sip.external_ip.as_deref() {
+                None | Some("") => None,
+                Some(v) => Some(parse_ip("EXTERNAL_IP", v)?),
+            },
+            require_siprec: f.sip.require_siprec.unwrap_or(false),
+            max_concurrent_calls: f.sip.max_concurrent_calls.unwrap_or(1000),
+        };
+        if sip.ports.is_empty() || sip.ports.contains(&0) {
+            return Err(invalid(
+                "PORTS",
+                format!("{:?}", sip.ports),
+                "one or more ports 1-65535",
+            ));
+        }
+        if sip.max_concurrent_calls == 0 {
+            return Err(invalid("MAX_CONCURRENT_CALLS", "0", "an integer ≥ 1"));
+        }
+        let http = HttpConfig {
+            host: parse_ip("HTTP_HOST", f.http.host.as_deref().unwrap_or("0.0.0.0"))?,
+            port: f.http.port.unwrap_or(8080),
+            api_key: f.http.api_key.clone().filter(|k| !k.is_empty()),
+        };
+        if http.port == 0 {
+            return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
+        }
+        let media = MediaConfig {
+            rtp_port_min: f.media.rtp_port_min.unwrap_or(10000),
+            rtp_port_max: f.media.rtp_port_max.unwrap_or(20000),
+            rtp_timeout_s: f.media.rtp_timeout_s.unwrap_or(30),
+            port_cooldown_s: f.media.port_cooldown_s.unwrap_or(5),
+            max_call_duration_s: f.media.max_call_duration_s.unwrap_or(4 * 3600),
+        };
+        if media.rtp_port_min < 1024 || media.rtp_port_min % 2 != 0 {
+            let v = media.rtp_port_min.to_string();
+            return Err(invalid("RTP_PORT_MIN", v, "an even port 1024-65534"));
+        }
+        if media.rtp_port_max <= media.rtp_port_min {
+            let v = media.rtp_port_max.to_string();
+            let allowed = format!("a port above RTP_PORT_MIN ({})", media.rtp_port_min);
+            return Err(invalid("RTP_PORT_MAX", v, allowed));
+        }
+        if media.rtp_timeout_s == 0 {
+            return Err(invalid("RTP_TIMEOUT", "0", "seconds ≥ 1"));
+        }
+        for port in &sip.ports {
+            if (media.rtp_port_min..=media.rtp_port_max).contains(port) {
+                let allowed = "SIP ports outside RTP_PORT_MIN..RTP_PORT_MAX";
+                return Err(invalid("PORTS", port.to_string(), allowed));
+            }
+        }
+        let recording = RecordingConfig {
+            dir: f
+                .recording
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./recordings")),
+            combine_legs: f.recording.combine_legs.unwrap_or(true),
+            fsync: f.recording.fsync.unwrap_or(FsyncPolicy::OnClose),
+            min_free_mb: f.recording.min_free_mb.unwrap_or(512),
+        };
+        if recording.dir.as_os_str().is_empty() {
+            return Err(invalid("RECORDING_DIR", "", "a directory path"));
+        }
+        let dataplane = DataplaneConfig {
+            workers: f.dataplane.workers.unwrap_or(0),
+            ring_slots: f.dataplane.ring_slots.unwrap_or(4096),
+            batch_size: f.dataplane.batch_size.unwrap_or(32),
+        };
+        if !(16..=1 << 20).contains(&dataplane.ring_slots) {
+            let v = dataplane.ring_slots.to_string();
+            return Err(invalid("DATAPLANE_RING_SLOTS", v, "16 to 1048576 slots"));
+        }
+        if !(1..=1024).contains(&dataplane.batch_size) {
+            let v = dataplane.batch_size.to_string();
+            return Err(invalid("DATAPLANE_BATCH_SIZE", v, "1 to 1024 datagrams"));
+        }
+        if dataplane.workers > 256 {
+            let v = dataplane.workers.to_string();
+            return Err(invalid("DATAPLANE_WORKERS", v, "0 (auto) to 256"));
+        }
+        Ok(Config {
+            sip,
+            http,
+            media,
+            recording,
+            dataplane,
+        })
+    }
+
+    /// The address we put in SDP and Contact: EXTERNAL_IP, else the SIP bind address when it is
+    /// specific, else the address the request arrived on (`local`).
+    pub fn advertised_ip(&self, local: IpAddr) -> IpAddr {
+        if let Some(ip) = self.sip.external_ip {
+            return ip;
+        }
+        if !self.sip.host.is_unspecified() {
+            return self.sip.host;
+        }
+        local
+    }
+}
+
+fn invalid(key: &'static str, value: impl Into<String>, allowed: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.into(),
+        allowed: allowed.into(),
+    }
+}
+
+fn parse_ip(key: &'static str, value: &str) -> Result<IpAddr, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "an IPv4 or IPv6 address"))
+}
+
+fn parse_bool(key: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(key, value, "true or false")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    key: &'static str,
+    value: &str,
+    allowed: &str,
+) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, allowed))
+}
+
+fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), ConfigError> {
+    const PORT: &str = "a port 1-65535";
+    const SECONDS: &str = "a whole number of seconds";
+    const COUNT: &str = "a non-negative integer";
+    match key {
+        "SIP_HOST" => f.sip.host = Some(v.to_owned()),
+        "PORTS" => {
+            let ports = v
+                .split(',')
+                .map(|p| p.trim())
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse::<u16>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| invalid(key, v, "a comma-separated list of ports 1-65535"))?;
+            f.sip.ports = Some(ports);
+        }
+        "EXTERNAL_IP" => f.sip.external_ip = Some(v.to_owned()),
+        "SIP_REQUIRE_SIPREC" => f.sip.require_siprec = Some(parse_bool(key, v)?),
+        "MAX_CONCURRENT_CALLS" => f.sip.max_concurrent_calls = Some(parse_num(key, v, COUNT)?),
+        "HTTP_HOST" => f.http.host = Some(v.to_owned()),
+        "HTTP_PORT" => f.http.port = Some(parse_num(key, v, PORT)?),
+        "API_KEY" => f.http.api_key = Some(v.to_owned()),
+        "RTP_PORT_MIN" => f.media.rtp_port_min = Some(parse_num(key, v, PORT)?),
+        "RTP_PORT_MAX" => f.media.rtp_port_max = Some(parse_num(key, v, PORT)?),
+        "RTP_TIMEOUT" => {
+            let v = v.trim().trim_end_matches('s');
+            f.media.rtp_timeout_s = Some(parse_num(key, v, SECONDS)?)
+        }
+        "RTP_PORT_COOLDOWN" => f.media.port_cooldown_s = Some(parse_num(key, v, SECONDS)?),
+        "MAX_CALL_DURATION" => f.media.max_call_duration_s = Some(parse_num(key, v, SECONDS)?),
+        "RECORDING_DIR" => f.recording.dir = Some(PathBuf::from(v)),
+        "RECORDING_COMBINE_LEGS" => f.recording.combine_legs = Some(parse_bool(key, v)?),
+        "RECORDING_FSYNC" => {
+            let policy = match v.trim() {
+                "never" => FsyncPolicy::Never,
+                "periodic" => FsyncPolicy::Periodic,
+                "on_close" => FsyncPolicy::OnClose,
+                _ => return Err(invalid(key, v, "never, periodic or on_close")),
+            };
+            f.recording.fsync = Some(policy);
+        }
+        "RECORDING_MIN_FREE_MB" => f.recording.min_free_mb = Some(parse_num(key, v, COUNT)?),
+        "DATAPLANE_WORKERS" => f.dataplane.workers = Some(parse_num(key, v, COUNT)?),
+        "DATAPLANE_RING_SLOTS" => f.dataplane.ring_slots = Some(parse_num(key, v, COUNT)?),
+        "DATAPLANE_BATCH_SIZE" => f.dataplane.batch_size = Some(parse_num(key, v, COUNT)?),
+        _ => return Err(invalid(key, v, "a known configuration key")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No file, no env, no flags: the embedded defaults (5060, 8080, ./recordings).
+    #[test]
+    fn defaults() {
+        let c = Config::build(FileConfig::default(), &[]).unwrap();
+        assert_eq!(c.sip.ports, vec![5060]);
+        assert_eq!(c.http.port, 8080);
+        assert_eq!(c.recording.dir, PathBuf::from("./recordings"));
+        assert!(c.recording.combine_legs);
+        assert_eq!(c.media.rtp_timeout_s, 30);
+    }
+
+    /// The file sets a value, env overrides it, a later (CLI) override wins over env.
+    #[test]
+    fn layering_file_env_cli() {
+        let file: FileConfig =
+            toml::from_str("[http]\nport = 9000\n[sip]\nports = [5070]").unwrap();
+        let c = Config::build(file.clone(), &[]).unwrap();
+        assert_eq!((c.http.port, c.sip.ports.clone()), (9000, vec![5070]));
+        let env = [
+            ("HTTP_PORT", "9100".to_owned()),
+            ("PORTS", "5080, 5081".to_owned()),
+        ];
+        let c = Config::build(file.clone(), &env).unwrap();
+        assert_eq!((c.http.port, c.sip.ports.clone()), (9100, vec![5080, 5081]));
+        let both = [env[0].clone(), ("HTTP_PORT", "9200".to_owned())];
+        assert_eq!(Config::build(file, &both).unwrap().http.port, 9200);
+    }
+
+    /// Each bad value names the key, echoes the value and says what is allowed.
+    #[test]
+    fn errors_name_key_value_and_allowed() {
+        let cases = [
+            ("HTTP_PORT", "http", "a port 1-65535"),
+            ("RTP_PORT_MIN", "10001", "an even port"),
+            ("PORTS", "5060,x", "comma-separated"),
+            ("RECORDING_COMBINE_LEGS", "maybe", "true or false"),
+            ("SIP_HOST", "256.1.1.1", "IPv4 or IPv6"),
+            ("RTP_TIMEOUT", "0", "seconds"),
+        ];
+        for (key, value, allowed) in cases {
+            let err = Config::build(FileConfig::default(), &[(key, value.to_owned())])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(err.contains(value), "{err}");
+            assert!(err.contains(allowed), "{err}");
+        }
+    }
+
+    /// RTP_PORT_MAX must be above RTP_PORT_MIN, and SIP ports may not sit inside the range.
+    #[test]
+    fn cross_field_checks() {
+        let o = [
+            ("RTP_PORT_MIN", "20000".to_owned()),
+            ("RTP_PORT_MAX", "10000".to_owned()),
+        ];
+        assert!(Config::build(FileConfig::default(), &o)
+            .unwrap_err()
+            .to_string()
+            .contains("RTP_PORT_MAX"));
+        let o = [("PORTS", "15000".to_owned())];
+        assert!(Config::build(FileConfig::default(), &o)
+            .unwrap_err()
+            .to_string()
+            .contains("PORTS"));
+    }
+
+    /// A typo in the file is an error, not a silently ignored key.
+    #[test]
+    fn unknown_file_key_rejected() {
+        assert!(toml::from_str::<FileConfig>("[sip]\nprots = [5060]").is_err());
+    }
+}

@@ -1,1 +1,256 @@
-//! TODO
+//! The data plane: per-core receive loops. THE ONLY module that touches epoll and recvmmsg
+//! (io_uring joins behind the same interface in its own issue).
+//!
+//! Core model (glommio's thread-per-core, sharded by port): each worker thread is pinned to one
+//! core and owns the sockets of the streams whose local port maps to it (`port / 2 % workers`).
+//! A stream's state ([`RtpReceiver`]) lives on exactly that worker: no locks, no shared
+//! atomics and no allocation on the per-packet path. Decoded frames leave through the worker's
+//! own SPSC ring to the recorder; a full ring drops and counts, never blocks.
+//!
+//! Each iteration (TigerBeetle's io loop): read the clock once, wait for readiness (bounded),
+//! drain each ready socket with `recvmmsg` in batches (bounded per socket), handle each
+//! datagram, then apply control commands. Once a second the worker publishes per-stream
+//! counters to the control plane (summed there; never per packet).
+//!
+//! Refuses: parsing SIP/SDP, touching files, reading global configuration.
+
+mod worker;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::media::rtp::{RtpStats, StreamParams};
+use crate::media::{MediaFrame, StreamKey};
+use crate::ring;
+
+pub use worker::WorkerCounters;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the one clock the data plane, the recorder and the
+/// control plane share, so their timelines agree (the recorder's `SystemMonotonicClock` too).
+pub fn mono_now_ns() -> u64 {
+    use crate::sink::recorder::MonotonicClock;
+    crate::sink::recorder::SystemMonotonicClock.now_ns()
+}
+
+/// A bound RTP socket and its RTCP companion (port + 1), handed to a worker with the stream.
+#[derive(Debug)]
+pub struct StreamSockets {
+    pub rtp: UdpSocket,
+    pub rtcp: Option<UdpSocket>,
+}
+
+/// Sizes and placement of the workers.
+#[derive(Debug, Clone)]
+pub struct DataplaneSettings {
+    /// Number of receive workers (≥ 1).
+    pub workers: usize,
+    /// Datagrams per recvmmsg call.
+    pub batch_size: usize,
+    /// CPU to pin each worker to; `None` leaves placement to the kernel.
+    pub cores: Vec<Option<usize>>,
+}
+
+/// Commands from the control plane to one worker.
+#[derive(Debug)]
+pub enum Command {
+    Open {
+        params: StreamParams,
+        sockets: StreamSockets,
+    },
+    Update {
+        params: StreamParams,
+    },
+    Close {
+        key: StreamKey,
+    },
+    Shutdown,
+}
+
+/// Reports from workers to the control plane.
+#[derive(Debug)]
+pub enum Report {
+    /// Sent about once a second: every stream the worker owns, with its counters.
+    Stats {
+        worker: usize,
+        streams: Vec<(StreamKey, RtpStats)>,
+    },
+    /// A closed stream's final counters.
+    Closed { key: StreamKey, stats: RtpStats },
+}
+
+/// The control plane's handle on the running workers.
+pub struct Dataplane {
+    workers: Vec<WorkerHandle>,
+    reports: crossbeam_channel::Receiver<Report>,
+}
+
+struct WorkerHandle {
+    commands: crossbeam_channel::Sender<Command>,
+    heartbeat_ns: Arc<AtomicU64>,
+    counters: Arc<WorkerCounters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts one worker per producer ring. Worker `i` pushes into `rings[i]`.
+    pub fn start(
+        settings: DataplaneSettings,
+        rings: Vec<ring::Producer<MediaFrame>>,
+    ) -> std::io::Result<Dataplane> {
+        assert_eq!(rings.len(), settings.workers, "one ring per worker");
+        let (report_tx, reports) = crossbeam_channel::bounded(1024);
+        let mut workers = Vec::with_capacity(settings.workers);
+        for (index, ring) in rings.into_iter().enumerate() {
+            let (commands, command_rx) = crossbeam_channel::unbounded();
+            let heartbeat_ns = Arc::new(AtomicU64::new(mono_now_ns()));
+            let counters = Arc::new(WorkerCounters::default());
+            let core = settings.cores.get(index).copied().flatten();
+            let mut w = worker::Worker::new(
+                index,
+                settings.batch_size,
+                ring,
+                command_rx,
+                report_tx.clone(),
+                heartbeat_ns.clone(),
+                counters.clone(),
+            )?;
+            let thread = std::thread::Builder::new()
+                .name(format!("rx-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                            tracing::warn!(worker = index, core, "could not pin worker");
+                        }
+                    }
+                    w.run();
+                })?;
+            workers.push(WorkerHandle {
+                commands,
+                heartbeat_ns,
+                counters,
+                thread: Some(thread),
+            });
+        }
+        Ok(Dataplane { workers, reports })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The worker that owns `port`: RTP/RTCP pairs stay together.
+    pub fn worker_for_port(&self, port: u16) -> usize {
+        (port as usize / 2) % self.workers.len()
+    }
+
+    /// Hands a stream and its bound sockets to the worker owning `local_port`.
+    pub fn open(&self, local_port: u16, params: StreamParams, sockets: StreamSockets) {
+        self.send(local_port, Command::Open { params, sockets });
+    }
+
+    pub fn update(&self, local_port: u16, params: StreamParams) {
+        self.send(local_port, Command::Update { params });
+    }
+
+    pub fn close(&self, local_port: u16, key: StreamKey) {
+        self.send(local_port, Command::Close { key });
+    }
+
+    fn send(&self, port: u16, command: Command) {
+        let w = &self.workers[self.worker_for_port(port)];
+        if w.commands.send(command).is_err() {
+            tracing::error!(port, "data-plane worker is gone; command lost");
+        }
+    }
+
+    /// Reports waiting from the workers (non-blocking).
+    pub fn try_report(&self) -> Option<Report> {
+        self.reports.try_recv().ok()
+    }
+
+    /// Nanoseconds since each worker last completed a loop iteration (liveness).
+    pub fn heartbeat_ages_ns(&self, now_ns: u64) -> Vec<u64> {
+        self.workers
+            .iter()
+            .map(|w| now_ns.saturating_sub(w.heartbeat_ns.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Totals over every worker's counters (summed at read time).
+    pub fn totals(&self) -> worker::CounterSnapshot {
+        let mut total = worker::CounterSnapshot::default();
+        for w in &self.workers {
+            total.add(&w.counters.snapshot());
+        }
+        total
+    }
+
+    /// Stops every worker and waits for them.
+    pub fn shutdown(&mut self) {
+        for w in &self.workers {
+            let _ = w.commands.send(Command::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds an RTP socket on `ip:port` and its RTCP companion on `port + 1`, non-blocking, with
+/// a receive buffer sized for bursts. Fails if either port is taken (the caller tries another).
+pub fn bind_stream_sockets(
+    ip: IpAddr,
+    port: u16,
+    with_rtcp: bool,
+) -> std::io::Result<StreamSockets> {
+    let rtp = bind_udp(SocketAddr::new(ip, port))?;
+    let rtcp = if with_rtcp {
+        Some(bind_udp(SocketAddr::new(ip, port + 1))?)
+    } else {
+        None
+    };
+    Ok(StreamSockets { rtp, rtcp })
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // 256 KiB absorbs ~1.5 s of a G.711 stream if a worker stalls; the kernel caps it at
+    // net.core.rmem_max (tuning/ raises that).
+    let _ = socket.set_recv_buffer_size(256 * 1024);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Worker count and placement for `requested` workers (0 = auto) on this machine: every core
+/// but the control plane's (core 0) when there are ≥ 3, else one worker.
+pub fn plan_workers(requested: usize) -> (usize, Vec<Option<usize>>) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let n = match requested {
+        0 if cores.len() >= 3 => cores.len() - 1,
+        0 => 1,
+        n => n,
+    };
+    let placement = (0..n)
+        .map(|i| {
+            if cores.len() >= 2 {
+                // Skip core 0 (control plane, SIP, HTTP); wrap if more workers than cores.
+                Some(cores[1 + i % (cores.len() - 1)].id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    (n, placement)
+}

@@ -4,5 +4,6 @@
 
 pub mod frame;
 pub mod g711;
+pub mod rtp;
 
 pub use frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};

@@ -27,8 +27,16 @@ pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
         slots,
     });
     (
-        Producer { shared: shared.clone(), head_cache: 0, tail: 0 },
-        Consumer { shared, tail_cache: 0, head: 0 },
+        Producer {
+            shared: shared.clone(),
+            head_cache: 0,
+            tail: 0,
+        },
+        Consumer {
+            shared,
+            tail_cache: 0,
+            head: 0,
+        },
     )
 }
 
@@ -115,7 +123,11 @@ impl<T: Send> Consumer<T> {
 
     /// Values waiting, as seen now (may be stale by the time it returns).
     pub fn len(&self) -> usize {
-        self.shared.tail.0.load(Ordering::Acquire).wrapping_sub(self.head)
+        self.shared
+            .tail
+            .0
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.head)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,7 +162,10 @@ mod tests {
         assert_eq!(p.push(99), Err(99));
         assert_eq!(c.pop(), Some(0));
         p.push(4).unwrap();
-        assert_eq!((1..=4).map(|_| c.pop().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            (1..=4).map(|_| c.pop().unwrap()).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(c.pop(), None);
     }
 

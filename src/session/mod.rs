@@ -1,1 +1,485 @@
-//! TODO
+//! The control plane's recording sessions: SIP dialogs ↔ RFC 7866 recording sessions ↔
+//! media streams ↔ sinks. Sans-IO: transaction events and time go in; SIP responses and
+//! requests, data-plane commands and recorder commands come out as [`Action`]s.
+//!
+//! Driving contract (str0m's `Rtc`): call a `handle_*` method for each input, then drain
+//! [`SessionManager::poll_action`] until it returns `None`. Call [`SessionManager::handle_tick`]
+//! about once a second (RTP timeout, duration cap).
+//!
+//! Refuses: sockets, files, clocks. Ports come from a [`MediaPorts`] the driver implements
+//! (binding is I/O); files are written by the driver from `Action::WriteFile`.
+
+mod call;
+pub mod ports;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::media::rtp::{RtpStats, StreamParams};
+use crate::media::StreamKey;
+use crate::sink::recorder::{RecorderCommand, RecorderEvent};
+use crate::sip::{Peer, Request, Response, TsxEvent, TsxKey};
+
+use call::Call;
+pub use call::{CallState, CallSummary};
+
+/// How long an ended call waits for the recorder's report before it is written off.
+const RECORDER_REPORT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Settings captured at start-up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub max_concurrent_calls: usize,
+    pub require_siprec: bool,
+    pub rtp_timeout_ns: u64,
+    /// 0 = unlimited.
+    pub max_duration_ns: u64,
+    pub recording_root: PathBuf,
+    pub combine_legs: bool,
+    /// Address for SDP c=/o= and Contact when set (EXTERNAL_IP or a specific SIP_HOST).
+    pub advertised_ip: Option<IpAddr>,
+    /// Our SIP port, for Contact.
+    pub sip_port: u16,
+    /// Fallback advertised address: the local address of the default route.
+    pub fallback_ip: IpAddr,
+    /// Seed for tags, branches and SDP session ids (from the OS RNG in production).
+    pub seed: u64,
+}
+
+/// The current time, as the two clocks the control plane needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic nanoseconds (same origin as the data plane's and recorder's clock).
+    pub mono_ns: u64,
+    /// Wall clock, milliseconds since the Unix epoch (for dates and session.json).
+    pub unix_ms: u64,
+}
+
+/// RTP ports for streams. The production implementation binds sockets (and fails over to the
+/// next port when one is taken); tests use the pool alone.
+pub trait MediaPorts {
+    /// A port whose RTP (and RTCP, port + 1) sockets are ready, or `None` when exhausted.
+    fn allocate(&mut self, now_ns: u64) -> Option<u16>;
+    /// Gives a port back (after its stream was closed).
+    fn release(&mut self, port: u16, now_ns: u64);
+    fn in_use(&self) -> usize;
+}
+
+impl MediaPorts for ports::PortPool {
+    fn allocate(&mut self, now_ns: u64) -> Option<u16> {
+        ports::PortPool::allocate(self, now_ns)
+    }
+    fn release(&mut self, port: u16, now_ns: u64) {
+        ports::PortPool::release(self, port, now_ns)
+    }
+    fn in_use(&self) -> usize {
+        ports::PortPool::in_use(self)
+    }
+}
+
+/// What the driver must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    Respond {
+        key: TsxKey,
+        response: Response,
+    },
+    /// Start a non-INVITE client transaction (BYE).
+    SendRequest {
+        peer: Peer,
+        request: Request,
+    },
+    OpenStream {
+        port: u16,
+        params: StreamParams,
+    },
+    UpdateStream {
+        port: u16,
+        params: StreamParams,
+    },
+    CloseStream {
+        port: u16,
+        key: StreamKey,
+    },
+    Recorder(RecorderCommand),
+    /// Write `bytes` to `path` atomically (temp + rename).
+    WriteFile {
+        path: PathBuf,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Process-wide counters for /health and (later) metrics.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SessionCounters {
+    pub calls_total: u64,
+    pub calls_rejected_capacity: u64,
+    pub calls_rejected_ports: u64,
+    pub calls_rejected_sdp: u64,
+    pub calls_rejected_not_siprec: u64,
+    pub calls_cancelled: u64,
+    pub calls_rtp_timeout: u64,
+    pub calls_duration_cap: u64,
+    pub calls_ack_timeout: u64,
+    pub metadata_errors: u64,
+}
+
+/// Owns every recording session of the process.
+pub struct SessionManager {
+    config: SessionConfig,
+    calls: HashMap<String, Call>,
+    by_invite: HashMap<TsxKey, String>,
+    by_session: HashMap<u64, String>,
+    actions: VecDeque<Action>,
+    next_session: u64,
+    rng: u64,
+    draining: bool,
+    counters: SessionCounters,
+}
+
+impl SessionManager {
+    pub fn new(config: SessionConfig) -> SessionManager {
+        let rng = config.seed | 1;
+        SessionManager {
+            config,
+            calls: HashMap::new(),
+            by_invite: HashMap::new(),
+            by_session: HashMap::new(),
+            actions: VecDeque::new(),
+            next_session: 1,
+            rng,
+            draining: false,
+            counters: SessionCounters::default(),
+        }
+    }
+
+    // --- getters ---
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.values().filter(|c| c.is_active()).count()
+    }
+
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Summaries for the API, oldest first.
+    pub fn summaries(&self) -> Vec<CallSummary> {
+        let mut v: Vec<CallSummary> = self.calls.values().map(|c| c.summary()).collect();
+        v.sort_by_key(|s| s.session);
+        v
+    }
+
+    /// True when no call holds resources (used by shutdown to know when to exit).
+    pub fn is_idle(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    // --- handle_* ---
+
+    /// A transaction-layer event.
+    pub fn handle_tsx_event(&mut self, now: Now, ports: &mut dyn MediaPorts, event: TsxEvent) {
+        match event {
+            TsxEvent::Request { key, request, peer } => {
+                self.handle_request(now, ports, key, request, peer)
+            }
+            TsxEvent::Ack { request, .. } => {
+                if let Some(call) = request.call_id().and_then(|id| self.calls.get_mut(id)) {
+                    call.handle_ack();
+                }
+            }
+            TsxEvent::Cancelled { invite } => {
+                if let Some(call_id) = self.by_invite.remove(&invite) {
+                    self.counters.calls_cancelled += 1;
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        let resp = call.error_response(487);
+                        self.actions.push_back(Action::Respond {
+                            key: invite,
+                            response: resp,
+                        });
+                        call.terminate(now, ports, "cancelled", &mut self.actions, false);
+                    }
+                }
+            }
+            TsxEvent::AckTimeout { call_id, .. } => {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    self.counters.calls_ack_timeout += 1;
+                    call.terminate(now, ports, "ack_timeout", &mut self.actions, true);
+                }
+            }
+            TsxEvent::Response { .. } | TsxEvent::ClientTimeout { .. } => {
+                // Responses to our BYEs: the session is already being finalized.
+            }
+        }
+    }
+
+    /// Per-stream counters published by the data plane.
+    pub fn handle_stream_stats(&mut self, key: StreamKey, stats: RtpStats) {
+        if let Some(call) = self
+            .by_session
+            .get(&key.session)
+            .and_then(|id| self.calls.get_mut(id))
+        {
+            call.update_stats(key, stats);
+        }
+    }
+
+    /// The recorder finished (or failed) a recording session: write session.json and forget
+    /// the call.
+    pub fn handle_recorder_event(&mut self, now: Now, event: RecorderEvent) {
+        let session = match &event {
+            RecorderEvent::SessionClosed { session, .. } => *session,
+            RecorderEvent::SessionFailed { session, .. } => *session,
+        };
+        let Some(call_id) = self.by_session.get(&session).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let done = call.handle_recorder_event(now, event, &mut self.actions);
+        if done {
+            self.by_session.remove(&session);
+            self.calls.remove(&call_id);
+        }
+    }
+
+    /// Periodic work: RTP timeout and duration cap (we send BYE).
+    pub fn handle_tick(&mut self, now: Now, ports: &mut dyn MediaPorts) {
+        let timeout = self.config.rtp_timeout_ns;
+        let cap = self.config.max_duration_ns;
+        // A recorder that never reports (it died) must not leak calls: give up after a while
+        // and write session.json with the error.
+        let stale: Vec<u64> = self
+            .calls
+            .values()
+            .filter(|c| {
+                c.ended_for_ns(now.mono_ns)
+                    .is_some_and(|ns| ns >= RECORDER_REPORT_TIMEOUT_NS)
+            })
+            .map(|c| c.session())
+            .collect();
+        for session in stale {
+            let error = "the recorder did not report the session closed".to_owned();
+            self.handle_recorder_event(now, RecorderEvent::SessionFailed { session, error });
+        }
+        for call in self.calls.values_mut() {
+            if !call.is_active() {
+                continue;
+            }
+            if call
+                .rtp_idle_ns(now.mono_ns)
+                .is_some_and(|idle| idle >= timeout)
+            {
+                self.counters.calls_rtp_timeout += 1;
+                call.terminate(now, ports, "rtp_timeout", &mut self.actions, true);
+            } else if cap > 0 && call.duration_ns(now.mono_ns) >= cap {
+                self.counters.calls_duration_cap += 1;
+                call.terminate(now, ports, "max_duration", &mut self.actions, true);
+            }
+        }
+    }
+
+    /// Graceful stop: new INVITEs get 503, every running call is ended with BYE.
+    pub fn shutdown(&mut self, now: Now, ports: &mut dyn MediaPorts) {
+        self.draining = true;
+        for call in self.calls.values_mut() {
+            if call.is_active() {
+                call.terminate(now, ports, "shutdown", &mut self.actions, true);
+            }
+        }
+    }
+
+    /// Stops accepting new calls (drain) without ending running ones.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    // --- poll ---
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    // --- internals ---
+
+    fn handle_request(
+        &mut self,
+        now: Now,
+        ports: &mut dyn MediaPorts,
+        key: TsxKey,
+        request: Request,
+        peer: Peer,
+    ) {
+        use crate::sip::Method;
+        let in_dialog = request.to().is_some_and(|to| to.tag().is_some());
+        let call_id = request.call_id().unwrap_or_default().to_owned();
+        match request.method {
+            Method::Invite if !in_dialog => self.handle_new_invite(now, ports, key, request, peer),
+            Method::Options => {
+                let status = if self.draining || self.at_capacity() {
+                    503
+                } else {
+                    200
+                };
+                let mut resp = call::response(&request, status, &self.new_tag());
+                call::add_capabilities(&mut resp);
+                if status == 503 {
+                    resp.headers.push("Retry-After", "30");
+                }
+                self.actions.push_back(Action::Respond {
+                    key,
+                    response: resp,
+                });
+            }
+            Method::Invite | Method::Update | Method::Bye | Method::Info => {
+                let Some(call) = self.calls.get_mut(&call_id).filter(|c| c.matches(&request))
+                else {
+                    let resp = call::response(&request, 481, &self.new_tag());
+                    self.actions.push_back(Action::Respond {
+                        key,
+                        response: resp,
+                    });
+                    return;
+                };
+                match request.method {
+                    Method::Bye => {
+                        let resp = call::response(&request, 200, call.local_tag());
+                        self.actions.push_back(Action::Respond {
+                            key,
+                            response: resp,
+                        });
+                        call.terminate(now, ports, "bye", &mut self.actions, false);
+                    }
+                    Method::Info => {
+                        let resp = call::response(&request, 200, call.local_tag());
+                        self.actions.push_back(Action::Respond {
+                            key,
+                            response: resp,
+                        });
+                    }
+                    _ => {
+                        let counters = &mut self.counters;
+                        call.handle_modify(now, ports, key, &request, &mut self.actions, counters);
+                    }
+                }
+            }
+            Method::Register | Method::Subscribe | Method::Publish | Method::Message => {
+                let mut resp = call::response(&request, 405, &self.new_tag());
+                resp.headers.push("Allow", call::ALLOW);
+                self.actions.push_back(Action::Respond {
+                    key,
+                    response: resp,
+                });
+            }
+            Method::Ack | Method::Cancel => {} // The transaction layer handles these.
+            _ => {
+                let mut resp = call::response(&request, 501, &self.new_tag());
+                resp.headers.push("Allow", call::ALLOW);
+                self.actions.push_back(Action::Respond {
+                    key,
+                    response: resp,
+                });
+            }
+        }
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.active_calls() >= self.config.max_concurrent_calls
+    }
+
+    fn handle_new_invite(
+        &mut self,
+        now: Now,
+        ports: &mut dyn MediaPorts,
+        key: TsxKey,
+        request: Request,
+        peer: Peer,
+    ) {
+        let tag = self.new_tag();
+        let reject = |actions: &mut VecDeque<Action>, status: u16, retry: bool| {
+            let mut resp = call::response(&request, status, &tag);
+            if retry {
+                resp.headers.push("Retry-After", "30");
+            }
+            actions.push_back(Action::Respond {
+                key,
+                response: resp,
+            });
+        };
+        let call_id = match request.call_id() {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => return reject(&mut self.actions, 400, false),
+        };
+        if self.calls.contains_key(&call_id) {
+            // Same Call-ID without a To tag: a second dialog attempt we don't support.
+            return reject(&mut self.actions, 482, false);
+        }
+        if self.draining || self.at_capacity() {
+            self.counters.calls_rejected_capacity += 1;
+            return reject(&mut self.actions, 503, true);
+        }
+        let is_siprec = call::is_siprec(&request);
+        if self.config.require_siprec && !is_siprec {
+            self.counters.calls_rejected_not_siprec += 1;
+            return reject(&mut self.actions, 403, false);
+        }
+        let session = self.next_session;
+        let sdp_session_id = self.next_random() >> 1;
+        let advertised = call::advertised_ip(&self.config, &request, peer);
+        let setup = call::CallSetup {
+            session,
+            call_id: call_id.clone(),
+            local_tag: tag.clone(),
+            sdp_session_id,
+            advertised_ip: advertised,
+            sip_port: self.config.sip_port,
+            is_siprec,
+            peer,
+            recording_root: self.config.recording_root.clone(),
+            combine_legs: self.config.combine_legs,
+            branch_seed: self.next_random(),
+        };
+        match Call::accept(now, ports, setup, key, &request, &mut self.actions) {
+            Ok((call, metadata_error)) => {
+                if metadata_error {
+                    self.counters.metadata_errors += 1;
+                }
+                self.next_session += 1;
+                self.counters.calls_total += 1;
+                self.by_invite.insert(key, call_id.clone());
+                self.by_session.insert(session, call_id.clone());
+                self.calls.insert(call_id, call);
+            }
+            Err(status) => {
+                match status {
+                    503 => self.counters.calls_rejected_ports += 1,
+                    _ => self.counters.calls_rejected_sdp += 1,
+                }
+                reject(&mut self.actions, status, status == 503);
+            }
+        }
+    }
+
+    fn new_tag(&mut self) -> String {
+        format!("{:016x}", self.next_random())
+    }
+
+    /// splitmix64: tags and ids must be unique and unguessable enough for SIP, and the seed
+    /// comes from the OS RNG; tests pass a fixed seed for reproducible output.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing siprec needs on a fresh Debian machine.
+# Idempotent: already-installed packages are skipped quickly. Run as root (or via sudo).
+set -euo pipefail
+
+packages=(build-essential pkg-config sip-tester sox tshark curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; answer no without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "deps: installing the Rust toolchain from Debian (rustup is preferred when available)"
+    apt-get install -y -qq cargo rustc >/dev/null
+  fi
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-nextest from crates.io"
+  cargo install --locked cargo-nextest
+fi
+echo "deps: ok ($(sipp -v 2>/dev/null | grep -o 'v[0-9][^ ,-]*' | head -1 || echo sipp), $(cargo --version))"

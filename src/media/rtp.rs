@@ -1,0 +1,515 @@
+//! Per-stream RTP receive logic: header parse, SSRC lock, sequence and timestamp extension,
+//! duplicate detection, payload type → decoder, decode into a [`MediaFrame`].
+//!
+//! No I/O. No clock: the receive time is an input. No allocation per packet: the caller owns
+//! the output frame. Reordering is not buffered here: frames carry their extended RTP
+//! timestamp and the recorder places them by it (see `docs/recording.md`).
+
+use super::frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
+use super::g711;
+
+/// What a payload type decodes to. Indexed by PT in a 128-entry table (rtpengine's
+/// `decoders[128]`), so the hot path never looks up a codec by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    Pcmu,
+    Pcma,
+    /// RFC 4733 telephone-event: never reaches the audio; the gap it covers stays silence.
+    TelephoneEvent,
+    /// RFC 3389 comfort noise: the gap stays silence.
+    ComfortNoise,
+}
+
+/// Parameters captured when a stream is opened or updated (never read from global config).
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    pub key: StreamKey,
+    /// PT → kind. `None` means the SDP answer did not accept that PT: counted and dropped.
+    pub payload_types: [Option<PayloadKind>; 128],
+    /// Audio sample rate of the decoded PCM (8000 for G.711).
+    pub sample_rate: u32,
+    /// A held stream (a=inactive, port 0) still receives, but its silence is expected.
+    pub held: bool,
+}
+
+/// Why a packet did not become audio. Each has a counter in [`RtpStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    Malformed,
+    UnknownPayloadType,
+    TelephoneEvent,
+    ComfortNoise,
+    Duplicate,
+    TooOld,
+    ForeignSsrc,
+}
+
+/// Per-stream counters, read by the control plane once a second (never per packet).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RtpStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub audio_packets: u64,
+    /// Sequence numbers never seen, corrected when a late packet fills the hole.
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    pub too_old: u64,
+    pub malformed: u64,
+    pub unknown_pt: u64,
+    pub telephone_events: u64,
+    pub comfort_noise: u64,
+    pub foreign_ssrc: u64,
+    pub ssrc_changes: u64,
+    pub ring_full: u64,
+    pub last_rx_ns: u64,
+    pub ssrc: Option<u32>,
+}
+
+/// After this long without a packet from the locked SSRC a new SSRC takes over at once.
+const SSRC_GAP_NS: u64 = 60_000_000;
+/// Without a gap, a new SSRC takes over after this many consecutive packets (a hard switch
+/// by an SBC on transfer), so stray packets from elsewhere cannot steal the stream.
+const SSRC_SWITCH_PACKETS: u32 = 3;
+/// A sequence jump larger than this restarts tracking instead of counting thousands lost
+/// (RFC 3550 A.1 MAX_DROPOUT).
+const MAX_DROPOUT: u64 = 3000;
+/// Sequence numbers tracked behind the highest one for duplicate detection.
+const SEQ_WINDOW: u64 = 64;
+
+/// The receive state of one stream. Lives on exactly one data-plane worker.
+#[derive(Debug)]
+pub struct RtpReceiver {
+    params: StreamParams,
+    ssrc: Option<u32>,
+    ssrc_epoch: u32,
+    candidate: Option<(u32, u32)>,
+    highest_seq: u64,
+    seen: u64,
+    last_ext_ts: u64,
+    started: bool,
+    stats: RtpStats,
+}
+
+impl RtpReceiver {
+    pub fn new(params: StreamParams) -> Self {
+        RtpReceiver {
+            params,
+            ssrc: None,
+            ssrc_epoch: 0,
+            candidate: None,
+            highest_seq: 0,
+            seen: 0,
+            last_ext_ts: 0,
+            started: false,
+            stats: RtpStats::default(),
+        }
+    }
+
+    pub fn params(&self) -> &StreamParams {
+        &self.params
+    }
+
+    /// Replaces PT map and hold state (re-INVITE); SSRC and sequence state carry on.
+    pub fn update(&mut self, params: StreamParams) {
+        debug_assert_eq!(params.key, self.params.key);
+        self.params = params;
+    }
+
+    pub fn stats(&self) -> &RtpStats {
+        &self.stats
+    }
+
+    pub fn count_ring_full(&mut self) {
+        self.stats.ring_full += 1;
+    }
+
+    /// Handles one datagram received at `now_ns`. On audio, fills `frame` in place (the caller
+    /// owns it, so nothing is allocated) and returns `Ok`; otherwise the counted reason.
+    pub fn handle_packet(
+        &mut self,
+        now_ns: u64,
+        packet: &[u8],
+        frame: &mut MediaFrame,
+    ) -> Result<(), Drop> {
+        self.stats.packets += 1;
+        self.stats.bytes += packet.len() as u64;
+        let header = match parse_header(packet) {
+            Some(h) => h,
+            None => {
+                self.stats.malformed += 1;
+                return Err(Drop::Malformed);
+            }
+        };
+        self.lock_ssrc(now_ns, header.ssrc)?;
+        self.stats.last_rx_ns = now_ns;
+
+        let kind = match self.params.payload_types[header.pt as usize] {
+            Some(kind) => kind,
+            None => {
+                self.stats.unknown_pt += 1;
+                return Err(Drop::UnknownPayloadType);
+            }
+        };
+        self.track_sequence(header.seq)?;
+        let ext_ts = self.extend_timestamp(header.timestamp);
+        let payload = &packet[header.payload_start..header.payload_end];
+        let decode: fn(&[u8], &mut [i16]) = match kind {
+            PayloadKind::Pcmu => g711::decode_ulaw,
+            PayloadKind::Pcma => g711::decode_alaw,
+            PayloadKind::TelephoneEvent => {
+                self.stats.telephone_events += 1;
+                return Err(Drop::TelephoneEvent);
+            }
+            PayloadKind::ComfortNoise => {
+                self.stats.comfort_noise += 1;
+                return Err(Drop::ComfortNoise);
+            }
+        };
+        if payload.is_empty() {
+            self.stats.malformed += 1;
+            return Err(Drop::Malformed);
+        }
+        // Longer payloads (> 120 ms of G.711) are cut at FRAME_SAMPLES_MAX: such ptimes are
+        // outside RFC 3551's recommendations and no vendor we know sends them.
+        let n = payload.len().min(FRAME_SAMPLES_MAX);
+        decode(&payload[..n], &mut frame.samples[..n]);
+        frame.key = self.params.key;
+        frame.arrival_ns = now_ns;
+        frame.ext_ts = ext_ts;
+        frame.ssrc_epoch = self.ssrc_epoch;
+        frame.sample_rate = self.params.sample_rate;
+        frame.len = n as u16;
+        self.stats.audio_packets += 1;
+        Ok(())
+    }
+
+    fn lock_ssrc(&mut self, now_ns: u64, ssrc: u32) -> Result<(), Drop> {
+        match self.ssrc {
+            Some(locked) if locked == ssrc => {
+                self.candidate = None;
+                Ok(())
+            }
+            Some(_) => {
+                let gap = now_ns.saturating_sub(self.stats.last_rx_ns) >= SSRC_GAP_NS;
+                let count = match self.candidate {
+                    Some((c, n)) if c == ssrc => n + 1,
+                    _ => 1,
+                };
+                if gap || count >= SSRC_SWITCH_PACKETS {
+                    self.switch_ssrc(ssrc);
+                    Ok(())
+                } else {
+                    self.candidate = Some((ssrc, count));
+                    self.stats.foreign_ssrc += 1;
+                    Err(Drop::ForeignSsrc)
+                }
+            }
+            None => {
+                self.ssrc = Some(ssrc);
+                self.stats.ssrc = Some(ssrc);
+                Ok(())
+            }
+        }
+    }
+
+    fn switch_ssrc(&mut self, ssrc: u32) {
+        self.ssrc = Some(ssrc);
+        self.stats.ssrc = Some(ssrc);
+        self.stats.ssrc_changes += 1;
+        self.ssrc_epoch += 1;
+        self.candidate = None;
+        self.started = false;
+        self.last_ext_ts = 0;
+    }
+
+    /// Extends the 16-bit sequence number, detects duplicates and counts loss/reordering.
+    fn track_sequence(&mut self, seq: u16) -> Result<(), Drop> {
+        if !self.started {
+            self.started = true;
+            self.highest_seq = (1 << 16) + seq as u64; // Room below for early reordering.
+            self.seen = 1;
+            return Ok(());
+        }
+        let delta = seq.wrapping_sub(self.highest_seq as u16) as i16 as i64;
+        let ext = (self.highest_seq as i64 + delta) as u64;
+        if ext > self.highest_seq {
+            let ahead = ext - self.highest_seq;
+            if ahead > MAX_DROPOUT {
+                // The sender restarted its sequence; don't book thousands of losses.
+                self.highest_seq = ext;
+                self.seen = 1;
+                return Ok(());
+            }
+            self.stats.lost += ahead - 1;
+            self.seen = if ahead >= SEQ_WINDOW {
+                0
+            } else {
+                self.seen << ahead
+            };
+            self.seen |= 1;
+            self.highest_seq = ext;
+            Ok(())
+        } else {
+            let behind = self.highest_seq - ext;
+            if behind >= SEQ_WINDOW {
+                self.stats.too_old += 1;
+                return Err(Drop::TooOld);
+            }
+            let bit = 1u64 << behind;
+            if self.seen & bit != 0 {
+                self.stats.duplicates += 1;
+                return Err(Drop::Duplicate);
+            }
+            self.seen |= bit;
+            self.stats.out_of_order += 1;
+            self.stats.lost = self.stats.lost.saturating_sub(1);
+            Ok(())
+        }
+    }
+
+    fn extend_timestamp(&mut self, ts: u32) -> u64 {
+        if self.last_ext_ts == 0 {
+            self.last_ext_ts = (1u64 << 32) + ts as u64;
+            return self.last_ext_ts;
+        }
+        let delta = ts.wrapping_sub(self.last_ext_ts as u32) as i32 as i64;
+        let ext = (self.last_ext_ts as i64 + delta) as u64;
+        if ext > self.last_ext_ts {
+            self.last_ext_ts = ext;
+        }
+        ext
+    }
+}
+
+/// The fields of an RTP header we use, with the payload's range inside the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub pt: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload_start: usize,
+    pub payload_end: usize,
+}
+
+/// Parses an RTP header (RFC 3550 §5.1): version 2, CSRCs, extension and padding handled.
+/// Returns `None` for anything malformed; never panics.
+pub fn parse_header(packet: &[u8]) -> Option<RtpHeader> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let padding = packet[0] & 0x20 != 0;
+    let extension = packet[0] & 0x10 != 0;
+    let csrc_count = (packet[0] & 0x0F) as usize;
+    let pt = packet[1] & 0x7F;
+    // RTCP packet types 200-204 share the port under rtcp-mux (RFC 5761 §4): PT 72-76 here.
+    if (72..=76).contains(&pt) {
+        return None;
+    }
+    let mut start = 12 + 4 * csrc_count;
+    if extension {
+        let ext = packet.get(start..start + 4)?;
+        let words = u16::from_be_bytes([ext[2], ext[3]]) as usize;
+        start += 4 + 4 * words;
+    }
+    let mut end = packet.len();
+    if padding {
+        let pad = *packet.last()? as usize;
+        if pad == 0 {
+            return None;
+        }
+        end = end.checked_sub(pad)?;
+    }
+    if start > end {
+        return None;
+    }
+    Some(RtpHeader {
+        pt,
+        marker: packet[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([packet[2], packet[3]]),
+        timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+        payload_start: start,
+        payload_end: end,
+    })
+}
+
+/// Writes a minimal RTP packet (no CSRC, no extension) into `out`; for the test SRC and bench.
+pub fn write_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0x80, pt & 0x7F]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&ts.to_be_bytes());
+    out.extend_from_slice(&ssrc.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+impl MediaFrame {
+    /// A zeroed frame to be filled by [`RtpReceiver::handle_packet`].
+    pub fn empty() -> Self {
+        MediaFrame {
+            key: StreamKey {
+                session: 0,
+                stream: 0,
+            },
+            arrival_ns: 0,
+            ext_ts: 0,
+            ssrc_epoch: 0,
+            sample_rate: 0,
+            len: 0,
+            samples: [0; FRAME_SAMPLES_MAX],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> StreamParams {
+        let mut payload_types = [None; 128];
+        payload_types[0] = Some(PayloadKind::Pcmu);
+        payload_types[101] = Some(PayloadKind::TelephoneEvent);
+        payload_types[13] = Some(PayloadKind::ComfortNoise);
+        StreamParams {
+            key: StreamKey {
+                session: 1,
+                stream: 0,
+            },
+            payload_types,
+            sample_rate: 8000,
+            held: false,
+        }
+    }
+
+    fn pkt(pt: u8, seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_packet(pt, seq, ts, ssrc, &[0xFF; 160], &mut out);
+        out
+    }
+
+    /// In-order G.711 packets decode to 160 samples with increasing extended timestamps.
+    #[test]
+    fn decodes_in_order() {
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        rx.handle_packet(0, &pkt(0, 10, 1000, 7), &mut f).unwrap();
+        let first = f.ext_ts;
+        assert_eq!(f.len, 160);
+        rx.handle_packet(20, &pkt(0, 11, 1160, 7), &mut f).unwrap();
+        assert_eq!(f.ext_ts - first, 160);
+        assert_eq!(rx.stats().lost, 0);
+    }
+
+    /// Sequence and timestamp wrap without a discontinuity.
+    #[test]
+    fn wraps() {
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        rx.handle_packet(0, &pkt(0, 65535, u32::MAX - 79, 7), &mut f)
+            .unwrap();
+        let first = f.ext_ts;
+        rx.handle_packet(1, &pkt(0, 0, 80, 7), &mut f).unwrap();
+        assert_eq!(f.ext_ts - first, 160);
+        assert_eq!(rx.stats().lost, 0);
+    }
+
+    /// A duplicate is dropped; a late packet fills its hole and un-counts the loss.
+    #[test]
+    fn duplicate_and_reorder() {
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        rx.handle_packet(0, &pkt(0, 1, 0, 7), &mut f).unwrap();
+        rx.handle_packet(0, &pkt(0, 3, 320, 7), &mut f).unwrap();
+        assert_eq!(rx.stats().lost, 1);
+        rx.handle_packet(0, &pkt(0, 2, 160, 7), &mut f).unwrap();
+        assert_eq!(rx.stats().lost, 0);
+        assert_eq!(rx.stats().out_of_order, 1);
+        assert_eq!(
+            rx.handle_packet(0, &pkt(0, 2, 160, 7), &mut f),
+            Err(Drop::Duplicate)
+        );
+        assert_eq!(
+            rx.handle_packet(0, &pkt(0, 3, 320, 7), &mut f),
+            Err(Drop::Duplicate)
+        );
+    }
+
+    /// telephone-event and comfort noise never reach the audio; unknown PTs are counted.
+    #[test]
+    fn dtmf_cn_unknown() {
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        assert_eq!(
+            rx.handle_packet(0, &pkt(101, 1, 0, 7), &mut f),
+            Err(Drop::TelephoneEvent)
+        );
+        assert_eq!(
+            rx.handle_packet(0, &pkt(13, 2, 0, 7), &mut f),
+            Err(Drop::ComfortNoise)
+        );
+        assert_eq!(
+            rx.handle_packet(0, &pkt(96, 3, 0, 7), &mut f),
+            Err(Drop::UnknownPayloadType)
+        );
+        assert_eq!(rx.stats().unknown_pt, 1);
+    }
+
+    /// A foreign SSRC interleaved with the locked one is dropped; after a gap, or after a
+    /// steady run of packets, the new SSRC takes over with a new epoch.
+    #[test]
+    fn ssrc_lock_and_switch() {
+        let ms = 1_000_000;
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        rx.handle_packet(0, &pkt(0, 1, 0, 7), &mut f).unwrap();
+        assert_eq!(
+            rx.handle_packet(ms, &pkt(0, 500, 0, 9), &mut f),
+            Err(Drop::ForeignSsrc)
+        );
+        rx.handle_packet(2 * ms, &pkt(0, 2, 160, 7), &mut f)
+            .unwrap();
+        rx.handle_packet(200 * ms, &pkt(0, 900, 5000, 9), &mut f)
+            .unwrap();
+        assert_eq!(f.ssrc_epoch, 1);
+        assert_eq!(rx.stats().lost, 0);
+        // A hard switch without a gap takes over on the third packet.
+        assert!(rx
+            .handle_packet(201 * ms, &pkt(0, 50, 0, 11), &mut f)
+            .is_err());
+        assert!(rx
+            .handle_packet(202 * ms, &pkt(0, 51, 160, 11), &mut f)
+            .is_err());
+        rx.handle_packet(203 * ms, &pkt(0, 52, 320, 11), &mut f)
+            .unwrap();
+        assert_eq!(f.ssrc_epoch, 2);
+    }
+
+    /// Malformed headers (short, wrong version, padding longer than the packet, extension
+    /// past the end, RTCP under mux) are rejected without panicking.
+    #[test]
+    fn malformed() {
+        assert!(parse_header(&[0x80; 11]).is_none());
+        assert!(parse_header(&[0x40; 20]).is_none());
+        let mut p = pkt(0, 1, 0, 1);
+        p[0] |= 0x20;
+        *p.last_mut().unwrap() = 255;
+        assert!(parse_header(&p).is_none());
+        let mut p = pkt(0, 1, 0, 1);
+        p[0] |= 0x10;
+        p[14] = 0xFF;
+        p[15] = 0xFF;
+        assert!(parse_header(&p).is_none());
+        let mut p = pkt(0, 1, 0, 1);
+        p[1] = 200;
+        assert!(parse_header(&p).is_none());
+        // Every prefix of a valid packet with extension and CSRCs: no panic.
+        let mut p = pkt(0, 1, 0, 1);
+        p[0] = 0x92;
+        for n in 0..p.len() {
+            let _ = parse_header(&p[..n]);
+        }
+    }
+}

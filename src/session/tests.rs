@@ -1,0 +1,387 @@
+//! Paired sans-IO tests of the session manager: SIP requests in (as the transaction layer
+//! delivers them), responses and data-plane/recorder commands out. No sockets, no clock.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use super::*;
+use crate::sip::{Method, Transport};
+
+const MS: u64 = 1_000_000;
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        max_concurrent_calls: 2,
+        require_siprec: false,
+        rtp_timeout_ns: 30_000 * MS,
+        max_duration_ns: 0,
+        recording_root: PathBuf::from("/rec"),
+        combine_legs: true,
+        advertised_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+        fallback_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        sip_port: 5060,
+        seed: 42,
+    }
+}
+
+fn peer() -> Peer {
+    Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::from(([198, 51, 100, 7], 5060)),
+        conn: Some(0),
+    }
+}
+
+fn now(ms: u64) -> Now {
+    Now {
+        mono_ns: 1_000 * MS + ms * MS,
+        unix_ms: 1_762_863_004_493 + ms,
+    }
+}
+
+/// A transaction key for request number `n` (keys are opaque; tests mint them through a
+/// real transaction layer so they stay valid whatever their representation).
+struct Keys {
+    layer: crate::sip::TransactionLayer,
+    n: u32,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            layer: crate::sip::TransactionLayer::new(Default::default()),
+            n: 0,
+        }
+    }
+
+    /// Runs `req` through a transaction layer to obtain the event the manager would see.
+    fn event(&mut self, mut req: Request) -> TsxEvent {
+        self.n += 1;
+        req.headers.set(
+            "Via",
+            format!("SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKt{}", self.n),
+        );
+        self.layer.handle_message(
+            std::time::Instant::now(),
+            peer(),
+            crate::sip::Message::Request(req),
+        );
+        while let Some(out) = self.layer.poll_output() {
+            if let crate::sip::Output::Event(e) = out {
+                return e;
+            }
+        }
+        panic!("transaction layer delivered no event");
+    }
+}
+
+fn invite(
+    call_id: &str,
+    cseq: u32,
+    to_tag: Option<&str>,
+    body: &str,
+    content_type: &str,
+) -> Request {
+    let mut r = Request::new(Method::Invite, "sip:srs@192.0.2.1:5060");
+    r.headers
+        .push("Via", "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKx");
+    r.headers.push("From", "<sip:src@198.51.100.7>;tag=srctag");
+    let to = match to_tag {
+        Some(t) => format!("<sip:srs@192.0.2.1>;tag={t}"),
+        None => "<sip:srs@192.0.2.1>".to_owned(),
+    };
+    r.headers.push("To", to);
+    r.headers.push("Call-ID", call_id);
+    r.headers.push("CSeq", format!("{cseq} INVITE"));
+    r.headers
+        .push("Contact", "<sip:src@198.51.100.7:5060>;+sip.src");
+    r.headers.push("Require", "siprec");
+    r.headers.push("Content-Type", content_type);
+    r.body = body.as_bytes().to_vec().into();
+    r
+}
+
+fn sdp(direction: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=SRC 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=label:1\r\na={direction}\r\n\
+m=audio {} RTP/AVP 8\r\na=label:2\r\na={direction}\r\n",
+        port + 2
+    )
+}
+
+fn drain(m: &mut SessionManager) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn response_of(actions: &[Action]) -> &Response {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Respond { response, .. } => Some(response),
+            _ => None,
+        })
+        .expect("a response")
+}
+
+/// A plain-SDP INVITE is answered 200 with two recvonly m-lines, two streams opened with the
+/// right PT maps, and the recording started with both legs in the mix.
+#[test]
+fn invite_answer_opens_streams_and_starts_recording() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let ev = keys.event(invite(
+        "c1",
+        1,
+        None,
+        &sdp("sendonly", 4000),
+        "application/sdp",
+    ));
+    m.handle_tsx_event(now(0), &mut pool, ev);
+    let actions = drain(&mut m);
+    let resp = response_of(&actions);
+    assert_eq!(resp.status, 200);
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(body.contains("m=audio 10000 RTP/AVP 0 101"), "{body}");
+    assert!(body.contains("m=audio 10002 RTP/AVP 8"), "{body}");
+    assert_eq!(body.matches("a=recvonly").count(), 2);
+    assert!(resp.headers.get("Contact").unwrap().contains("+sip.srs"));
+    assert!(resp.headers.has_token("Require", "siprec"));
+    assert!(resp.to_tag().is_some());
+    let opened: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenStream { port, params } => Some((*port, params.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 2);
+    assert_eq!(
+        opened[0].1.payload_types[0],
+        Some(crate::media::rtp::PayloadKind::Pcmu)
+    );
+    assert_eq!(
+        opened[0].1.payload_types[101],
+        Some(crate::media::rtp::PayloadKind::TelephoneEvent)
+    );
+    assert_eq!(
+        opened[1].1.payload_types[8],
+        Some(crate::media::rtp::PayloadKind::Pcma)
+    );
+    let start = actions.iter().find_map(|a| match a {
+        Action::Recorder(RecorderCommand::StartSession { dir, streams, .. }) => {
+            Some((dir, streams))
+        }
+        _ => None,
+    });
+    let (dir, streams) = start.expect("recording started");
+    assert!(dir.starts_with("/rec/2025-11-11/"), "{dir:?}");
+    assert_eq!(
+        streams
+            .iter()
+            .map(|s| s.file_stem.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2"]
+    );
+    assert!(streams.iter().all(|s| s.in_mixed && s.sample_rate == 8000));
+    assert_eq!(m.active_calls(), 1);
+}
+
+/// Hold by re-INVITE (a=inactive) keeps ports and answers inactive; BYE closes streams,
+/// releases ports and stops the recorder at the BYE instant; session.json follows the
+/// recorder's report and the call is forgotten.
+#[test]
+fn reinvite_hold_then_bye() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    m.handle_tsx_event(
+        now(0),
+        &mut pool,
+        keys.event(invite(
+            "c2",
+            1,
+            None,
+            &sdp("sendonly", 4000),
+            "application/sdp",
+        )),
+    );
+    let tag = response_of(&drain(&mut m)).to_tag().unwrap();
+    let hold = invite(
+        "c2",
+        2,
+        Some(&tag),
+        &sdp("inactive", 4000),
+        "application/sdp",
+    );
+    m.handle_tsx_event(now(1000), &mut pool, keys.event(hold));
+    let actions = drain(&mut m);
+    let resp = response_of(&actions);
+    assert_eq!(resp.status, 200);
+    let body = String::from_utf8_lossy(&resp.body);
+    assert_eq!(body.matches("a=inactive").count(), 2, "{body}");
+    assert!(body.contains("m=audio 10000 "));
+    let updates = actions
+        .iter()
+        .filter(|a| matches!(a, Action::UpdateStream { params, .. } if params.held))
+        .count();
+    assert_eq!(updates, 2);
+    // RTP timeout does not apply while every stream is held.
+    m.handle_tick(now(60_000), &mut pool);
+    assert!(drain(&mut m).is_empty());
+
+    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
+    bye.headers
+        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
+    bye.headers
+        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
+    bye.headers.push("Call-ID", "c2");
+    bye.headers.push("CSeq", "3 BYE");
+    m.handle_tsx_event(now(61_000), &mut pool, keys.event(bye));
+    let actions = drain(&mut m);
+    assert_eq!(response_of(&actions).status, 200);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::CloseStream { .. }))
+            .count(),
+        2
+    );
+    let stop = actions.iter().find_map(|a| match a {
+        Action::Recorder(RecorderCommand::StopSession { end_ns, .. }) => Some(*end_ns),
+        _ => None,
+    });
+    assert_eq!(stop, Some(now(61_000).mono_ns));
+    assert_eq!(pool.in_use(), 0);
+    m.handle_recorder_event(
+        now(61_400),
+        RecorderEvent::SessionClosed {
+            session: 1,
+            files: vec![],
+            streams: vec![],
+            error: None,
+        },
+    );
+    let actions = drain(&mut m);
+    let json = actions.iter().find_map(|a| match a {
+        Action::WriteFile { path, bytes } => Some((path.clone(), bytes.clone())),
+        _ => None,
+    });
+    let (path, bytes) = json.expect("session.json written");
+    assert!(path.ends_with("session.json"));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["call_id"], "c2");
+    assert_eq!(v["end_reason"], "bye");
+    assert_eq!(v["duration_s"], 61.0);
+    assert!(m.is_idle());
+}
+
+/// At MAX_CONCURRENT_CALLS, and when the port pool is exhausted, INVITEs get 503 with
+/// Retry-After; an offer with nothing we can record gets 488; a non-dialog BYE gets 481.
+#[test]
+fn rejections() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    for id in ["a", "b"] {
+        m.handle_tsx_event(
+            now(0),
+            &mut pool,
+            keys.event(invite(
+                id,
+                1,
+                None,
+                &sdp("sendonly", 4000),
+                "application/sdp",
+            )),
+        );
+        assert_eq!(response_of(&drain(&mut m)).status, 200);
+    }
+    m.handle_tsx_event(
+        now(0),
+        &mut pool,
+        keys.event(invite(
+            "c",
+            1,
+            None,
+            &sdp("sendonly", 4000),
+            "application/sdp",
+        )),
+    );
+    let actions = drain(&mut m);
+    assert_eq!(response_of(&actions).status, 503);
+    assert!(response_of(&actions).headers.get("Retry-After").is_some());
+
+    let mut m = SessionManager::new(config());
+    let mut tiny = ports::PortPool::new(10000, 10001, 0);
+    m.handle_tsx_event(
+        now(0),
+        &mut tiny,
+        keys.event(invite(
+            "d",
+            1,
+            None,
+            &sdp("sendonly", 4000),
+            "application/sdp",
+        )),
+    );
+    assert_eq!(response_of(&drain(&mut m)).status, 503);
+    assert_eq!(tiny.in_use(), 0, "partial allocation released");
+
+    let video = "v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=video 4000 RTP/AVP 96\r\n";
+    m.handle_tsx_event(
+        now(0),
+        &mut pool,
+        keys.event(invite("e", 1, None, video, "application/sdp")),
+    );
+    assert_eq!(response_of(&drain(&mut m)).status, 488);
+
+    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
+    bye.headers.push("From", "<sip:src@198.51.100.7>;tag=x");
+    bye.headers.push("To", "<sip:srs@192.0.2.1>;tag=y");
+    bye.headers.push("Call-ID", "unknown");
+    bye.headers.push("CSeq", "1 BYE");
+    m.handle_tsx_event(now(0), &mut pool, keys.event(bye));
+    assert_eq!(response_of(&drain(&mut m)).status, 481);
+}
+
+/// No RTP on any live stream for RTP_TIMEOUT: we send BYE (dialog headers swapped, our tag in
+/// From) and stop the recording.
+#[test]
+fn rtp_timeout_sends_bye() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    m.handle_tsx_event(
+        now(0),
+        &mut pool,
+        keys.event(invite(
+            "t",
+            1,
+            None,
+            &sdp("sendonly", 4000),
+            "application/sdp",
+        )),
+    );
+    let tag = response_of(&drain(&mut m)).to_tag().unwrap();
+    m.handle_tick(now(29_000), &mut pool);
+    assert!(drain(&mut m).is_empty());
+    m.handle_tick(now(30_000), &mut pool);
+    let actions = drain(&mut m);
+    let bye = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SendRequest { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("BYE sent");
+    assert_eq!(bye.method, Method::Bye);
+    assert_eq!(bye.uri, "sip:src@198.51.100.7:5060");
+    assert_eq!(bye.from().unwrap().tag(), Some(tag.as_str()));
+    assert_eq!(bye.to().unwrap().tag(), Some("srctag"));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Recorder(RecorderCommand::StopSession { .. }))));
+    assert_eq!(m.counters().calls_rtp_timeout, 1);
+}

@@ -1,0 +1,324 @@
+//! End to end over real sockets on 127.0.0.1: a Rust SRC sets up a SIPREC call with the built
+//! server, sends paced G.711 RTP with known audio on every m-line (late start, DTMF, hold with
+//! re-INVITE, SSRC change on resume), hangs up, and the WAVs are checked sample by sample.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use siprec::sink::recorder::read_wav;
+
+const MS: u64 = 1;
+
+fn d(ms: u64) -> Duration {
+    Duration::from_millis(ms * MS)
+}
+
+/// Two legs, aligned to the call's wall clock: leg 1 talks from the start with a 200 ms DTMF
+/// burst, leg 2 starts 500 ms late; both are held for 1 s by re-INVITE (a=inactive) and resume
+/// (leg 1 with the same SSRC and a timestamp jump, leg 2 with a new SSRC). Every file lasts as
+/// long as the call, holds the source audio exactly, and is silent where nothing was sent.
+#[test]
+fn two_legs_late_start_dtmf_hold_resume() {
+    let mut server = Server::start(0, &[]);
+    let ports = TestPorts::new(0);
+    let mut src = Src::new(ports.src_sip, ports.sip, "e2e-two-legs@127.0.0.1");
+    let (ct, body) = siprec_body(2, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    let t0 = Instant::now();
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let answer = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(answer.contains("a=recvonly"), "{answer}");
+    assert!(ok
+        .headers
+        .get("Contact")
+        .unwrap_or_default()
+        .contains("+sip.srs"));
+    let rtp_ports = answer_ports(&answer);
+    assert_eq!(rtp_ports.len(), 2);
+    assert!(
+        rtp_ports
+            .iter()
+            .all(|&p| p >= ports.rtp_min && p <= ports.rtp_max),
+        "{rtp_ports:?}"
+    );
+    src.ack();
+
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let a = source_audio(1, 8000 * 4);
+    let b = source_audio(2, 8000 * 4);
+    // Phase 1 (0–2 s): leg 1 audio except 800–1000 ms (DTMF digit 5); leg 2 from 500 ms.
+    let mut phase1 = Vec::new();
+    phase1.extend(audio_packets(
+        rtp_ports[0],
+        0x1111,
+        100,
+        5000,
+        d(0),
+        &a[..6400],
+    ));
+    phase1.extend(dtmf_packets(
+        rtp_ports[0],
+        0x1111,
+        140,
+        5000 + 6400,
+        d(800),
+        5,
+        10,
+    ));
+    phase1.extend(audio_packets(
+        rtp_ports[0],
+        0x1111,
+        152,
+        5000 + 8000,
+        d(1000),
+        &a[8000..16000],
+    ));
+    phase1.extend(audio_packets(
+        rtp_ports[1],
+        0x2222,
+        7,
+        90_000,
+        d(500),
+        &b[4000..16000],
+    ));
+    play(&rtp, phase1, t0);
+
+    // Hold: re-INVITE with both m-lines inactive; 1 s without RTP.
+    let (ct, hold) = siprec_body(2, "inactive", ports.src_rtp);
+    let mut r = src.request(siprec::sip::Method::Invite);
+    r.headers.push("Content-Type", ct.as_str());
+    r.body = hold.into_bytes().into();
+    let resp = src.transact(&r);
+    assert_eq!(resp.status, 200);
+    assert!(String::from_utf8_lossy(&resp.body).contains("a=inactive"));
+    assert_eq!(
+        answer_ports(&String::from_utf8_lossy(&resp.body)),
+        rtp_ports,
+        "ports kept on hold"
+    );
+    src.ack();
+    std::thread::sleep((t0 + d(3000)).saturating_duration_since(Instant::now()));
+
+    // Resume at 3 s: leg 1 same SSRC, timestamp advanced by wall clock; leg 2 new SSRC.
+    let (ct, resume) = siprec_body(2, "sendonly", ports.src_rtp);
+    let mut r = src.request(siprec::sip::Method::Invite);
+    r.headers.push("Content-Type", ct.as_str());
+    r.body = resume.into_bytes().into();
+    assert_eq!(src.transact(&r).status, 200);
+    src.ack();
+    let mut phase2 = Vec::new();
+    phase2.extend(audio_packets(
+        rtp_ports[0],
+        0x1111,
+        200,
+        5000 + 24000,
+        d(3000),
+        &a[24000..32000],
+    ));
+    phase2.extend(audio_packets(
+        rtp_ports[1],
+        0x3333,
+        60000,
+        777,
+        d(3000),
+        &b[24000..32000],
+    ));
+    play(&rtp, phase2, t0);
+    std::thread::sleep((t0 + d(4050)).saturating_duration_since(Instant::now()));
+    let bye = src.bye();
+    let elapsed = t0.elapsed();
+    assert_eq!(bye.status, 200);
+
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    assert_eq!(
+        sessions.len(),
+        1,
+        "session.json not written; log:\n{}",
+        server.log_text()
+    );
+    let dir = &sessions[0];
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["call_id"], "e2e-two-legs@127.0.0.1");
+    assert_eq!(meta["end_reason"], "bye");
+    let duration_s = meta["duration_s"].as_f64().unwrap();
+    let aors: Vec<&str> = meta["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["aor"].as_str())
+        .collect();
+    assert_eq!(aors, ["sip:alice@example.com", "sip:bob@example.com"]);
+    assert_eq!(meta["streams"][0]["label"], "1");
+    assert_eq!(meta["streams"][0]["codec"], "PCMU");
+    assert_eq!(meta["streams"][1]["ssrc"], "00003333");
+    assert!(
+        meta["streams"][0]["rtp"]["telephone_events"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
+
+    let expected_frames = (duration_s * 8000.0).round() as i64;
+    let wall = elapsed.as_secs_f64();
+    assert!(
+        (duration_s - wall).abs() < 0.25,
+        "server duration {duration_s} vs client {wall}"
+    );
+
+    let (ch1, rate1, leg1) = read_wav(&dir.join("1.wav")).unwrap();
+    let (_, _, leg2) = read_wav(&dir.join("2.wav")).unwrap();
+    let (chm, ratem, mixed) = read_wav(&dir.join("mixed.wav")).unwrap();
+    assert_eq!((ch1, rate1, chm, ratem), (1, 8000, 2, 8000));
+    for (name, frames) in [
+        ("1", leg1.len()),
+        ("2", leg2.len()),
+        ("mixed", mixed.len() / 2),
+    ] {
+        // ±20 ms of the call's duration.
+        assert!(
+            (frames as i64 - expected_frames).abs() <= 160,
+            "{name}: {frames} vs {expected_frames}"
+        );
+    }
+    assert_eq!(channel(&mixed, 2, 0), leg1, "mixed channel 0 == leg 1");
+    assert_eq!(channel(&mixed, 2, 1), leg2, "mixed channel 1 == leg 2");
+
+    // Leg 1: three talk spurts at exact timestamp offsets of each other (one SSRC epoch).
+    let ra = ulaw_roundtrip(&a);
+    let p0 = find(&leg1, &ra[..6400]).expect("leg 1 first spurt recorded exactly");
+    assert!(p0 <= 800, "leg 1 starts within 100 ms of the call: {p0}");
+    assert_eq!(
+        &leg1[p0 + 8000..p0 + 16000],
+        &ra[8000..16000],
+        "after the DTMF, exact"
+    );
+    assert_eq!(
+        &leg1[p0 + 24000..p0 + 32000],
+        &ra[24000..32000],
+        "after the hold, exact"
+    );
+    assert!(
+        leg1[p0 + 6400..p0 + 8000].iter().all(|&s| s == 0),
+        "DTMF gap is silence"
+    );
+    assert!(
+        leg1[p0 + 16000..p0 + 24000].iter().all(|&s| s == 0),
+        "hold is silence"
+    );
+    assert!(leg1[..p0].iter().all(|&s| s == 0));
+
+    // Leg 2: late start, then a new SSRC placed by its arrival time.
+    let rb = ulaw_roundtrip(&b);
+    let q0 = find(&leg2, &rb[4000..16000]).expect("leg 2 first spurt exact");
+    assert!(leg2[..q0].iter().all(|&s| s == 0), "late start is silence");
+    assert!(
+        (q0 as i64 - p0 as i64 - 4000).abs() <= 400,
+        "leg 2 starts 500 ms after leg 1: {q0} vs {p0}"
+    );
+    let q1 = find(&leg2, &rb[24000..32000]).expect("leg 2 after resume exact");
+    assert!(
+        (q1 as i64 - q0 as i64 - 20000).abs() <= 480,
+        "resume at 3 s: {q1} vs {q0}"
+    );
+    assert!(
+        leg2[q0 + 12000..q1].iter().all(|&s| s == 0),
+        "hold is silence"
+    );
+
+    assert_eq!(server.stop(), Some(0), "clean exit on SIGTERM");
+}
+
+/// OPTIONS answers 200 with Allow/Supported, and the HTTP API lists a running call with the
+/// reference shape, with `Server: siprec/<version>` and the JSON error envelope on 404.
+#[test]
+fn options_and_api_sessions() {
+    let server = Server::start(1, &[]);
+    let ports = TestPorts::new(1);
+    let mut src = Src::new(ports.src_sip, ports.sip, "api-call@127.0.0.1");
+    let options = src.request(siprec::sip::Method::Options);
+    let resp = src.transact(&options);
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .headers
+        .get("Allow")
+        .unwrap_or_default()
+        .contains("INVITE"));
+    assert!(resp.headers.has_token("Supported", "siprec"));
+
+    let (ct, body) = siprec_body(2, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut listed = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let (status, body) = http_get(ports.http, "/api/sessions").unwrap();
+        assert_eq!(status, 200);
+        listed = serde_json::from_str(&body).unwrap();
+        if listed["count"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(listed["count"], 1, "{listed}");
+    let s = &listed["sessions"][0];
+    assert_eq!(s["call_id"], "api-call@127.0.0.1");
+    assert!(s["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s["participants"][0], "sip:alice@example.com");
+    assert!(s["recording_path"].as_str().unwrap().ends_with("mixed.wav"));
+
+    let (status, body) = http_get(ports.http, "/api/sessions?id=api-call%40127.0.0.1").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("api-call@127.0.0.1"));
+    let (status, body) = http_get(ports.http, "/api/sessions?id=nope").unwrap();
+    assert_eq!(status, 404);
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "not_found");
+    assert_eq!(err["error"]["status"], 404);
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", ports.http)).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "GET /health/live HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(&format!("server: siprec/{}", env!("CARGO_PKG_VERSION")))
+            || text.contains(&format!("Server: siprec/{}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert_eq!(src.bye().status, 200);
+}
+
+/// No RTP at all for RTP_TIMEOUT: the server ends the call with a BYE of its own and the
+/// files still last as long as the call.
+#[test]
+fn rtp_timeout_sends_bye() {
+    let server = Server::start(2, &[("RTP_TIMEOUT", "2")]);
+    let ports = TestPorts::new(2);
+    let mut src = Src::new(ports.src_sip, ports.sip, "timeout@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let bye = src
+        .wait_request(Duration::from_secs(8))
+        .expect("server sends BYE");
+    assert_eq!(bye.method, siprec::sip::Method::Bye);
+    assert_eq!(bye.call_id(), Some("timeout@127.0.0.1"));
+    assert_eq!(
+        bye.from().and_then(|f| f.tag().map(str::to_owned)),
+        src.to_tag
+    );
+    src.answer_server_request(&bye);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    assert_eq!(sessions.len(), 1);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["end_reason"], "rtp_timeout");
+    let (_, _, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
+    let expected = (meta["duration_s"].as_f64().unwrap() * 8000.0).round() as i64;
+    assert!((leg.len() as i64 - expected).abs() <= 160);
+    assert!(leg.iter().all(|&s| s == 0));
+}
