@@ -113,7 +113,7 @@ fn two_legs_late_start_dtmf_hold_resume() {
     phase2.extend(audio_packets(
         rtp_ports[0],
         0x1111,
-        200,
+        202,
         5000 + 24000,
         d(3000),
         &a[24000..32000],
@@ -195,6 +195,13 @@ fn two_legs_late_start_dtmf_hold_resume() {
         &leg1[p0 + 8000..p0 + 16000],
         &ra[8000..16000],
         "after the DTMF, exact"
+    );
+    let p2 = find(&leg1, &ra[24000..24160]);
+    let stats = (&meta["streams"][0]["rtp"], &meta["recorder"]);
+    assert_eq!(
+        p2,
+        Some(p0 + 24000),
+        "after the hold at the ts offset (p0 {p0}) {stats:?}"
     );
     assert_eq!(
         &leg1[p0 + 24000..p0 + 32000],
