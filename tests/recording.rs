@@ -243,7 +243,7 @@ fn two_legs_late_start_dtmf_hold_resume() {
 /// reference shape, with `Server: siprec/<version>` and the JSON error envelope on 404.
 #[test]
 fn options_and_api_sessions() {
-    let server = Server::start(1, &[]);
+    let _server = Server::start(1, &[]);
     let ports = TestPorts::new(1);
     let mut src = Src::new(ports.src_sip, ports.sip, "api-call@127.0.0.1");
     let options = src.request(siprec::sip::Method::Options);

@@ -197,10 +197,8 @@ impl TransactionLayer {
                         payload: bytes.clone(),
                     });
                 }
-                t.interval = match (t.kind, t.state) {
-                    // Timer E in Proceeding after a provisional, and Timer G, cap at T2.
-                    _ => (t.interval * 2).min(self.config.t2),
-                };
+                // Timers E and G double up to T2 (RFC 3261 §17.1.2.2, §17.2.1).
+                t.interval = (t.interval * 2).min(self.config.t2);
                 t.retransmit_at = Some(at.max(now) + t.interval);
             }
         }

@@ -303,15 +303,15 @@ fn assign_text(md: &mut RecordingMetadata, owner: Owner, slot: Slot, text: &str)
         (Slot::SessionStart, Owner::Session(i)) => md.sessions[i].start_time = t(),
         (Slot::SessionStop, Owner::Session(i)) => md.sessions[i].stop_time = t(),
         (Slot::Name, Owner::Participant(i)) => md.participants[i].name = t(),
-        (Slot::Send, Owner::Participant(i) | Owner::Assoc(i)) => {
-            if !md.participants[i].send.iter().any(|s| s == text) {
-                md.participants[i].send.push(text.to_owned());
-            }
+        (Slot::Send, Owner::Participant(i) | Owner::Assoc(i))
+            if !md.participants[i].send.iter().any(|s| s == text) =>
+        {
+            md.participants[i].send.push(text.to_owned());
         }
-        (Slot::Recv, Owner::Participant(i) | Owner::Assoc(i)) => {
-            if !md.participants[i].recv.iter().any(|s| s == text) {
-                md.participants[i].recv.push(text.to_owned());
-            }
+        (Slot::Recv, Owner::Participant(i) | Owner::Assoc(i))
+            if !md.participants[i].recv.iter().any(|s| s == text) =>
+        {
+            md.participants[i].recv.push(text.to_owned());
         }
         (Slot::AssociateTime, Owner::Participant(i) | Owner::Assoc(i)) => {
             md.participants[i].associate_time = t()
@@ -411,12 +411,11 @@ impl RecordingMetadata {
         }
         for s in &update.sessions {
             match self.sessions.iter_mut().find(|x| x.id == s.id) {
-                Some(x) => {
-                    if s.stop_time.is_some() && x.stop_time.is_none() {
-                        x.stop_time = s.stop_time.clone();
-                        changes.push(MetadataChange::SessionStopped { id: s.id.clone() });
-                    }
+                Some(x) if s.stop_time.is_some() && x.stop_time.is_none() => {
+                    x.stop_time = s.stop_time.clone();
+                    changes.push(MetadataChange::SessionStopped { id: s.id.clone() });
                 }
+                Some(_) => {}
                 None if !complete => self.sessions.push(s.clone()),
                 None => {}
             }

@@ -15,15 +15,10 @@ fn udp() -> Peer {
 
 fn request(method: &str, branch: &str, cseq: u32, to_tag: Option<&str>) -> Message {
     let to = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
-    let cseq_method = if method == "ACK" || method == "CANCEL" {
-        method
-    } else {
-        method
-    };
     let text = format!(
         "{method} sip:srs@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch={branch};rport\r\n\
 From: <sip:src@198.51.100.7>;tag=ft\r\nTo: <sip:srs@192.0.2.1>{to}\r\nCall-ID: call-1\r\n\
-CSeq: {cseq} {cseq_method}\r\nContent-Length: 0\r\n\r\n"
+CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
     );
     parse_datagram(text.as_bytes()).unwrap()
 }
