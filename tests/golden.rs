@@ -25,7 +25,9 @@ const PROFILES: &[&str] = &[
 ];
 
 fn dir(profile: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(profile)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(profile)
 }
 
 fn config() -> SessionConfig {
@@ -44,7 +46,10 @@ fn config() -> SessionConfig {
 }
 
 fn now(ms: u64) -> Now {
-    Now { mono_ns: 5_000_000_000 + ms * 1_000_000, unix_ms: 1_795_256_101_000 + ms }
+    Now {
+        mono_ns: 5_000_000_000 + ms * 1_000_000,
+        unix_ms: 1_795_256_101_000 + ms,
+    }
 }
 
 /// Drives one message through a transaction layer into the manager; returns its actions.
@@ -126,7 +131,11 @@ fn vendor_invites_answer_as_expected() {
         let actions = h.feed(now(0), Message::Request(load_invite(profile)));
         let resp = response(&actions);
         assert_eq!(resp.status, 200, "{profile}");
-        assert_eq!(resp.headers.get("Content-Type"), Some("application/sdp"), "{profile}");
+        assert_eq!(
+            resp.headers.get("Content-Type"),
+            Some("application/sdp"),
+            "{profile}"
+        );
         let expected = std::fs::read_to_string(dir(profile).join("expected-answer.sdp"))
             .unwrap()
             .replace("PORT0", "10000")
@@ -139,15 +148,25 @@ fn vendor_invites_answer_as_expected() {
         )
         .unwrap();
         let summaries = h.sessions.summaries();
-        let participants: Vec<&str> =
-            summaries[0].participants.iter().map(String::as_str).collect();
-        let want: Vec<&str> =
-            spec["participants"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let participants: Vec<&str> = summaries[0]
+            .participants
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let want: Vec<&str> = spec["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert_eq!(participants, want, "{profile}");
         let stems = actions.iter().find_map(|a| match a {
-            Action::Recorder(RecorderCommand::StartSession { streams, .. }) => {
-                Some(streams.iter().map(|s| s.file_stem.clone()).collect::<Vec<_>>())
-            }
+            Action::Recorder(RecorderCommand::StartSession { streams, .. }) => Some(
+                streams
+                    .iter()
+                    .map(|s| s.file_stem.clone())
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         });
         let labels: Vec<String> = spec["labels"]
@@ -162,7 +181,10 @@ fn vendor_invites_answer_as_expected() {
             })
             .collect();
         assert_eq!(stems.unwrap(), labels, "{profile}");
-        let opened = actions.iter().filter(|a| matches!(a, Action::OpenStream { .. })).count();
+        let opened = actions
+            .iter()
+            .filter(|a| matches!(a, Action::OpenStream { .. }))
+            .count();
         assert_eq!(opened, labels.len(), "{profile}");
     }
 }
@@ -191,9 +213,14 @@ fn vendor_hold_reinvite_and_bye() {
             body.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n")
         };
         hold.body = body.into_bytes().into();
-        hold.headers.set("To", format!("{};tag={tag}", invite.headers.get("To").unwrap()));
-        hold.headers.set("CSeq", format!("{} INVITE", invite.cseq().unwrap().seq + 1));
-        hold.headers.set("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKhold1");
+        hold.headers.set(
+            "To",
+            format!("{};tag={tag}", invite.headers.get("To").unwrap()),
+        );
+        hold.headers
+            .set("CSeq", format!("{} INVITE", invite.cseq().unwrap().seq + 1));
+        hold.headers
+            .set("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKhold1");
         let actions = h.feed(now(5_000), Message::Request(hold));
         let resp = response(&actions);
         assert_eq!(resp.status, 200, "{profile}");
@@ -204,19 +231,34 @@ fn vendor_hold_reinvite_and_bye() {
             .map(|l| l.split(' ').nth(1).unwrap().to_owned())
             .collect();
         assert_eq!(ports, first_ports, "{profile}: ports kept across hold");
-        assert_eq!(answer.matches("a=inactive").count(), ports.len(), "{profile}: {answer}");
+        assert_eq!(
+            answer.matches("a=inactive").count(),
+            ports.len(),
+            "{profile}: {answer}"
+        );
 
         let mut bye = Request::new(sip::Method::Bye, "sip:siprec@192.0.2.1:5060");
-        bye.headers.push("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKbye1");
-        bye.headers.push("From", invite.headers.get("From").unwrap());
-        bye.headers.push("To", format!("{};tag={tag}", invite.headers.get("To").unwrap()));
+        bye.headers
+            .push("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKbye1");
+        bye.headers
+            .push("From", invite.headers.get("From").unwrap());
+        bye.headers.push(
+            "To",
+            format!("{};tag={tag}", invite.headers.get("To").unwrap()),
+        );
         bye.headers.push("Call-ID", invite.call_id().unwrap());
-        bye.headers.push("CSeq", format!("{} BYE", invite.cseq().unwrap().seq + 2));
+        bye.headers
+            .push("CSeq", format!("{} BYE", invite.cseq().unwrap().seq + 2));
         let actions = h.feed(now(9_000), Message::Request(bye));
         assert_eq!(response(&actions).status, 200, "{profile}");
         h.sessions.handle_recorder_event(
             now(9_400),
-            RecorderEvent::SessionClosed { session: 1, files: vec![], streams: vec![], error: None },
+            RecorderEvent::SessionClosed {
+                session: 1,
+                files: vec![],
+                streams: vec![],
+                error: None,
+            },
         );
         let written: Vec<Action> = std::iter::from_fn(|| h.sessions.poll_action()).collect();
         let json = written.iter().find_map(|a| match a {
@@ -236,27 +278,42 @@ fn vendor_hold_reinvite_and_bye() {
 fn partial_metadata_update() {
     let mut h = Harness::new();
     let invite = load_invite("cisco-cube");
-    let tag = response(&h.feed(now(0), Message::Request(invite.clone()))).to_tag().unwrap();
+    let tag = response(&h.feed(now(0), Message::Request(invite.clone())))
+        .to_tag()
+        .unwrap();
     let xml = "<?xml version=\"1.0\"?>\r\n<recording xmlns='urn:ietf:params:xml:ns:recording:1'>\
 <datamode>partial</datamode>\
 <participant participant_id=\"TkVXLVBBUlRJQ0lQQU5U\"><nameID aor=\"sip:supervisor@198.51.100.20\"><name>Supervisor</name></nameID></participant>\
 <participantsessionassoc participant_id=\"u2xcHlAiEeqBQsgM2xDbBQ==\" session_id=\"u2xcHlAiEeqBPsgM2xDbBQ==\">\
 <disassociate-time>2026-11-24T10:16:00Z</disassociate-time></participantsessionassoc></recording>";
     let mut update = Request::new(sip::Method::Update, "sip:siprec@192.0.2.1:5060");
-    update.headers.push("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKupd1");
-    update.headers.push("From", invite.headers.get("From").unwrap());
-    update.headers.push("To", format!("<sip:siprec@192.0.2.1>;tag={tag}"));
+    update
+        .headers
+        .push("Via", "SIP/2.0/UDP 198.51.100.10:5060;branch=z9hG4bKupd1");
+    update
+        .headers
+        .push("From", invite.headers.get("From").unwrap());
+    update
+        .headers
+        .push("To", format!("<sip:siprec@192.0.2.1>;tag={tag}"));
     update.headers.push("Call-ID", invite.call_id().unwrap());
     update.headers.push("CSeq", "102 UPDATE");
-    update.headers.push("Content-Type", "application/rs-metadata+xml");
-    update.headers.push("Content-Disposition", "recording-session");
+    update
+        .headers
+        .push("Content-Type", "application/rs-metadata+xml");
+    update
+        .headers
+        .push("Content-Disposition", "recording-session");
     update.body = xml.as_bytes().to_vec().into();
     let actions = h.feed(now(1_000), Message::Request(update));
     let resp = response(&actions);
     assert_eq!(resp.status, 200);
     assert!(resp.body.is_empty(), "no SDP offer, no answer");
     let participants = h.sessions.summaries()[0].participants.clone();
-    assert!(participants.contains(&"sip:supervisor@198.51.100.20".to_owned()), "{participants:?}");
+    assert!(
+        participants.contains(&"sip:supervisor@198.51.100.20".to_owned()),
+        "{participants:?}"
+    );
 }
 
 /// Mutated vendor INVITEs never panic anywhere from the parser to the session manager.
@@ -289,7 +346,10 @@ fn mutated_vendor_invites_never_panic() {
             }
             if let Ok(Message::Request(mut r)) = sip::parse_datagram(&m) {
                 // Unique transaction and dialog per iteration so every mutation is processed.
-                r.headers.set("Via", format!("SIP/2.0/UDP 198.51.100.10;branch=z9hG4bKm{i}"));
+                r.headers.set(
+                    "Via",
+                    format!("SIP/2.0/UDP 198.51.100.10;branch=z9hG4bKm{i}"),
+                );
                 r.headers.set("Call-ID", format!("mut-{i}"));
                 let _ = h.feed(now(i), Message::Request(r));
             }

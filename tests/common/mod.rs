@@ -154,7 +154,6 @@ pub struct Src {
     pub from_tag: String,
     pub to_tag: Option<String>,
     pub cseq: u32,
-    branch: u32,
 }
 
 impl Src {
@@ -169,7 +168,6 @@ impl Src {
             from_tag: "src-tag-1".to_owned(),
             to_tag: None,
             cseq: 0,
-            branch: 0,
         }
     }
 
@@ -179,20 +177,19 @@ impl Src {
 
     /// A request of this dialog with fresh Via branch and the next CSeq.
     pub fn request(&mut self, method: Method) -> Request {
-        self.branch += 1;
         if method != Method::Ack {
             self.cseq += 1;
         }
         let mut r = Request::new(method.clone(), format!("sip:srs@{}", self.server));
-        r.headers.push(
-            "Via",
-            format!(
-                "SIP/2.0/UDP {};branch=z9hG4bK-test-{}-{};rport",
-                self.local(),
-                self.call_id.len(),
-                self.branch
-            ),
+        // Branches are unique per request across the whole test process (RFC 3261 §8.1.1.7).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let via = format!(
+            "SIP/2.0/UDP {};branch=z9hG4bK-t{pid}-{unique};rport",
+            self.local()
         );
+        r.headers.push("Via", via);
         r.headers.push("Max-Forwards", "70");
         r.headers
             .push("From", format!("<sip:src@127.0.0.1>;tag={}", self.from_tag));
