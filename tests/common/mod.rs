@@ -13,7 +13,8 @@ use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request, Response};
 
 /// Ports of one test, disjoint from every other test's so nextest can run them in parallel.
-/// `n` < 10. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (below the ephemeral range).
+/// `n` < 20. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199, all below the ephemeral
+/// range; SIPp tests use 27000+10n and 28000+10n for their own SIP and media ports.
 pub struct TestPorts {
     pub sip: u16,
     pub http: u16,
@@ -25,7 +26,7 @@ pub struct TestPorts {
 
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
-        assert!(n < 10);
+        assert!(n < 20);
         TestPorts {
             sip: 21000 + 10 * n,
             http: 22000 + n,
