@@ -213,3 +213,15 @@ fn sipp_load_100_calls() {
     let sessions = wait_sessions(&server.recordings(), 100, Duration::from_secs(20));
     assert_eq!(sessions.len(), 100);
 }
+
+/// The same SIPREC call over TCP (Content-Length framing, responses on the connection).
+#[test]
+fn sipp_basic_call_over_tcp() {
+    let server = Server::start(12, &[]);
+    let (code, _, _) = sipp(&server, "uac_basic", 27120, &["-m", "1", "-t", "t1"]);
+    assert_eq!(code, 0, "sipp over TCP failed");
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    assert_eq!(sessions.len(), 1, "{}", server.log_text());
+    let json = std::fs::read_to_string(sessions[0].join("session.json")).unwrap();
+    assert!(json.contains("\"end_reason\": \"bye\""), "{json}");
+}
