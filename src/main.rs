@@ -301,7 +301,9 @@ async fn control_plane(
                                 sessions.handle_stream_stats(key, stats);
                             }
                         }
-                        dataplane::Report::Closed { key, stats } => sessions.handle_stream_stats(key, stats),
+                        dataplane::Report::Closed { key, stats } => {
+                            sessions.handle_stream_stats(key, stats)
+                        }
                     }
                 }
                 while let Ok(event) = recorder.events.try_recv() {
