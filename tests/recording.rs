@@ -351,17 +351,34 @@ fn sigkill_leaves_playable_files() {
     child.kill().unwrap(); // SIGKILL: no chance to finish anything.
     child.wait().unwrap();
 
-    let day = std::fs::read_dir(server.recordings()).unwrap().next().unwrap().unwrap().path();
-    let dir = std::fs::read_dir(day).unwrap().next().unwrap().unwrap().path();
+    let day = std::fs::read_dir(server.recordings())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let dir = std::fs::read_dir(day)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert!(!dir.join("session.json").exists(), "killed before the end");
     let bytes = std::fs::read(dir.join("1.wav")).unwrap();
     let data = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
     let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
-    assert!(data + 44 <= bytes.len(), "header claims more than is on disk");
+    assert!(
+        data + 44 <= bytes.len(),
+        "header claims more than is on disk"
+    );
     assert_eq!(riff, data + 36);
     let (_, rate, leg) = read_wav(&dir.join("1.wav")).unwrap();
     assert_eq!(rate, 8000);
-    assert!(leg.len() >= 8000 * 17 / 10, "at most ~1.3 s lost of 3 s: {} samples", leg.len());
+    assert!(
+        leg.len() >= 8000 * 17 / 10,
+        "at most ~1.3 s lost of 3 s: {} samples",
+        leg.len()
+    );
     let ra = ulaw_roundtrip(&a);
     let p = find(&leg, &ra[..800]).expect("audio present");
     let n = leg.len() - p;

@@ -48,11 +48,23 @@ fn tidy() {
     rust_files(&src, &mut files);
     let mut problems = Vec::new();
     for file in &files {
-        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().to_string();
-        let module = rel.split('/').next().unwrap_or("").trim_end_matches(".rs").to_owned();
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let module = rel
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".rs")
+            .to_owned();
         let lines = non_test_lines(file);
-        let all: Vec<String> =
-            std::fs::read_to_string(file).unwrap().lines().map(str::to_owned).collect();
+        let all: Vec<String> = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         for (n, line) in &lines {
             let code = line.split("//").next().unwrap_or("");
             if SANS_IO.contains(&module.as_str()) {

@@ -385,3 +385,73 @@ fn rtp_timeout_sends_bye() {
         .any(|a| matches!(a, Action::Recorder(RecorderCommand::StopSession { .. }))));
     assert_eq!(m.counters().calls_rtp_timeout, 1);
 }
+
+/// With require_siprec, a plain INVITE (no Require: siprec, no +sip.src) gets 403; by default
+/// it is recorded.
+#[test]
+fn require_siprec_policy() {
+    let mut plain = invite("p", 1, None, &sdp("sendonly", 4000), "application/sdp");
+    plain.headers.remove("Require");
+    plain.headers.set("Contact", "<sip:pbx@198.51.100.7>");
+    let mut keys = Keys::new();
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut strict = SessionManager::new(SessionConfig {
+        require_siprec: true,
+        ..config()
+    });
+    strict.handle_tsx_event(now(0), &mut pool, keys.event(plain.clone()));
+    assert_eq!(response_of(&drain(&mut strict)).status, 403);
+    let mut default = SessionManager::new(config());
+    default.handle_tsx_event(now(0), &mut pool, keys.event(plain));
+    assert_eq!(response_of(&drain(&mut default)).status, 200);
+}
+
+/// The duration cap ends a call with BYE even while RTP flows.
+#[test]
+fn max_duration_cap() {
+    let cap = SessionConfig {
+        max_duration_ns: 10_000 * MS,
+        ..config()
+    };
+    let mut m = SessionManager::new(cap);
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let ev = keys.event(invite(
+        "cap",
+        1,
+        None,
+        &sdp("sendonly", 4000),
+        "application/sdp",
+    ));
+    m.handle_tsx_event(now(0), &mut pool, ev);
+    drain(&mut m);
+    let live = crate::media::rtp::RtpStats {
+        last_rx_ns: now(9_999).mono_ns,
+        ..Default::default()
+    };
+    m.handle_stream_stats(
+        StreamKey {
+            session: 1,
+            stream: 0,
+        },
+        live,
+    );
+    m.handle_tick(now(9_999), &mut pool);
+    assert!(drain(&mut m).is_empty());
+    m.handle_stream_stats(
+        StreamKey {
+            session: 1,
+            stream: 0,
+        },
+        RtpStats {
+            last_rx_ns: now(10_000).mono_ns,
+            ..live
+        },
+    );
+    m.handle_tick(now(10_000), &mut pool);
+    let actions = drain(&mut m);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::SendRequest { .. })));
+    assert_eq!(m.counters().calls_duration_cap, 1);
+}
