@@ -307,7 +307,7 @@ async fn control_plane(
                     }
                 }
                 while let Ok(event) = recorder.events.try_recv() {
-                    sessions.handle_recorder_event(now, event);
+                    sessions.handle_recorder_event(now, &mut ports, event);
                 }
                 if last_session_tick.elapsed() >= Duration::from_secs(1) {
                     last_session_tick = Instant::now();

@@ -253,6 +253,7 @@ fn vendor_hold_reinvite_and_bye() {
         assert_eq!(response(&actions).status, 200, "{profile}");
         h.sessions.handle_recorder_event(
             now(9_400),
+            &mut h.ports,
             RecorderEvent::SessionClosed {
                 session: 1,
                 files: vec![],

@@ -646,8 +646,8 @@ impl Call {
             tracing::error!(session = self.session, error = %e, "recording failed");
         }
         if self.state != CallState::Ending {
-            // The recorder gave up on a running call (disk error): keep the dialog, but the
-            // failure goes into session.json when the call ends.
+            // The manager ends a call before handing it a failure; anything else is a late
+            // report about a call that is still running.
             return false;
         }
         let end_unix_ms = self.end_unix_ms.unwrap_or(now.unix_ms);

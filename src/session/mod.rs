@@ -123,6 +123,7 @@ pub struct SessionCounters {
     pub calls_duration_cap: u64,
     pub calls_ack_timeout: u64,
     pub metadata_errors: u64,
+    pub calls_recording_failed: u64,
 }
 
 /// Owns every recording session of the process.
@@ -230,8 +231,14 @@ impl SessionManager {
     }
 
     /// The recorder finished (or failed) a recording session: write session.json and forget
-    /// the call.
-    pub fn handle_recorder_event(&mut self, now: Now, event: RecorderEvent) {
+    /// the call. A recording that fails while its call runs (disk error) ends the call with
+    /// BYE, so the SRC knows it is not recorded and can fail over to another SRS.
+    pub fn handle_recorder_event(
+        &mut self,
+        now: Now,
+        ports: &mut dyn MediaPorts,
+        event: RecorderEvent,
+    ) {
         let session = match &event {
             RecorderEvent::SessionClosed { session, .. } => *session,
             RecorderEvent::SessionFailed { session, .. } => *session,
@@ -242,6 +249,10 @@ impl SessionManager {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        if matches!(event, RecorderEvent::SessionFailed { .. }) && call.is_active() {
+            self.counters.calls_recording_failed += 1;
+            call.terminate(now, ports, "recording_failed", &mut self.actions, true);
+        }
         let done = call.handle_recorder_event(now, event, &mut self.actions);
         if done {
             self.by_session.remove(&session);
@@ -266,7 +277,8 @@ impl SessionManager {
             .collect();
         for session in stale {
             let error = "the recorder did not report the session closed".to_owned();
-            self.handle_recorder_event(now, RecorderEvent::SessionFailed { session, error });
+            let event = RecorderEvent::SessionFailed { session, error };
+            self.handle_recorder_event(now, ports, event);
         }
         for call in self.calls.values_mut() {
             if !call.is_active() {

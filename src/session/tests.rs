@@ -256,6 +256,7 @@ fn reinvite_hold_then_bye() {
     assert_eq!(pool.in_use(), 0);
     m.handle_recorder_event(
         now(61_400),
+        &mut pool,
         RecorderEvent::SessionClosed {
             session: 1,
             files: vec![],
@@ -454,4 +455,44 @@ fn max_duration_cap() {
         .iter()
         .any(|a| matches!(a, Action::SendRequest { .. })));
     assert_eq!(m.counters().calls_duration_cap, 1);
+}
+
+/// The recorder fails a running call (disk error): we send BYE, release its ports and write
+/// session.json with the error at once.
+#[test]
+fn recording_failure_ends_call() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let ev = keys.event(invite(
+        "f",
+        1,
+        None,
+        &sdp("sendonly", 4000),
+        "application/sdp",
+    ));
+    m.handle_tsx_event(now(0), &mut pool, ev);
+    drain(&mut m);
+    let error = "write /rec/x/1.wav: No space left on device".to_owned();
+    m.handle_recorder_event(
+        now(500),
+        &mut pool,
+        RecorderEvent::SessionFailed { session: 1, error },
+    );
+    let actions = drain(&mut m);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::SendRequest { .. })),
+        "BYE sent"
+    );
+    let json = actions.iter().find_map(|a| match a {
+        Action::WriteFile { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    });
+    let v: serde_json::Value = serde_json::from_slice(&json.expect("session.json")).unwrap();
+    assert_eq!(v["end_reason"], "recording_failed");
+    assert!(v["error"].as_str().unwrap().contains("No space left"));
+    assert_eq!(pool.in_use(), 0);
+    assert!(m.is_idle());
 }
