@@ -168,6 +168,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
 
+    let nofile = dataplane::raise_nofile_limit();
+    tracing::debug!(nofile, "open file limit");
     let (workers, cores) = dataplane::plan_workers(config.dataplane.workers);
     let mut producers = Vec::with_capacity(workers);
     let mut consumers = Vec::with_capacity(workers);
@@ -186,12 +188,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
             .context("cannot start the recorder thread")?;
     let settings = DataplaneSettings {
+        backend: config.dataplane.backend,
         workers,
         batch_size: config.dataplane.batch_size,
         cores,
     };
     let dataplane = Dataplane::start(settings, producers).context("cannot start data plane")?;
-    tracing::info!(workers, backend = "epoll+recvmmsg", "data plane started");
+    tracing::info!(workers, backend = dataplane.backend(), "data plane started");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -324,6 +327,7 @@ async fn control_plane(
                         .collect(),
                     ports_in_use: ports.pool.in_use(),
                     ports_capacity: ports.pool.capacity(),
+                    backend: dataplane.backend(),
                 });
                 if let Some(deadline) = shutdown_deadline {
                     if sessions.is_idle() || Instant::now() >= deadline {

@@ -286,6 +286,15 @@ fn options_and_api_sessions() {
     assert_eq!(err["error"]["code"], "not_found");
     assert_eq!(err["error"]["status"], 404);
 
+    // The backend the suite asked for is the one running (auto may pick either).
+    let (status, ready) = http_get(ports.http, "/health/ready").unwrap();
+    assert_eq!(status, 200, "{ready}");
+    match std::env::var("DATAPLANE_BACKEND").as_deref() {
+        Ok("epoll") => assert!(ready.contains("backend epoll"), "{ready}"),
+        Ok("io_uring") => assert!(ready.contains("backend io_uring"), "{ready}"),
+        _ => assert!(ready.contains("backend "), "{ready}"),
+    }
+
     let mut s = std::net::TcpStream::connect(("127.0.0.1", ports.http)).unwrap();
     use std::io::{Read, Write};
     write!(s, "GET /health/live HTTP/1.0\r\n\r\n").unwrap();

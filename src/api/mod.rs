@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub worker_heartbeat_age_ms: Vec<u64>,
     pub ports_in_use: usize,
     pub ports_capacity: usize,
+    /// The data plane's receive backend ("io_uring" or "epoll").
+    pub backend: &'static str,
 }
 
 /// Shared between the control plane (writer) and the HTTP handlers (readers).
@@ -160,8 +162,9 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
         "dataplane",
         alive > 0 && alive == snap.worker_heartbeat_age_ms.len(),
         format!(
-            "{alive}/{} workers alive",
-            snap.worker_heartbeat_age_ms.len()
+            "{alive}/{} workers alive, backend {}",
+            snap.worker_heartbeat_age_ms.len(),
+            snap.backend
         ),
     );
     let (writable, free_mb) = storage_status(&state.recording_dir);

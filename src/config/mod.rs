@@ -76,6 +76,8 @@ pub struct RecordingConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DataplaneConfig {
+    /// Receive backend: auto (io_uring if the kernel allows, else epoll), io_uring, epoll.
+    pub backend: crate::dataplane::BackendChoice,
     /// Receive workers; 0 = auto (every core but the control plane's when ≥ 3 cores, else 1).
     pub workers: usize,
     /// Slots per (worker, recorder) ring. Memory: workers × ring_slots × ~2 KiB.
@@ -160,6 +162,7 @@ pub struct FileRecording {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDataplane {
+    pub backend: Option<crate::dataplane::BackendChoice>,
     pub workers: Option<usize>,
     pub ring_slots: Option<usize>,
     pub batch_size: Option<usize>,
@@ -187,6 +190,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("RECORDING_COMBINE_LEGS", "recording.combine_legs"),
     ("RECORDING_FSYNC", "recording.fsync"),
     ("RECORDING_MIN_FREE_MB", "recording.min_free_mb"),
+    ("DATAPLANE_BACKEND", "dataplane.backend"),
     ("DATAPLANE_WORKERS", "dataplane.workers"),
     ("DATAPLANE_RING_SLOTS", "dataplane.ring_slots"),
     ("DATAPLANE_BATCH_SIZE", "dataplane.batch_size"),
@@ -289,6 +293,10 @@ impl Config {
             return Err(invalid("RECORDING_DIR", "", "a directory path"));
         }
         let dataplane = DataplaneConfig {
+            backend: f
+                .dataplane
+                .backend
+                .unwrap_or(crate::dataplane::BackendChoice::Auto),
             workers: f.dataplane.workers.unwrap_or(0),
             ring_slots: f.dataplane.ring_slots.unwrap_or(4096),
             batch_size: f.dataplane.batch_size.unwrap_or(32),
@@ -403,6 +411,16 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
             f.recording.fsync = Some(policy);
         }
         "RECORDING_MIN_FREE_MB" => f.recording.min_free_mb = Some(parse_num(key, v, COUNT)?),
+        "DATAPLANE_BACKEND" => {
+            use crate::dataplane::BackendChoice;
+            let choice = match v.trim() {
+                "auto" => BackendChoice::Auto,
+                "io_uring" => BackendChoice::IoUring,
+                "epoll" => BackendChoice::Epoll,
+                _ => return Err(invalid(key, v, "auto, io_uring or epoll")),
+            };
+            f.dataplane.backend = Some(choice);
+        }
         "DATAPLANE_WORKERS" => f.dataplane.workers = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_RING_SLOTS" => f.dataplane.ring_slots = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BATCH_SIZE" => f.dataplane.batch_size = Some(parse_num(key, v, COUNT)?),

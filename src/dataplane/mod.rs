@@ -1,5 +1,5 @@
-//! The data plane: per-core receive loops. THE ONLY module that touches epoll and recvmmsg
-//! (io_uring joins behind the same interface in its own issue).
+//! The data plane: per-core receive loops. THE ONLY module that touches io_uring, epoll and
+//! recvmmsg.
 //!
 //! Core model (glommio's thread-per-core, sharded by port): each worker thread is pinned to one
 //! core and owns the sockets of the streams whose local port maps to it (`port / 2 % workers`).
@@ -7,13 +7,16 @@
 //! atomics and no allocation on the per-packet path. Decoded frames leave through the worker's
 //! own SPSC ring to the recorder; a full ring drops and counts, never blocks.
 //!
-//! Each iteration (TigerBeetle's io loop): read the clock once, wait for readiness (bounded),
-//! drain each ready socket with `recvmmsg` in batches (bounded per socket), handle each
-//! datagram, then apply control commands. Once a second the worker publishes per-stream
+//! Each iteration (TigerBeetle's io loop): apply control commands, wait for datagrams (at
+//! most 10 ms), read the clock once, handle a bounded batch — io_uring multishot recvmsg
+//! completions from a provided-buffer ring (`uring`), or epoll readiness drained with
+//! `recvmmsg` (`epoll`), chosen at start-up. Once a second the worker publishes per-stream
 //! counters to the control plane (summed there; never per packet).
 //!
 //! Refuses: parsing SIP/SDP, touching files, reading global configuration.
 
+mod epoll;
+mod uring;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -26,6 +29,7 @@ use crate::media::rtp::{RtpStats, StreamParams};
 use crate::media::{MediaFrame, StreamKey};
 use crate::ring;
 
+pub use uring::raise_nofile_limit;
 pub use worker::WorkerCounters;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the one clock the data plane, the recorder and the
@@ -42,9 +46,22 @@ pub struct StreamSockets {
     pub rtcp: Option<UdpSocket>,
 }
 
+/// Which receive backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// io_uring when the kernel allows it, else epoll (with one log line saying why).
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// epoll + recvmmsg.
+    Epoll,
+}
+
 /// Sizes and placement of the workers.
 #[derive(Debug, Clone)]
 pub struct DataplaneSettings {
+    pub backend: BackendChoice,
     /// Number of receive workers (≥ 1).
     pub workers: usize,
     /// Datagrams per recvmmsg call.
@@ -85,6 +102,7 @@ pub enum Report {
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     reports: crossbeam_channel::Receiver<Report>,
+    backend_name: &'static str,
 }
 
 struct WorkerHandle {
@@ -95,38 +113,60 @@ struct WorkerHandle {
 }
 
 impl Dataplane {
-    /// Starts one worker per producer ring. Worker `i` pushes into `rings[i]`.
+    /// Starts one worker per producer ring. Worker `i` pushes into `rings[i]`. Resolves the
+    /// backend first: `Auto` probes io_uring and falls back to epoll with one log line.
     pub fn start(
         settings: DataplaneSettings,
         rings: Vec<ring::Producer<MediaFrame>>,
     ) -> std::io::Result<Dataplane> {
         assert_eq!(rings.len(), settings.workers, "one ring per worker");
+        let use_uring = match settings.backend {
+            BackendChoice::Epoll => false,
+            BackendChoice::IoUring => {
+                uring::probe().map_err(|e| {
+                    std::io::Error::other(format!("io_uring required but unavailable: {e}"))
+                })?;
+                true
+            }
+            BackendChoice::Auto => match uring::probe() {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring unavailable, using epoll; to enable it check sysctl \
+                         kernel.io_uring_disabled=0, the container's seccomp profile and a \
+                         kernel ≥ 6.0"
+                    );
+                    false
+                }
+            },
+        };
         let (report_tx, reports) = crossbeam_channel::bounded(1024);
         let mut workers = Vec::with_capacity(settings.workers);
+        let mut backend_name = if use_uring { "io_uring" } else { "epoll" };
         for (index, ring) in rings.into_iter().enumerate() {
             let (commands, command_rx) = crossbeam_channel::unbounded();
             let heartbeat_ns = Arc::new(AtomicU64::new(mono_now_ns()));
             let counters = Arc::new(WorkerCounters::default());
-            let core = settings.cores.get(index).copied().flatten();
-            let mut w = worker::Worker::new(
+            let core_id = settings.cores.get(index).copied().flatten();
+            let core = worker::Core::new(
                 index,
-                settings.batch_size,
                 ring,
                 command_rx,
                 report_tx.clone(),
                 heartbeat_ns.clone(),
                 counters.clone(),
-            )?;
+            );
+            let batch = settings.batch_size;
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("rx-{index}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                            tracing::warn!(worker = index, core, "could not pin worker");
-                        }
-                    }
-                    w.run();
-                })?;
+                .spawn(move || run_worker(index, core_id, use_uring, batch, core, ready_tx))?;
+            match ready_rx.recv() {
+                Ok(Ok(name)) => backend_name = name,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::Error::other("data-plane worker died at start")),
+            }
             workers.push(WorkerHandle {
                 commands,
                 heartbeat_ns,
@@ -134,7 +174,16 @@ impl Dataplane {
                 thread: Some(thread),
             });
         }
-        Ok(Dataplane { workers, reports })
+        Ok(Dataplane {
+            workers,
+            reports,
+            backend_name,
+        })
+    }
+
+    /// The receive backend the workers run: "io_uring" or "epoll".
+    pub fn backend(&self) -> &'static str {
+        self.backend_name
     }
 
     pub fn workers(&self) -> usize {
@@ -204,6 +253,42 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A worker thread's body: pin, build the backend on this thread (io_uring's SINGLE_ISSUER
+/// ties a ring to its creator), report which one runs, then loop until Shutdown.
+fn run_worker(
+    index: usize,
+    core_id: Option<usize>,
+    use_uring: bool,
+    batch: usize,
+    core: worker::Core,
+    ready: std::sync::mpsc::Sender<std::io::Result<&'static str>>,
+) {
+    if let Some(id) = core_id {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            tracing::warn!(worker = index, core = id, "could not pin worker");
+        }
+    }
+    if use_uring {
+        match uring::Uring::new() {
+            Ok(mut u) => {
+                tracing::debug!(worker = index, taskrun = ?u.taskrun(), "io_uring worker");
+                let _ = ready.send(Ok("io_uring"));
+                return core.run(&mut u);
+            }
+            Err(e) => tracing::warn!(worker = index, error = %e, "io_uring setup failed; epoll"),
+        }
+    }
+    match epoll::Epoll::new(batch) {
+        Ok(mut e) => {
+            let _ = ready.send(Ok("epoll"));
+            core.run(&mut e);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
     }
 }
 

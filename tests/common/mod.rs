@@ -68,6 +68,10 @@ impl Server {
             .env("RTP_PORT_COOLDOWN", "0")
             .stdout(Stdio::null())
             .stderr(log_file);
+        // The suite runs once per data-plane backend: .ci/test sets DATAPLANE_BACKEND.
+        if let Ok(backend) = std::env::var("DATAPLANE_BACKEND") {
+            cmd.env("DATAPLANE_BACKEND", backend);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
