@@ -1,0 +1,785 @@
+//! `siprec-bench`: the load bench capacity teams run before buying hardware.
+//!
+//! Drives a running (or spawned) `siprec` over real SIP and RTP on loopback: N concurrent
+//! SIPREC calls (INVITE with SDP + RFC 7865 metadata, ACK, BYE), two G.711 streams per call,
+//! paced by one sender thread with `sendmmsg` and 1 ms slots (no thread per call). Measures
+//! call setup, server CPU per packet from /proc/<pid>/stat over the steady state, server RSS
+//! per call, packets the server received and recorded (from session.json), and — in the same
+//! run — a floor: a bare recvmmsg receiver fed the same streams, so the server's cost is
+//! printed as a ratio to it. The sender reports its own lateness so a slow sender is never
+//! mistaken for a slow server.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use siprec::media::g711;
+use siprec::media::rtp::write_packet;
+use siprec::sip::{self, Message, Method, Request};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "siprec-bench",
+    version,
+    about = "Load bench for siprec over real SIP and RTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Mode>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// (internal) The floor receiver: bind STREAMS sockets from BASE_PORT (step 2) and count
+    /// datagrams with epoll + recvmmsg, doing nothing else. Prints the count on stdin close.
+    Floor {
+        #[arg(long)]
+        base_port: u16,
+        #[arg(long)]
+        streams: usize,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Concurrent calls (two RTP streams each).
+    #[arg(long, default_value_t = 200)]
+    calls: usize,
+    /// Steady-state measurement window, seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Call setup rate, calls per second.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Packetization time, ms.
+    #[arg(long, default_value_t = 20)]
+    ptime: u32,
+    /// pcmu or pcma.
+    #[arg(long, default_value = "pcmu")]
+    codec: String,
+    /// SIP address of a running server (ignored with --spawn).
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    target: SocketAddr,
+    /// PID of the running server, for CPU and RSS (ignored with --spawn).
+    #[arg(long)]
+    server_pid: Option<i32>,
+    /// Start this siprec binary on private ports and a temporary recording directory.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// With --spawn: the server's SIP port, HTTP port and RTP range (first:last).
+    #[arg(long, default_value_t = 35060)]
+    spawn_sip_port: u16,
+    #[arg(long, default_value_t = 38080)]
+    spawn_http_port: u16,
+    #[arg(long, default_value = "10000:29999")]
+    spawn_rtp_range: String,
+    /// Data-plane backend for --spawn (auto, io_uring, epoll).
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Skip the floor receiver.
+    #[arg(long)]
+    no_floor: bool,
+    /// Write the JSON results here (default perf/results/bench-<unix>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Mode::Floor { base_port, streams }) = cli.command {
+        floor(base_port, streams);
+        return;
+    }
+    if let Err(e) = run(cli.run) {
+        eprintln!("siprec-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One RTP stream the sender paces.
+#[derive(Clone, Copy)]
+struct TxStream {
+    dest: SocketAddr,
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    slot: u32,
+}
+
+struct Shared {
+    sent: AtomicU64,
+    late_max_us: AtomicU64,
+    late_sum_us: AtomicU64,
+    ticks: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Paces every stream at `ptime` with 1 ms slots and sendmmsg batches.
+fn sender(
+    socket: UdpSocket,
+    streams: crossbeam_channel::Receiver<Vec<TxStream>>,
+    ptime: u32,
+    codec_pcma: bool,
+    shared: Arc<Shared>,
+) {
+    use std::os::fd::AsRawFd;
+    let tone: Vec<i16> = (0..8000)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 400.0 / 8000.0).sin() * 8000.0) as i16)
+        .collect();
+    let frames: Vec<Vec<u8>> = tone
+        .chunks(160)
+        .map(|c| {
+            c.iter()
+                .map(|&s| {
+                    if codec_pcma {
+                        g711::linear_to_alaw(s)
+                    } else {
+                        g711::linear_to_ulaw(s)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut all: Vec<TxStream> = Vec::new();
+    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); ptime as usize];
+    const BATCH: usize = 64;
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(256)).collect();
+    let mut addrs: Vec<libc::sockaddr_in> = vec![unsafe_zeroed_sockaddr(); BATCH];
+    let start = Instant::now();
+    let mut tick: u64 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        while let Ok(new) = streams.try_recv() {
+            for mut s in new {
+                s.slot = (all.len() as u32 * 7) % ptime;
+                slots[s.slot as usize].push(all.len());
+                all.push(s);
+            }
+        }
+        let due = start + Duration::from_millis(tick);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            let late = (now - due).as_micros() as u64;
+            shared.late_sum_us.fetch_add(late, Ordering::Relaxed);
+            shared.late_max_us.fetch_max(late, Ordering::Relaxed);
+        }
+        shared.ticks.fetch_add(1, Ordering::Relaxed);
+        let slot = (tick % u64::from(ptime)) as usize;
+        let frame = &frames[(tick / u64::from(ptime)) as usize % frames.len()];
+        let mut n = 0;
+        for &i in &slots[slot] {
+            let s = &mut all[i];
+            write_packet(s.pt, s.seq, s.ts, s.ssrc, frame, &mut bufs[n]);
+            s.seq = s.seq.wrapping_add(1);
+            s.ts = s.ts.wrapping_add(8 * ptime);
+            addrs[n] = to_sockaddr(s.dest);
+            n += 1;
+            if n == BATCH {
+                send_batch(socket.as_raw_fd(), &bufs, &mut addrs, n, &shared);
+                n = 0;
+            }
+        }
+        if n > 0 {
+            send_batch(socket.as_raw_fd(), &bufs, &mut addrs, n, &shared);
+        }
+        tick += 1;
+    }
+}
+
+fn unsafe_zeroed_sockaddr() -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn to_sockaddr(addr: SocketAddr) -> libc::sockaddr_in {
+    let mut sa = unsafe_zeroed_sockaddr();
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = addr.port().to_be();
+    if let SocketAddr::V4(v4) = addr {
+        sa.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+    }
+    sa
+}
+
+fn send_batch(
+    fd: i32,
+    bufs: &[Vec<u8>],
+    addrs: &mut [libc::sockaddr_in],
+    n: usize,
+    shared: &Shared,
+) {
+    let mut iovs: Vec<libc::iovec> = bufs[..n]
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = (0..n)
+        .map(|i| {
+            // SAFETY: mmsghdr is plain old data; all-zero is valid.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_iov = &mut iovs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let mut off = 0;
+    while off < n {
+        // SAFETY: msgs[off..n] point at iovs/addrs/bufs alive for the call.
+        let r = unsafe { libc::sendmmsg(fd, msgs[off..].as_mut_ptr(), (n - off) as u32, 0) };
+        if r <= 0 {
+            break;
+        }
+        off += r as usize;
+    }
+    shared.sent.fetch_add(off as u64, Ordering::Relaxed);
+}
+
+/// A call the bench placed.
+struct Call {
+    call_id: String,
+    to_tag: Option<String>,
+    sent_at: Instant,
+    answered: bool,
+    failed: bool,
+}
+
+fn invite(call_id: &str, local: SocketAddr, target: SocketAddr, pt: u8, n: usize) -> Vec<u8> {
+    let codec = if pt == 8 { "PCMA" } else { "PCMU" };
+    let sdp = format!(
+        "v=0\r\no=bench {n} 1 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 9 RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=label:1\r\na=sendonly\r\n\
+m=audio 11 RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=label:2\r\na=sendonly\r\n"
+    );
+    let xml = "<?xml version=\"1.0\"?>\r\n<recording xmlns='urn:ietf:params:xml:ns:recording:1'>\
+<datamode>complete</datamode><session session_id=\"YmVuY2g=\"/>\
+<participant participant_id=\"YQ==\"><nameID aor=\"sip:a@bench\"/><send>czE=</send></participant>\
+<participant participant_id=\"Yg==\"><nameID aor=\"sip:b@bench\"/><send>czI=</send></participant>\
+<stream stream_id=\"czE=\" session_id=\"YmVuY2g=\"><label>1</label></stream>\
+<stream stream_id=\"czI=\" session_id=\"YmVuY2g=\"><label>2</label></stream></recording>\r\n";
+    let body = format!(
+        "--b\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--b\r\n\
+Content-Type: application/rs-metadata+xml\r\n\
+Content-Disposition: recording-session\r\n\r\n{xml}\r\n--b--\r\n"
+    );
+    let mut r = Request::new(Method::Invite, format!("sip:srs@{target}"));
+    r.headers.push(
+        "Via",
+        format!("SIP/2.0/UDP {local};branch=z9hG4bK-bench-i{n};rport"),
+    );
+    r.headers.push("Max-Forwards", "70");
+    r.headers
+        .push("From", format!("<sip:bench@{local}>;tag=bench{n}"));
+    r.headers.push("To", format!("<sip:srs@{target}>"));
+    r.headers.push("Call-ID", call_id);
+    r.headers.push("CSeq", "1 INVITE");
+    r.headers
+        .push("Contact", format!("<sip:bench@{local}>;+sip.src"));
+    r.headers.push("Require", "siprec");
+    r.headers.push("Content-Type", "multipart/mixed;boundary=b");
+    r.body = body.into_bytes().into();
+    let mut out = Vec::new();
+    r.encode(&mut out);
+    out
+}
+
+fn in_dialog(
+    method: Method,
+    call: &Call,
+    n: usize,
+    local: SocketAddr,
+    target: SocketAddr,
+) -> Vec<u8> {
+    let seq = if method == Method::Ack { 1 } else { 2 };
+    let mut r = Request::new(method.clone(), format!("sip:srs@{target}"));
+    let branch = format!("z9hG4bK-bench-{}{n}", method.as_str().to_ascii_lowercase());
+    r.headers
+        .push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
+    r.headers.push("Max-Forwards", "70");
+    r.headers
+        .push("From", format!("<sip:bench@{local}>;tag=bench{n}"));
+    let tag = call.to_tag.clone().unwrap_or_default();
+    r.headers
+        .push("To", format!("<sip:srs@{target}>;tag={tag}"));
+    r.headers.push("Call-ID", call.call_id.clone());
+    r.headers.push("CSeq", format!("{seq} {}", method.as_str()));
+    let mut out = Vec::new();
+    r.encode(&mut out);
+    out
+}
+
+/// (utime + stime) of `pid` in nanoseconds, and its RSS in KiB.
+fn proc_usage(pid: i32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf is a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some((ticks * 1_000_000_000 / hz, rss))
+}
+
+struct Spawned {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let pt: u8 = if args.codec.eq_ignore_ascii_case("pcma") {
+        8
+    } else {
+        0
+    };
+    let _ = siprec::dataplane::raise_nofile_limit();
+    let mut spawned = None;
+    let (target, pid) = match &args.spawn {
+        Some(bin) => {
+            let dir = std::env::temp_dir().join(format!("siprec-bench-{}", std::process::id()));
+            let (rtp_min, rtp_max) = args
+                .spawn_rtp_range
+                .split_once(':')
+                .ok_or("--spawn-rtp-range must be FIRST:LAST")?;
+            let child = Command::new(bin)
+                .env("SIP_HOST", "127.0.0.1")
+                .env("HTTP_HOST", "127.0.0.1")
+                .env("PORTS", args.spawn_sip_port.to_string())
+                .env("HTTP_PORT", args.spawn_http_port.to_string())
+                .env("RTP_PORT_MIN", rtp_min)
+                .env("RTP_PORT_MAX", rtp_max)
+                .env("RECORDING_DIR", dir.join("rec"))
+                .env("MAX_CONCURRENT_CALLS", "100000")
+                .env("DATAPLANE_WORKERS", "1")
+                .env("DATAPLANE_BACKEND", &args.backend)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            let pid = child.id() as i32;
+            spawned = Some(Spawned { child, dir });
+            std::thread::sleep(Duration::from_millis(700));
+            (
+                SocketAddr::from(([127, 0, 0, 1], args.spawn_sip_port)),
+                Some(pid),
+            )
+        }
+        None => (args.target, args.server_pid),
+    };
+    let sip = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sip.set_read_timeout(Some(Duration::from_millis(1)))
+        .map_err(|e| e.to_string())?;
+    let local = sip.local_addr().map_err(|e| e.to_string())?;
+    let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        sent: AtomicU64::new(0),
+        late_max_us: AtomicU64::new(0),
+        late_sum_us: AtomicU64::new(0),
+        ticks: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let (stream_tx, stream_rx) = crossbeam_channel::unbounded();
+    let sender_thread = {
+        let shared = shared.clone();
+        let ptime = args.ptime;
+        std::thread::spawn(move || sender(rtp, stream_rx, ptime, pt == 8, shared))
+    };
+    let idle = pid.and_then(proc_usage);
+
+    // Setup: INVITEs at --rate, answers collected as they come.
+    let bar = ProgressBar::new(args.calls as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("setup");
+    let mut calls: Vec<Call> = Vec::with_capacity(args.calls);
+    let mut latencies: Vec<f64> = Vec::new();
+    let t_setup = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1.0));
+    let mut buf = vec![0u8; 65536];
+    let deadline = |n: usize| t_setup + interval * n as u32 + Duration::from_secs(10);
+    let mut ssrc = 0x1000_0000u32;
+    while calls.len() < args.calls || calls.iter().any(|c| !c.answered && !c.failed) {
+        let now = Instant::now();
+        if calls.len() < args.calls && now >= t_setup + interval * calls.len() as u32 {
+            let n = calls.len();
+            let call_id = format!("bench-{}-{n}@127.0.0.1", std::process::id());
+            let _ = sip.send_to(&invite(&call_id, local, target, pt, n), target);
+            calls.push(Call {
+                call_id,
+                to_tag: None,
+                sent_at: now,
+                answered: false,
+                failed: false,
+            });
+        }
+        if let Ok((len, _)) = sip.recv_from(&mut buf) {
+            if let Ok(Message::Response(r)) = sip::parse_datagram(&buf[..len]) {
+                let idx = r
+                    .call_id()
+                    .and_then(|id| id.rsplit('-').next())
+                    .and_then(|s| s.split('@').next())
+                    .and_then(|s| s.parse::<usize>().ok());
+                let is_invite = r.cseq().is_some_and(|c| c.method == Method::Invite);
+                if let (Some(i), true) = (idx, is_invite) {
+                    if let Some(call) = calls.get_mut(i).filter(|c| !c.answered && !c.failed) {
+                        if r.status == 200 {
+                            call.answered = true;
+                            call.to_tag = r.to_tag();
+                            latencies.push(call.sent_at.elapsed().as_secs_f64() * 1000.0);
+                            let ack = in_dialog(Method::Ack, call, i, local, target);
+                            let _ = sip.send_to(&ack, target);
+                            let body = String::from_utf8_lossy(&r.body).to_string();
+                            let ports: Vec<u16> = body
+                                .lines()
+                                .filter_map(|l| l.strip_prefix("m=audio "))
+                                .filter_map(|l| l.split(' ').next()?.parse().ok())
+                                .filter(|&p| p != 0)
+                                .collect();
+                            let streams = ports
+                                .iter()
+                                .map(|&p| {
+                                    ssrc = ssrc.wrapping_add(1);
+                                    TxStream {
+                                        dest: SocketAddr::new(target.ip(), p),
+                                        ssrc,
+                                        pt,
+                                        seq: 0,
+                                        ts: 0,
+                                        slot: 0,
+                                    }
+                                })
+                                .collect();
+                            let _ = stream_tx.send(streams);
+                            bar.inc(1);
+                        } else if r.status >= 300 {
+                            call.failed = true;
+                            bar.inc(1);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, c) in calls.iter_mut().enumerate() {
+            if !c.answered && !c.failed && Instant::now() > deadline(i) {
+                c.failed = true;
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_with_message("calls set up");
+    let answered = calls.iter().filter(|c| c.answered).count();
+    let streams = answered * 2;
+
+    // Steady state: warm up, then measure the server over the window.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(args.duration.max(1));
+    let (sent0, usage0, t0) = (
+        shared.sent.load(Ordering::Relaxed),
+        pid.and_then(proc_usage),
+        Instant::now(),
+    );
+    shared.late_max_us.store(0, Ordering::Relaxed);
+    shared.late_sum_us.store(0, Ordering::Relaxed);
+    shared.ticks.store(0, Ordering::Relaxed);
+    let bar = ProgressBar::new(window.as_secs());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("steady");
+    for _ in 0..window.as_secs() {
+        std::thread::sleep(Duration::from_secs(1));
+        let pps = (shared.sent.load(Ordering::Relaxed) - sent0) as f64 / t0.elapsed().as_secs_f64();
+        bar.set_message(format!("{pps:.0} packets/s sent"));
+        bar.inc(1);
+    }
+    let (sent1, usage1, elapsed) = (
+        shared.sent.load(Ordering::Relaxed),
+        pid.and_then(proc_usage),
+        t0.elapsed(),
+    );
+    bar.finish();
+    let packets = sent1 - sent0;
+    let ticks = shared.ticks.load(Ordering::Relaxed).max(1);
+    let late_avg_us = shared.late_sum_us.load(Ordering::Relaxed) / ticks;
+    let late_max_us = shared.late_max_us.load(Ordering::Relaxed);
+    let server_ns_per_packet = match (usage0, usage1) {
+        (Some((c0, _)), Some((c1, _))) if packets > 0 => Some((c1 - c0) as f64 / packets as f64),
+        _ => None,
+    };
+    let rss_per_call_kib = match (idle, usage1) {
+        (Some((_, r0)), Some((_, r1))) if answered > 0 => {
+            Some(r1.saturating_sub(r0) as f64 / answered as f64)
+        }
+        _ => None,
+    };
+
+    // Teardown: BYE every call, stop sending.
+    for (i, c) in calls.iter().enumerate().filter(|(_, c)| c.answered) {
+        let _ = sip.send_to(&in_dialog(Method::Bye, c, i, local, target), target);
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = sender_thread.join();
+    let total_sent = shared.sent.load(Ordering::Relaxed);
+
+    // What the server received and recorded, from session.json (spawned servers only).
+    let mut received = None;
+    let mut lost = None;
+    if let Some(s) = &spawned {
+        std::thread::sleep(Duration::from_secs(2));
+        let (mut r, mut l) = (0u64, 0u64);
+        for day in std::fs::read_dir(s.dir.join("rec"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for session in std::fs::read_dir(day.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let Ok(text) = std::fs::read_to_string(session.path().join("session.json")) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                for st in v["streams"].as_array().into_iter().flatten() {
+                    r += st["rtp"]["audio_packets"].as_u64().unwrap_or(0);
+                    l += st["rtp"]["lost"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        received = Some(r);
+        lost = Some(l);
+    }
+    drop(spawned);
+
+    // The floor: a bare receiver fed the same number of streams at the same rate.
+    // A spawned server is gone by now, so the floor can take its RTP range.
+    let floor_base = if args.spawn.is_some() { 10000 } else { 40000 };
+    let floor_ns = if args.no_floor || streams == 0 {
+        None
+    } else {
+        floor_run(floor_base, streams, args.ptime, pt, window)?
+    };
+
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+    };
+    let ratio = match (server_ns_per_packet, floor_ns) {
+        (Some(s), Some(f)) if f > 0.0 => Some(s / f),
+        _ => None,
+    };
+    let capacity = server_ns_per_packet.map(|ns| 1e9 / (50.0 * ns));
+    let result = json!({
+        "calls": args.calls, "answered": answered, "failed": args.calls - answered,
+        "streams": streams, "ptime_ms": args.ptime, "codec": args.codec, "backend": args.backend,
+        "setup_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+        "window_s": elapsed.as_secs_f64(), "packets_sent_in_window": packets,
+        "packets_per_s": packets as f64 / elapsed.as_secs_f64(),
+        "packets_sent_total": total_sent, "packets_received_by_server": received,
+        "packets_lost_reported_by_server": lost,
+        "sender_lateness_us": {"avg": late_avg_us, "max": late_max_us},
+        "server_cpu_ns_per_packet": server_ns_per_packet,
+        "floor_cpu_ns_per_packet": floor_ns,
+        "server_to_floor_ratio": ratio,
+        "derived_streams_per_core": capacity,
+        "server_rss_kib_per_call": rss_per_call_kib,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&result).unwrap_or_default()
+    );
+    let path = args.json.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from(format!("perf/results/bench-{secs}.json"))
+    });
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&result).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+/// Runs the floor receiver as a child process, feeds it `streams` streams for `window`, and
+/// returns its CPU per packet.
+fn floor_run(
+    base: u16,
+    streams: usize,
+    ptime: u32,
+    pt: u8,
+    window: Duration,
+) -> Result<Option<f64>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args([
+            "floor",
+            "--base-port",
+            &base.to_string(),
+            "--streams",
+            &streams.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id() as i32;
+    let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        sent: AtomicU64::new(0),
+        late_max_us: AtomicU64::new(0),
+        late_sum_us: AtomicU64::new(0),
+        ticks: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let list = (0..streams)
+        .map(|i| TxStream {
+            dest: SocketAddr::from(([127, 0, 0, 1], base + 2 * i as u16)),
+            ssrc: i as u32,
+            pt,
+            seq: 0,
+            ts: 0,
+            slot: 0,
+        })
+        .collect();
+    let _ = tx.send(list);
+    let sender_thread = {
+        let shared = shared.clone();
+        std::thread::spawn(move || sender(rtp, rx, ptime, pt == 8, shared))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (s0, u0) = (shared.sent.load(Ordering::Relaxed), proc_usage(pid));
+    std::thread::sleep(window.min(Duration::from_secs(10)));
+    let (s1, u1) = (shared.sent.load(Ordering::Relaxed), proc_usage(pid));
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = sender_thread.join();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Ok(match (u0, u1) {
+        (Some((c0, _)), Some((c1, _))) if s1 > s0 => Some((c1 - c0) as f64 / (s1 - s0) as f64),
+        _ => None,
+    })
+}
+
+/// The floor receiver: epoll + recvmmsg over `streams` sockets, counting, nothing else.
+fn floor(base_port: u16, streams: usize) {
+    use std::os::fd::AsRawFd;
+    let _ = siprec::dataplane::raise_nofile_limit();
+    let sockets: Vec<UdpSocket> = (0..streams)
+        .filter_map(|i| {
+            let s = UdpSocket::bind(("127.0.0.1", base_port + 2 * i as u16)).ok()?;
+            s.set_nonblocking(true).ok()?;
+            Some(s)
+        })
+        .collect();
+    // SAFETY: plain syscalls with checked results and valid buffers throughout.
+    let epoll = unsafe { libc::epoll_create1(0) };
+    for (i, s) in sockets.iter().enumerate() {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: the socket is alive; ev is valid.
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut sink);
+            done.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut bufs = vec![[0u8; 2048]; 32];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: 2048,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: plain old data.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut count: u64 = 0;
+    while !done.load(Ordering::Relaxed) {
+        // SAFETY: events has 256 entries.
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 256, 10) };
+        for e in &events[..n.max(0) as usize] {
+            let fd = sockets[e.u64 as usize].as_raw_fd();
+            loop {
+                // SAFETY: msgs point at iovs/bufs alive for the call.
+                let r = unsafe {
+                    libc::recvmmsg(
+                        fd,
+                        msgs.as_mut_ptr(),
+                        32,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if r <= 0 {
+                    break;
+                }
+                count += r as u64;
+            }
+        }
+    }
+    println!("{count}");
+}
