@@ -121,6 +121,29 @@ impl<T: Send> Consumer<T> {
         Some(value)
     }
 
+    /// Hands the oldest value to `f` in place, then drops it and frees its slot: no copy out of
+    /// the ring (a frame is ~2 KiB; the recorder only reads it).
+    pub fn pop_with<R>(&mut self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        if self.head == self.tail_cache {
+            // Acquire: pairs with the producer's Release store of `tail`.
+            self.tail_cache = self.shared.tail.0.load(Ordering::Acquire);
+            if self.head == self.tail_cache {
+                return None;
+            }
+        }
+        let slot = &self.shared.slots[self.head & self.shared.mask];
+        // SAFETY: the slot is inside [head, tail): initialised by the producer, which won't
+        // touch it until we advance `head`. If `f` panics we leave without advancing, so the
+        // value is neither dropped twice nor overwritten while referenced.
+        let result = f(unsafe { (*slot.get()).assume_init_ref() });
+        // SAFETY: as above; the value is dropped exactly once, before the slot is released.
+        unsafe { (*slot.get()).assume_init_drop() };
+        self.head = self.head.wrapping_add(1);
+        // Release: our reads of the slot complete before the producer may overwrite it.
+        self.shared.head.0.store(self.head, Ordering::Release);
+        Some(result)
+    }
+
     /// Values waiting, as seen now (may be stale by the time it returns).
     pub fn len(&self) -> usize {
         self.shared
@@ -200,6 +223,20 @@ mod tests {
         }
         producer.join().unwrap();
         assert!(c.pop().is_none());
+    }
+
+    /// pop_with reads in place, in order, and drops each value exactly once.
+    #[test]
+    fn pop_with_in_place() {
+        let marker = Arc::new(());
+        let (mut p, mut c) = channel::<(u32, Arc<()>)>(4);
+        p.push((1, marker.clone())).unwrap();
+        p.push((2, marker.clone())).unwrap();
+        assert_eq!(c.pop_with(|v| v.0), Some(1));
+        assert_eq!(Arc::strong_count(&marker), 2);
+        assert_eq!(c.pop_with(|v| v.0), Some(2));
+        assert_eq!(c.pop_with(|v| v.0), None);
+        assert_eq!(Arc::strong_count(&marker), 1);
     }
 
     /// Values still in the ring are dropped with it (no leak).

@@ -366,14 +366,15 @@ impl<C: MonotonicClock> Recorder<C> {
     fn drain_rings(&mut self, batch: usize) -> Drained {
         let mut drained = Drained::Empty;
         let mut popped_total = 0;
-        for ring in 0..self.rings.len() {
+        // The rings leave `self` while frames are handled in place (no copy out of a slot).
+        let mut rings = std::mem::take(&mut self.rings);
+        for ring in rings.iter_mut() {
             let mut popped = 0;
             while popped < batch {
-                let Some(frame) = self.rings[ring].pop() else {
+                if ring.pop_with(|frame| self.handle_frame(frame)).is_none() {
                     break;
-                };
+                }
                 popped += 1;
-                self.handle_frame(&frame);
             }
             popped_total += popped as u64;
             if popped == batch {
@@ -382,6 +383,7 @@ impl<C: MonotonicClock> Recorder<C> {
                 drained = Drained::Some;
             }
         }
+        self.rings = rings;
         // Published after the frames were handled: a reader that sees the count sees them placed.
         self.counters
             .frames_popped
@@ -806,10 +808,14 @@ fn commit_mixed(
             timeline.commit(next, |samples| chunk.extend_from_slice(samples));
             writer.write_interleaved(chunk)?;
         }
+        let frames = (next - from) as usize;
+        let channels = mixed.members.len();
         mixed.interleaved.clear();
-        for i in 0..(next - from) as usize {
-            for &m in &mixed.members {
-                mixed.interleaved.push(streams[m].chunk[i]);
+        mixed.interleaved.resize(frames * channels, 0);
+        for (c, &m) in mixed.members.iter().enumerate() {
+            let column = mixed.interleaved[c..].iter_mut().step_by(channels);
+            for (dst, &sample) in column.zip(&streams[m].chunk[..frames]) {
+                *dst = sample;
             }
         }
         mixed.writer.write_interleaved(&mixed.interleaved)?;
@@ -823,7 +829,7 @@ const MIXED_FILE_NAME: &str = "mixed.wav";
 const MIX_CHUNK_FRAMES: usize = 4096;
 
 /// How often timelines are committed to files.
-const COMMIT_INTERVAL_NS: u64 = 20 * NANOS_PER_MS;
+const COMMIT_INTERVAL_NS: u64 = 100 * NANOS_PER_MS;
 
 /// Longest a commit waits for a ring backlog to clear (the rings' depth bounds the backlog).
 const COMMIT_BACKLOG_WAIT_NS: u64 = 500 * NANOS_PER_MS;

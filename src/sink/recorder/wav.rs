@@ -118,8 +118,11 @@ impl WavWriter {
             if self.buffer.len() + 2 * chunk.len() > BUFFER_BYTES {
                 self.flush_buffer()?;
             }
-            for s in chunk {
-                self.buffer.extend_from_slice(&s.to_le_bytes());
+            // Resize then fill in place: the loop vectorizes (a push per byte does not).
+            let start = self.buffer.len();
+            self.buffer.resize(start + 2 * chunk.len(), 0);
+            for (dst, s) in self.buffer[start..].chunks_exact_mut(2).zip(chunk) {
+                dst.copy_from_slice(&s.to_le_bytes());
             }
         }
         Ok(())
