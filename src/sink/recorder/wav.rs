@@ -324,8 +324,9 @@ const HEADER_BYTES: u64 = 44;
 /// Largest data chunk we write: the RIFF size (data + 36) must fit in a u32.
 const DATA_BYTES_MAX: u64 = u32::MAX as u64 - 36;
 
-/// Write buffer per file. 64 KiB is 4 s of 8 kHz mono; the header patch flushes sooner.
-const BUFFER_BYTES: usize = 64 * 1024;
+/// Write buffer per file: 16 KiB is 1 s of 8 kHz mono. The header patch flushes every second
+/// anyway, so a larger buffer never fills and only costs memory per file (3 files per call).
+const BUFFER_BYTES: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
