@@ -17,6 +17,9 @@ use crate::siprec::{self, metadata::RecordingMetadata};
 
 use super::{Action, MediaPorts, Now, SessionConfig, SessionCounters};
 
+/// Metadata updates kept per call for session.json; later ones are applied but not listed.
+const METADATA_HISTORY_MAX: usize = 1000;
+
 /// Methods we answer; sent in Allow.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 
@@ -443,10 +446,13 @@ impl Call {
                             changes = changes.len(),
                             "metadata update"
                         );
-                        self.metadata_history.push(MetadataEvent {
-                            at: rfc3339_ms(now.unix_ms),
-                            changes,
-                        });
+                        // Bounded: an SRC sending endless updates can't grow a call forever.
+                        if self.metadata_history.len() < METADATA_HISTORY_MAX {
+                            self.metadata_history.push(MetadataEvent {
+                                at: rfc3339_ms(now.unix_ms),
+                                changes,
+                            });
+                        }
                     }
                 }
                 Err(e) => {

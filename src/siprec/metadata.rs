@@ -16,6 +16,8 @@ use serde::Serialize;
 const MAX_BYTES: usize = 256 * 1024;
 const MAX_DEPTH: usize = 32;
 const MAX_ELEMENTS: usize = 10_000;
+/// Participants (and streams) a merged model keeps across partial updates of one call.
+const PARTICIPANTS_MAX: usize = 1000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RecordingMetadata {
@@ -385,7 +387,7 @@ impl RecordingMetadata {
                             aor: u.aor.clone(),
                         });
                     }
-                    if !complete {
+                    if !complete && self.participants.len() < PARTICIPANTS_MAX {
                         self.participants.push(u.clone());
                     }
                 }
@@ -403,7 +405,7 @@ impl RecordingMetadata {
                         id: s.id.clone(),
                         label: s.label.clone(),
                     });
-                    if !complete {
+                    if !complete && self.streams.len() < PARTICIPANTS_MAX {
                         self.streams.push(s.clone());
                     }
                 }
