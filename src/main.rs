@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-use siprec::api::{self, ApiState, Snapshot};
+use siprec::api::{self, ApiState, MetricsSnapshot, RecorderTotals, SipCounters, Snapshot};
 use siprec::config::{self, Config, FileConfig, Override};
 use siprec::dataplane::{self, Dataplane, DataplaneSettings, StreamSockets};
 use siprec::session::{ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager};
@@ -221,6 +221,7 @@ async fn control_plane(
     recorder: recorder::RecorderHandle,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Inbound>(4096);
+    let parse_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut udp = Vec::new();
     let conns: TcpConns = Arc::default();
     for (i, &port) in config.sip.ports.iter().enumerate() {
@@ -233,8 +234,14 @@ async fn control_plane(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot bind SIP TCP {addr}"))?;
-        tokio::spawn(udp_receive(socket.clone(), i as u64, tx.clone()));
-        tokio::spawn(tcp_accept(listener, conns.clone(), tx.clone()));
+        tokio::spawn(udp_receive(
+            socket.clone(),
+            i as u64,
+            tx.clone(),
+            parse_errors.clone(),
+        ));
+        let errors = parse_errors.clone();
+        tokio::spawn(tcp_accept(listener, conns.clone(), tx.clone(), errors));
         tracing::info!(%addr, "SIP listening on UDP and TCP");
         udp.push(socket);
     }
@@ -277,7 +284,12 @@ async fn control_plane(
         bind_ip: config.sip.host,
         sockets: HashMap::new(),
     };
-    let io = Io { udp, conns };
+    let io = Io {
+        udp,
+        conns,
+        sip: Default::default(),
+        parse_errors,
+    };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -290,6 +302,7 @@ async fn control_plane(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             Some(inbound) = rx.recv() => {
+                io.count_inbound(&inbound.message);
                 tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -328,6 +341,7 @@ async fn control_plane(
                     ports_in_use: ports.pool.in_use(),
                     ports_capacity: ports.pool.capacity(),
                     backend: dataplane.backend(),
+                    metrics: metrics_snapshot(&io, &sessions, &dataplane, &recorder, &ports),
                 });
                 if let Some(deadline) = shutdown_deadline {
                     if sessions.is_idle() || Instant::now() >= deadline {
@@ -475,10 +489,38 @@ impl MediaPorts for BoundPorts {
 struct Io {
     udp: Vec<Arc<UdpSocket>>,
     conns: TcpConns,
+    /// SIP counters for /metrics (this thread only).
+    sip: std::cell::RefCell<SipCounters>,
+    /// Unparsable SIP messages, counted by the receive tasks.
+    parse_errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Io {
+    fn count_inbound(&self, message: &Message) {
+        if let Message::Request(r) = message {
+            let mut sip = self.sip.borrow_mut();
+            *sip.requests
+                .entry(r.method.as_str().to_owned())
+                .or_default() += 1;
+        }
+    }
+
+    fn sip_counters(&self) -> SipCounters {
+        let mut c = self.sip.borrow().clone();
+        c.parse_errors = self.parse_errors.load(std::sync::atomic::Ordering::Relaxed);
+        c
+    }
+
     fn transmit(&self, peer: Peer, payload: &[u8]) {
+        // "SIP/2.0 NNN …": count responses by status code.
+        if payload.starts_with(b"SIP/2.0 ") {
+            let code = std::str::from_utf8(payload.get(8..11).unwrap_or_default())
+                .ok()
+                .and_then(|c| c.parse::<u16>().ok());
+            if let Some(code) = code {
+                *self.sip.borrow_mut().responses.entry(code).or_default() += 1;
+            }
+        }
         match peer.transport {
             Transport::Udp => {
                 let socket = &self.udp[peer.conn.unwrap_or(0) as usize % self.udp.len()];
@@ -501,7 +543,42 @@ impl Io {
     }
 }
 
-async fn udp_receive(socket: Arc<UdpSocket>, index: u64, tx: mpsc::Sender<Inbound>) {
+fn metrics_snapshot(
+    io: &Io,
+    sessions: &SessionManager,
+    dataplane: &Dataplane,
+    recorder: &recorder::RecorderHandle,
+    ports: &BoundPorts,
+) -> MetricsSnapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = &recorder.counters;
+    MetricsSnapshot {
+        active_calls: sessions.active_calls() as u64,
+        sip: io.sip_counters(),
+        calls: sessions.counters(),
+        rtp: sessions.rtp_totals(),
+        dataplane: dataplane.totals(),
+        recorder: RecorderTotals {
+            frames_popped: r.frames_popped.load(Relaxed),
+            frames_unknown_dropped: r.frames_unknown_dropped.load(Relaxed),
+            frames_malformed_dropped: r.frames_malformed_dropped.load(Relaxed),
+            sessions_closed: r.sessions_closed.load(Relaxed),
+            sessions_failed: r.sessions_failed.load(Relaxed),
+        },
+        ports_in_use: ports.pool.in_use() as u64,
+        ports_capacity: ports.pool.capacity() as u64,
+        disk_free_bytes: 0, // Filled at scrape time by the API.
+        backend: dataplane.backend().to_owned(),
+        workers: dataplane.workers() as u64,
+    }
+}
+
+async fn udp_receive(
+    socket: Arc<UdpSocket>,
+    index: u64,
+    tx: mpsc::Sender<Inbound>,
+    parse_errors: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut buf = vec![0u8; sip::MAX_MESSAGE_BYTES + 1];
     loop {
         let (n, addr) = match socket.recv_from(&mut buf).await {
@@ -527,6 +604,7 @@ async fn udp_receive(socket: Arc<UdpSocket>, index: u64, tx: mpsc::Sender<Inboun
                 }
             }
             Err(e) => {
+                parse_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(%addr, error = %e, "malformed SIP datagram");
                 if let Some(resp) = sip::error_response(data, &e) {
                     let mut out = Vec::new();
@@ -538,7 +616,12 @@ async fn udp_receive(socket: Arc<UdpSocket>, index: u64, tx: mpsc::Sender<Inboun
     }
 }
 
-async fn tcp_accept(listener: TcpListener, conns: TcpConns, tx: mpsc::Sender<Inbound>) {
+async fn tcp_accept(
+    listener: TcpListener,
+    conns: TcpConns,
+    tx: mpsc::Sender<Inbound>,
+    parse_errors: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut next_id: u64 = 1 << 32;
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -566,6 +649,7 @@ async fn tcp_accept(listener: TcpListener, conns: TcpConns, tx: mpsc::Sender<Inb
         });
         let tx = tx.clone();
         let conns = conns.clone();
+        let parse_errors = parse_errors.clone();
         tokio::spawn(async move {
             let mut framer = sip::StreamFramer::new();
             let mut buf = vec![0u8; 16 * 1024];
@@ -588,6 +672,7 @@ async fn tcp_accept(listener: TcpListener, conns: TcpConns, tx: mpsc::Sender<Inb
                             }
                         }
                         Err(e) => {
+                            parse_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::debug!(%addr, error = %e, "SIP TCP framing error; closing");
                             break 'conn;
                         }

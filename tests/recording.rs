@@ -393,3 +393,71 @@ fn sigkill_leaves_playable_files() {
     let n = leg.len() - p;
     assert_eq!(&leg[p..], &ra[..n], "what is there is exact");
 }
+
+/// During and after a real call with RTP: /metrics counts the INVITE, the 200s, the RTP packets
+/// and the accepted call (Prometheus text, siprec_ prefix); /metrics/simple says the same in
+/// JSON; /health aggregates its checks with the system block; /status names version and
+/// backend.
+#[test]
+fn metrics_health_status() {
+    let _server = Server::start(14, &[]);
+    let ports = TestPorts::new(14);
+    let mut src = Src::new(ports.src_sip, ports.sip, "metrics@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let a = source_audio(5, 8000);
+    play(
+        &rtp,
+        audio_packets(port, 0x7777, 1, 0, d(0), &a),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_millis(1300)); // Per-stream counters arrive each second.
+
+    let (status, text) = http_get(ports.http, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let value = |line_start: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} missing in:\n{text}"))
+    };
+    assert_eq!(value("siprec_sip_requests_total{method=\"INVITE\"}"), 1);
+    assert!(value("siprec_sip_responses_total{code=\"200\"}") >= 1);
+    assert_eq!(value("siprec_calls_total{outcome=\"accepted\"}"), 1);
+    assert_eq!(value("siprec_active_calls"), 1);
+    assert_eq!(value("siprec_rtp_packets_received_total{kind=\"rtp\"}"), 50);
+    assert_eq!(
+        value("siprec_rtp_packets_received_total{kind=\"audio\"}"),
+        50
+    );
+    assert_eq!(value("siprec_rtp_stream_events_total{event=\"lost\"}"), 0);
+    assert!(text.contains("# TYPE siprec_rtp_packets_received_total counter"));
+
+    let (status, simple) = http_get(ports.http, "/metrics/simple").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&simple).unwrap();
+    assert_eq!(v["active_calls"], 1);
+    assert_eq!(v["rtp"]["audio_packets"], 50);
+
+    let (status, health) = http_get(ports.http, "/health").unwrap();
+    assert_eq!(status, 200, "{health}");
+    let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(h["status"], "healthy", "{h}");
+    for check in ["sip", "rtp_ports", "recording_storage", "dataplane"] {
+        assert_eq!(h["checks"][check]["status"], "healthy", "{check}: {h}");
+    }
+    assert_eq!(h["system"]["active_calls"], 1);
+    assert!(h["system"]["cpu_count"].as_u64().unwrap() >= 1);
+
+    let (status, st) = http_get(ports.http, "/status").unwrap();
+    assert_eq!(status, 200);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert!(["io_uring", "epoll"].contains(&st["dataplane"]["backend"].as_str().unwrap()));
+    assert_eq!(src.bye().status, 200);
+}

@@ -1,5 +1,6 @@
-//! The HTTP API on hyper (control-plane thread): health probes and session listing, with the
-//! reference server's paths, JSON shapes and error envelopes (`../shared/spec/api-reference.md`).
+//! The HTTP API on hyper (control-plane thread): health, status, Prometheus metrics and session
+//! listing, with the reference server's paths, JSON shapes and error envelopes
+//! (`../shared/spec/api-reference.md`).
 //!
 //! Refuses: touching call state directly. The control plane publishes snapshots into
 //! [`ApiState`]; handlers only read them, so a slow client never delays SIP or media.
@@ -17,6 +18,10 @@ use serde_json::{json, Value};
 
 use crate::session::CallSummary;
 
+pub mod metrics;
+
+pub use metrics::{Metrics, MetricsSnapshot, RecorderTotals, SipCounters};
+
 pub const SERVER: &str = concat!("siprec/", env!("CARGO_PKG_VERSION"));
 
 /// What the control plane publishes for the API, refreshed on every change and every tick.
@@ -31,11 +36,14 @@ pub struct Snapshot {
     pub ports_capacity: usize,
     /// The data plane's receive backend ("io_uring" or "epoll").
     pub backend: &'static str,
+    /// Counters for /metrics and /metrics/simple.
+    pub metrics: MetricsSnapshot,
 }
 
 /// Shared between the control plane (writer) and the HTTP handlers (readers).
 pub struct ApiState {
     pub snapshot: Mutex<Snapshot>,
+    pub metrics: Metrics,
     pub recording_dir: PathBuf,
     pub min_free_mb: u64,
     pub started: std::time::Instant,
@@ -45,6 +53,7 @@ impl ApiState {
     pub fn new(recording_dir: PathBuf, min_free_mb: u64) -> Arc<ApiState> {
         Arc::new(ApiState {
             snapshot: Mutex::new(Snapshot::default()),
+            metrics: Metrics::new(),
             recording_dir,
             min_free_mb,
             started: std::time::Instant::now(),
@@ -102,8 +111,24 @@ fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let method = req.method();
-    let known = ["/health/live", "/health/ready", "/api/sessions"];
+    let known = [
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/status",
+        "/metrics",
+        "/metrics/simple",
+        "/api/sessions",
+    ];
     match (method, path) {
+        (&Method::GET, "/health") => health(state),
+        (&Method::GET, "/status") => status(state),
+        (&Method::GET, "/metrics") => prometheus_text(state),
+        (&Method::GET, "/metrics/simple") => {
+            let mut m = state.read().metrics;
+            m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
+            json_response(StatusCode::OK, serde_json::to_value(&m).unwrap_or_default())
+        }
         (&Method::GET, "/health/live") => json_response(
             StatusCode::OK,
             json!({"status": "alive", "version": env!("CARGO_PKG_VERSION")}),
@@ -191,6 +216,160 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
         },
         body,
     )
+}
+
+fn prometheus_text(state: &ApiState) -> Response<Full<Bytes>> {
+    let mut m = state.read().metrics;
+    m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
+    let text = state.metrics.render(&m);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .header("Server", SERVER)
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// The aggregated report: each subsystem healthy, degraded or unhealthy with a message; the
+/// worst decides the overall status (503 only when something is unhealthy).
+fn health(state: &ApiState) -> Response<Full<Bytes>> {
+    let snap = state.read();
+    let mut checks = serde_json::Map::new();
+    let mut worst = 0u8;
+    let mut check = |name: &str, level: u8, message: String| {
+        worst = worst.max(level);
+        let status = ["healthy", "degraded", "unhealthy"][level as usize];
+        checks.insert(
+            name.to_owned(),
+            json!({"status": status, "message": message}),
+        );
+    };
+    check(
+        "sip",
+        if snap.sip_bound { 0 } else { 2 },
+        if snap.sip_bound {
+            "SIP service is running".into()
+        } else {
+            "SIP not bound".into()
+        },
+    );
+    let (used, cap) = (snap.ports_in_use, snap.ports_capacity.max(1));
+    let port_level = if used >= cap {
+        2
+    } else if used * 10 >= cap * 9 {
+        1
+    } else {
+        0
+    };
+    check(
+        "rtp_ports",
+        port_level,
+        format!("{used} of {cap} RTP port pairs in use"),
+    );
+    let (writable, free) = storage_status(&state.recording_dir);
+    let storage_level = if !writable || free < state.min_free_mb {
+        2
+    } else if free < state.min_free_mb * 4 {
+        1
+    } else {
+        0
+    };
+    check(
+        "recording_storage",
+        storage_level,
+        format!(
+            "{free} MiB free under {} (minimum {})",
+            state.recording_dir.display(),
+            state.min_free_mb
+        ),
+    );
+    let total = snap.worker_heartbeat_age_ms.len();
+    let alive = snap
+        .worker_heartbeat_age_ms
+        .iter()
+        .filter(|&&a| a < WORKER_STALE_MS)
+        .count();
+    check(
+        "dataplane",
+        if alive == total && total > 0 {
+            0
+        } else if alive > 0 {
+            1
+        } else {
+            2
+        },
+        format!("{alive}/{total} workers alive, backend {}", snap.backend),
+    );
+    let status = ["healthy", "degraded", "unhealthy"][worst as usize];
+    let uptime = state.started.elapsed().as_secs();
+    let body = json!({
+        "status": status,
+        "timestamp": crate::proto::rfc3339_ms(unix_ms()),
+        "uptime": format!("{}h{}m{}s", uptime / 3600, uptime / 60 % 60, uptime % 60),
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": checks,
+        "system": {
+            "memory_mb": process_rss_kib() / 1024,
+            "cpu_count": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "active_calls": snap.metrics.active_calls,
+            "ports_in_use": snap.ports_in_use,
+        },
+    });
+    let code = if worst == 2 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(code, body)
+}
+
+fn status(state: &ApiState) -> Response<Full<Bytes>> {
+    let snap = state.read();
+    let uptime = state.started.elapsed().as_secs();
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "git_hash": env!("SIPREC_GIT_HASH"),
+            "build_date": env!("SIPREC_BUILD_DATE"),
+            "uptime_s": uptime,
+            "uptime": format!("{}h{}m{}s", uptime / 3600, uptime / 60 % 60, uptime % 60),
+            "dataplane": {"backend": snap.backend, "workers": snap.worker_heartbeat_age_ms.len()},
+            "active_calls": snap.metrics.active_calls,
+            "process": {
+                "pid": std::process::id(),
+                "memory_mb": process_rss_kib() / 1024,
+                "threads": threads,
+                "open_fds": fds,
+            },
+        }),
+    )
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// This process's resident set, in KiB.
+fn process_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn sessions(state: &ApiState, query: &str) -> Response<Full<Bytes>> {

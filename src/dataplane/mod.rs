@@ -30,7 +30,7 @@ use crate::media::{MediaFrame, StreamKey};
 use crate::ring;
 
 pub use uring::raise_nofile_limit;
-pub use worker::WorkerCounters;
+pub use worker::{CounterSnapshot, WorkerCounters};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the one clock the data plane, the recorder and the
 /// control plane share, so their timelines agree (the recorder's `SystemMonotonicClock` too).

@@ -66,6 +66,26 @@ pub struct RtpStats {
     pub ssrc: Option<u32>,
 }
 
+impl RtpStats {
+    /// Adds `o`'s counters (not its SSRC or last-receive time): totals over many streams.
+    pub fn add(&mut self, o: &RtpStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.audio_packets += o.audio_packets;
+        self.lost += o.lost;
+        self.out_of_order += o.out_of_order;
+        self.duplicates += o.duplicates;
+        self.too_old += o.too_old;
+        self.malformed += o.malformed;
+        self.unknown_pt += o.unknown_pt;
+        self.telephone_events += o.telephone_events;
+        self.comfort_noise += o.comfort_noise;
+        self.foreign_ssrc += o.foreign_ssrc;
+        self.ssrc_changes += o.ssrc_changes;
+        self.ring_full += o.ring_full;
+    }
+}
+
 /// After this long without a packet from the locked SSRC a new SSRC takes over at once.
 const SSRC_GAP_NS: u64 = 60_000_000;
 /// Without a gap, a new SSRC takes over after this many consecutive packets (a hard switch

@@ -383,6 +383,12 @@ impl Call {
         }
     }
 
+    pub(super) fn add_rtp_stats(&self, total: &mut RtpStats) {
+        for s in &self.streams {
+            total.add(&s.stats);
+        }
+    }
+
     pub(super) fn duration_ns(&self, now_ns: u64) -> u64 {
         now_ns.saturating_sub(self.start_ns)
     }

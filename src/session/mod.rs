@@ -137,6 +137,8 @@ pub struct SessionManager {
     rng: u64,
     draining: bool,
     counters: SessionCounters,
+    /// RTP counters of the streams of calls already forgotten (metrics stay monotonic).
+    closed_rtp: RtpStats,
 }
 
 impl SessionManager {
@@ -152,6 +154,7 @@ impl SessionManager {
             rng,
             draining: false,
             counters: SessionCounters::default(),
+            closed_rtp: RtpStats::default(),
         }
     }
 
@@ -174,6 +177,15 @@ impl SessionManager {
         let mut v: Vec<CallSummary> = self.calls.values().map(|c| c.summary()).collect();
         v.sort_by_key(|s| s.session);
         v
+    }
+
+    /// RTP counters summed over every stream this process has recorded.
+    pub fn rtp_totals(&self) -> RtpStats {
+        let mut total = self.closed_rtp;
+        for call in self.calls.values() {
+            call.add_rtp_stats(&mut total);
+        }
+        total
     }
 
     /// True when no call holds resources (used by shutdown to know when to exit).
@@ -256,7 +268,9 @@ impl SessionManager {
         let done = call.handle_recorder_event(now, event, &mut self.actions);
         if done {
             self.by_session.remove(&session);
-            self.calls.remove(&call_id);
+            if let Some(call) = self.calls.remove(&call_id) {
+                call.add_rtp_stats(&mut self.closed_rtp);
+            }
         }
     }
 

@@ -1,0 +1,307 @@
+//! Prometheus exposition (`/metrics`) and its JSON twin (`/metrics/simple`), built at scrape
+//! time from the snapshot the control plane publishes: data-plane counters are per-worker
+//! values summed when read, never shared per packet.
+
+use std::collections::BTreeMap;
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use serde::Serialize;
+
+use crate::dataplane::CounterSnapshot;
+use crate::media::rtp::RtpStats;
+use crate::session::SessionCounters;
+
+/// SIP messages seen by the control plane.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SipCounters {
+    /// Requests received, by method.
+    pub requests: BTreeMap<String, u64>,
+    /// Responses sent, by status code.
+    pub responses: BTreeMap<u16, u64>,
+    /// Datagrams or stream messages that did not parse (answered 4xx/5xx when possible).
+    pub parse_errors: u64,
+}
+
+/// Recorder totals at the time of the snapshot.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RecorderTotals {
+    pub frames_popped: u64,
+    pub frames_unknown_dropped: u64,
+    pub frames_malformed_dropped: u64,
+    pub sessions_closed: u64,
+    pub sessions_failed: u64,
+}
+
+/// Everything `/metrics` reports, as plain numbers (also the `/metrics/simple` body).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MetricsSnapshot {
+    pub active_calls: u64,
+    pub sip: SipCounters,
+    pub calls: SessionCounters,
+    pub rtp: RtpStats,
+    pub dataplane: CounterSnapshot,
+    pub recorder: RecorderTotals,
+    pub ports_in_use: u64,
+    pub ports_capacity: u64,
+    pub disk_free_bytes: u64,
+    pub backend: String,
+    pub workers: u64,
+}
+
+/// The registry and its collectors. Counters follow the snapshot: each scrape adds the
+/// difference since the last one, so they stay monotonic.
+pub struct Metrics {
+    registry: Registry,
+    sip_requests: IntCounterVec,
+    sip_responses: IntCounterVec,
+    sip_parse_errors: IntCounterVec,
+    calls: IntCounterVec,
+    rtp_packets: IntCounterVec,
+    rtp_bytes: IntCounterVec,
+    rtp_dropped: IntCounterVec,
+    rtp_events: IntCounterVec,
+    recorder: IntCounterVec,
+    dataplane: IntCounterVec,
+    active_calls: IntGauge,
+    ports: IntGaugeVec,
+    disk_free: IntGauge,
+    backend: IntGaugeVec,
+    workers: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace("siprec"), labels)
+        .expect("metric names and labels are static and valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace("siprec"))
+        .expect("metric names are static and valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help).namespace("siprec"), labels)
+        .expect("metric names and labels are static and valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+/// Raises `counter{labels}` to `value` (never lowers it).
+fn follow(c: &IntCounterVec, labels: &[&str], value: u64) {
+    let m = c.with_label_values(labels);
+    let now = m.get();
+    if value > now {
+        m.inc_by(value - now);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            sip_requests: counter(
+                &r,
+                "sip_requests_total",
+                "SIP requests received",
+                &["method"],
+            ),
+            sip_responses: counter(&r, "sip_responses_total", "SIP responses sent", &["code"]),
+            sip_parse_errors: counter(
+                &r,
+                "sip_messages_dropped_total",
+                "SIP messages that did not parse",
+                &["reason"],
+            ),
+            calls: counter(
+                &r,
+                "calls_total",
+                "Recording sessions by outcome",
+                &["outcome"],
+            ),
+            rtp_packets: counter(
+                &r,
+                "rtp_packets_received_total",
+                "RTP datagrams received",
+                &["kind"],
+            ),
+            rtp_bytes: counter(&r, "rtp_bytes_received_total", "RTP bytes received", &[]),
+            rtp_dropped: counter(
+                &r,
+                "rtp_packets_dropped_total",
+                "RTP datagrams not recorded, by reason",
+                &["reason"],
+            ),
+            rtp_events: counter(
+                &r,
+                "rtp_stream_events_total",
+                "RTP sequence events: lost, out_of_order, ssrc_change",
+                &["event"],
+            ),
+            recorder: counter(
+                &r,
+                "recorder_events_total",
+                "Recorder frames and sessions",
+                &["event"],
+            ),
+            dataplane: counter(
+                &r,
+                "dataplane_events_total",
+                "Data-plane receive events (io_uring re-arms, ENOBUFS, receive errors)",
+                &["event"],
+            ),
+            active_calls: gauge(&r, "active_calls", "Recording sessions in progress"),
+            ports: gauge_vec(&r, "rtp_ports", "RTP port pool", &["state"]),
+            disk_free: gauge(
+                &r,
+                "recording_disk_free_bytes",
+                "Free space under RECORDING_DIR",
+            ),
+            backend: gauge_vec(
+                &r,
+                "dataplane_backend",
+                "Receive backend in use (1)",
+                &["backend"],
+            ),
+            workers: gauge(&r, "dataplane_workers", "Receive worker threads"),
+            registry: r,
+        }
+    }
+
+    /// Updates every collector from `s` and renders the text exposition format.
+    pub fn render(&self, s: &MetricsSnapshot) -> String {
+        for (method, n) in &s.sip.requests {
+            follow(&self.sip_requests, &[method], *n);
+        }
+        for (code, n) in &s.sip.responses {
+            follow(&self.sip_responses, &[&code.to_string()], *n);
+        }
+        follow(&self.sip_parse_errors, &["unparsable"], s.sip.parse_errors);
+        let c = &s.calls;
+        for (outcome, n) in [
+            ("accepted", c.calls_total),
+            ("rejected_capacity", c.calls_rejected_capacity),
+            ("rejected_no_ports", c.calls_rejected_ports),
+            ("rejected_sdp", c.calls_rejected_sdp),
+            ("rejected_not_siprec", c.calls_rejected_not_siprec),
+            ("cancelled", c.calls_cancelled),
+            ("ended_rtp_timeout", c.calls_rtp_timeout),
+            ("ended_duration_cap", c.calls_duration_cap),
+            ("ended_ack_timeout", c.calls_ack_timeout),
+            ("ended_recording_failed", c.calls_recording_failed),
+        ] {
+            follow(&self.calls, &[outcome], n);
+        }
+        let r = &s.rtp;
+        follow(
+            &self.rtp_packets,
+            &["rtp"],
+            s.dataplane.packets.saturating_sub(s.dataplane.rtcp_packets),
+        );
+        follow(&self.rtp_packets, &["rtcp"], s.dataplane.rtcp_packets);
+        follow(&self.rtp_packets, &["audio"], r.audio_packets);
+        follow(&self.rtp_bytes, &[], s.dataplane.bytes);
+        for (reason, n) in [
+            ("ring_full", s.dataplane.ring_full),
+            ("unknown_socket", s.dataplane.unknown_socket),
+            ("malformed", r.malformed),
+            ("duplicate", r.duplicates),
+            ("too_old", r.too_old),
+            ("unknown_payload_type", r.unknown_pt),
+            ("foreign_ssrc", r.foreign_ssrc),
+            ("telephone_event", r.telephone_events),
+            ("comfort_noise", r.comfort_noise),
+        ] {
+            follow(&self.rtp_dropped, &[reason], n);
+        }
+        follow(&self.rtp_events, &["lost"], r.lost);
+        follow(&self.rtp_events, &["out_of_order"], r.out_of_order);
+        follow(&self.rtp_events, &["ssrc_change"], r.ssrc_changes);
+        let rec = &s.recorder;
+        follow(&self.recorder, &["frames"], rec.frames_popped);
+        follow(
+            &self.recorder,
+            &["frames_unknown_dropped"],
+            rec.frames_unknown_dropped,
+        );
+        follow(
+            &self.recorder,
+            &["frames_malformed_dropped"],
+            rec.frames_malformed_dropped,
+        );
+        follow(&self.recorder, &["sessions_closed"], rec.sessions_closed);
+        follow(&self.recorder, &["sessions_failed"], rec.sessions_failed);
+        follow(&self.dataplane, &["rearm"], s.dataplane.rearms);
+        follow(&self.dataplane, &["no_buffers"], s.dataplane.no_buffers);
+        follow(
+            &self.dataplane,
+            &["receive_error"],
+            s.dataplane.receive_errors,
+        );
+        self.active_calls.set(s.active_calls as i64);
+        self.ports
+            .with_label_values(&["in_use"])
+            .set(s.ports_in_use as i64);
+        self.ports
+            .with_label_values(&["capacity"])
+            .set(s.ports_capacity as i64);
+        self.disk_free
+            .set(s.disk_free_bytes.min(i64::MAX as u64) as i64);
+        self.backend.reset();
+        if !s.backend.is_empty() {
+            self.backend.with_label_values(&[&s.backend]).set(1);
+        }
+        self.workers.set(s.workers as i64);
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for valid families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters follow the snapshot, never go down, and carry the siprec_ prefix.
+    #[test]
+    fn counters_follow_snapshot() {
+        let m = Metrics::new();
+        let mut s = MetricsSnapshot {
+            backend: "epoll".into(),
+            workers: 1,
+            ..Default::default()
+        };
+        s.sip.requests.insert("INVITE".into(), 3);
+        s.dataplane.packets = 100;
+        s.rtp.lost = 2;
+        let text = m.render(&s);
+        assert!(
+            text.contains("siprec_sip_requests_total{method=\"INVITE\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("siprec_rtp_packets_received_total{kind=\"rtp\"} 100"));
+        assert!(text.contains("siprec_rtp_stream_events_total{event=\"lost\"} 2"));
+        assert!(text.contains("siprec_dataplane_backend{backend=\"epoll\"} 1"));
+        s.rtp.lost = 1; // A late packet filled a hole: the counter must not go down.
+        s.sip.requests.insert("INVITE".into(), 5);
+        let text = m.render(&s);
+        assert!(text.contains("siprec_rtp_stream_events_total{event=\"lost\"} 2"));
+        assert!(text.contains("siprec_sip_requests_total{method=\"INVITE\"} 5"));
+    }
+}
