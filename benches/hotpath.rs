@@ -33,6 +33,7 @@ fn params() -> StreamParams {
         payload_types,
         sample_rate: 8000,
         held: false,
+        paused: false,
     }
 }
 

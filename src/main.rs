@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use siprec::api::{self, ApiState, MetricsSnapshot, RecorderTotals, SipCounters, Snapshot};
 use siprec::config::{self, Config, FileConfig, Override};
 use siprec::dataplane::{self, Dataplane, DataplaneSettings, StreamSockets};
-use siprec::session::{ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager};
+use siprec::session::{
+    self, ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager,
+};
 use siprec::sink::recorder::{self, RecorderCommand, RecorderConfig};
 use siprec::sip::{self, Message, Peer, TransactionLayer, Transport, TsxConfig};
 
@@ -249,7 +251,13 @@ async fn control_plane(
     let api_listener = api::bind(http_addr)
         .await
         .with_context(|| format!("cannot bind HTTP {http_addr}"))?;
-    let api_state = ApiState::new(config.recording.dir.clone(), config.recording.min_free_mb);
+    let (api_tx, mut api_rx) = mpsc::channel::<api::ApiRequest>(64);
+    let api_state = ApiState::new(
+        config.recording.dir.clone(),
+        config.recording.min_free_mb,
+        config.http.api_key.clone(),
+        api_tx,
+    );
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
 
@@ -308,6 +316,10 @@ async fn control_plane(
             _ = tokio::time::sleep_until(deadline.into()) => {
                 tsx.handle_timeout(Instant::now());
             }
+            Some(request) = api_rx.recv() => {
+                let value = handle_api(&mut sessions, &mut ports, request.op);
+                let _ = request.reply.send(value);
+            }
             _ = tick.tick() => {
                 let now = now();
                 while let Some(report) = dataplane.try_report() {
@@ -342,6 +354,7 @@ async fn control_plane(
                     ports_capacity: ports.pool.capacity(),
                     backend: dataplane.backend(),
                     metrics: metrics_snapshot(&io, &sessions, &dataplane, &recorder, &ports),
+                    paused_calls: sessions.paused_calls(),
                 });
                 if let Some(deadline) = shutdown_deadline {
                     if sessions.is_idle() || Instant::now() >= deadline {
@@ -540,6 +553,57 @@ impl Io {
                 }
             }
         }
+    }
+}
+
+/// Carries out an API request on the calls; `None` means "no such session".
+fn handle_api(
+    sessions: &mut SessionManager,
+    ports: &mut BoundPorts,
+    op: api::ApiOp,
+) -> Option<serde_json::Value> {
+    use api::ApiOp;
+    use serde_json::json;
+    let now = now();
+    let list = |v: Vec<session::PauseStatus>| json!({"count": v.len(), "sessions": v});
+    match op {
+        ApiOp::End { call_id } => sessions
+            .end_session(now, ports, &call_id)
+            .then(|| json!({"call_id": call_id, "status": "ending"})),
+        ApiOp::Pause {
+            call_id: Some(id),
+            recording,
+            transcription,
+        } => sessions
+            .pause(now, &id, recording, transcription)
+            .and_then(|s| serde_json::to_value(s).ok()),
+        ApiOp::Resume { call_id: Some(id) } => sessions
+            .resume(now, &id)
+            .and_then(|s| serde_json::to_value(s).ok()),
+        ApiOp::PauseStatus { call_id: Some(id) } => sessions
+            .pause_status(now, &id)
+            .and_then(|s| serde_json::to_value(s).ok()),
+        ApiOp::Pause {
+            call_id: None,
+            recording,
+            transcription,
+        } => {
+            let ids = sessions.active_call_ids();
+            Some(list(
+                ids.iter()
+                    .filter_map(|id| sessions.pause(now, id, recording, transcription))
+                    .collect(),
+            ))
+        }
+        ApiOp::Resume { call_id: None } => {
+            let ids = sessions.active_call_ids();
+            Some(list(
+                ids.iter()
+                    .filter_map(|id| sessions.resume(now, id))
+                    .collect(),
+            ))
+        }
+        ApiOp::PauseStatus { call_id: None } => Some(list(sessions.pause_statuses(now))),
     }
 }
 

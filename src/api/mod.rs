@@ -22,6 +22,33 @@ pub mod metrics;
 
 pub use metrics::{Metrics, MetricsSnapshot, RecorderTotals, SipCounters};
 
+/// A request the API hands to the control plane (which owns the calls), with its reply.
+#[derive(Debug)]
+pub struct ApiRequest {
+    pub op: ApiOp,
+    /// `None` means "no such session" (404).
+    pub reply: tokio::sync::oneshot::Sender<Option<Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ApiOp {
+    /// End a recording (we send BYE).
+    End { call_id: String },
+    /// Pause one call, or every active call when `call_id` is None.
+    Pause {
+        call_id: Option<String>,
+        recording: bool,
+        transcription: bool,
+    },
+    /// Resume one call, or every call.
+    Resume { call_id: Option<String> },
+    /// Pause state of one call, or of every call.
+    PauseStatus { call_id: Option<String> },
+}
+
+/// Largest request body we read (JSON documents are small).
+const BODY_MAX_BYTES: usize = 64 * 1024;
+
 pub const SERVER: &str = concat!("siprec/", env!("CARGO_PKG_VERSION"));
 
 /// What the control plane publishes for the API, refreshed on every change and every tick.
@@ -38,22 +65,34 @@ pub struct Snapshot {
     pub backend: &'static str,
     /// Counters for /metrics and /metrics/simple.
     pub metrics: MetricsSnapshot,
+    pub paused_calls: usize,
 }
 
 /// Shared between the control plane (writer) and the HTTP handlers (readers).
 pub struct ApiState {
     pub snapshot: Mutex<Snapshot>,
     pub metrics: Metrics,
+    /// To the control plane, for routes that change calls.
+    pub commands: tokio::sync::mpsc::Sender<ApiRequest>,
+    /// `API_KEY`: required on mutating routes when set.
+    pub api_key: Option<String>,
     pub recording_dir: PathBuf,
     pub min_free_mb: u64,
     pub started: std::time::Instant,
 }
 
 impl ApiState {
-    pub fn new(recording_dir: PathBuf, min_free_mb: u64) -> Arc<ApiState> {
+    pub fn new(
+        recording_dir: PathBuf,
+        min_free_mb: u64,
+        api_key: Option<String>,
+        commands: tokio::sync::mpsc::Sender<ApiRequest>,
+    ) -> Arc<ApiState> {
         Arc::new(ApiState {
             snapshot: Mutex::new(Snapshot::default()),
             metrics: Metrics::new(),
+            commands,
+            api_key,
             recording_dir,
             min_free_mb,
             started: std::time::Instant::now(),
@@ -92,7 +131,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)
@@ -107,10 +146,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
-fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
-    let method = req.method();
+async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    if path.starts_with("/api/sessions/") {
+        return session_route(state, req, &path, &query).await;
+    }
+    let (path, query, method) = (path.as_str(), query.as_str(), &method);
     let known = [
         "/health",
         "/health/live",
@@ -216,6 +259,185 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
         },
         body,
     )
+}
+
+/// Routes under `/api/sessions/`: stats, pause/resume, pause status, DELETE (extension).
+async fn session_route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    path: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let rest = path.trim_start_matches("/api/sessions/");
+    let mutating = method == Method::POST || method == Method::DELETE;
+    if mutating {
+        if let Err(resp) = authorize(state, &req, query) {
+            return resp;
+        }
+    }
+    let wrong_method = || {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+    };
+    let op = match (rest.split_once('/'), rest) {
+        (None, "stats") if method == Method::GET => {
+            let snap = state.read();
+            let m = &snap.metrics;
+            return json_response(
+                StatusCode::OK,
+                json!({
+                    "active_calls": m.active_calls,
+                    "paused_calls": snap.paused_calls,
+                    "total_calls": m.calls.calls_total,
+                    "rejected_calls": m.calls.calls_rejected_capacity
+                        + m.calls.calls_rejected_ports
+                        + m.calls.calls_rejected_sdp
+                        + m.calls.calls_rejected_not_siprec,
+                    "streams_packets_received": m.rtp.audio_packets,
+                    "ports_in_use": snap.ports_in_use,
+                    "ports_capacity": snap.ports_capacity,
+                    "backend": snap.backend,
+                }),
+            );
+        }
+        (None, "stats") => return wrong_method(),
+        (None, "pause-all") if method == Method::POST => {
+            let (recording, transcription) = match pause_flags(req).await {
+                Ok(f) => f,
+                Err(resp) => return resp,
+            };
+            ApiOp::Pause {
+                call_id: None,
+                recording,
+                transcription,
+            }
+        }
+        (None, "resume-all") if method == Method::POST => ApiOp::Resume { call_id: None },
+        (None, "pause-status") if method == Method::GET => ApiOp::PauseStatus { call_id: None },
+        (None, "pause-all" | "resume-all" | "pause-status") => return wrong_method(),
+        (None, id) if method == Method::DELETE => ApiOp::End {
+            call_id: percent_decode(id),
+        },
+        (None, _) => return wrong_method(),
+        (Some((id, "pause")), _) if method == Method::POST => {
+            let (recording, transcription) = match pause_flags(req).await {
+                Ok(f) => f,
+                Err(resp) => return resp,
+            };
+            ApiOp::Pause {
+                call_id: Some(percent_decode(id)),
+                recording,
+                transcription,
+            }
+        }
+        (Some((id, "resume")), _) if method == Method::POST => ApiOp::Resume {
+            call_id: Some(percent_decode(id)),
+        },
+        (Some((id, "pause-status")), _) if method == Method::GET => ApiOp::PauseStatus {
+            call_id: Some(percent_decode(id)),
+        },
+        (Some((_, "pause" | "resume" | "pause-status")), _) => return wrong_method(),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            )
+        }
+    };
+    let (reply, wait) = tokio::sync::oneshot::channel();
+    if state.commands.send(ApiRequest { op, reply }).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "control plane stopped",
+        );
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+        Ok(Ok(Some(value))) => json_response(StatusCode::OK, value),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "not_found", "session not found"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "control plane did not answer",
+        ),
+    }
+}
+
+/// `X-API-Key` header or `api_key` query parameter, compared in constant time.
+#[allow(clippy::result_large_err)]
+fn authorize(
+    state: &ApiState,
+    req: &Request<Incoming>,
+    query: &str,
+) -> Result<(), Response<Full<Bytes>>> {
+    let Some(expected) = &state.api_key else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(query, "api_key"));
+    match given {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "X-API-Key required",
+        )),
+        Some(k) if constant_time_eq(k.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "forbidden", "invalid API key")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `{"pause_recording": bool, "pause_transcription": bool}`; both default to true.
+#[allow(clippy::result_large_err)]
+async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Full<Bytes>>> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
+    let bytes = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let msg = "request body too large or unreadable";
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                msg,
+            ));
+        }
+    };
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok((true, true));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("invalid JSON body: {e}"),
+        )
+    })?;
+    let flag = |name: &str| match v.get(name) {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            &format!("{name} must be a boolean"),
+        )),
+    };
+    Ok((flag("pause_recording")?, flag("pause_transcription")?))
 }
 
 fn prometheus_text(state: &ApiState) -> Response<Full<Bytes>> {

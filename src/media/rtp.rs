@@ -30,6 +30,9 @@ pub struct StreamParams {
     pub sample_rate: u32,
     /// A held stream (a=inactive, port 0) still receives, but its silence is expected.
     pub held: bool,
+    /// Recording paused by the API: packets are tracked (sequence, loss) but not recorded, so
+    /// the paused span becomes silence of the same length in the files.
+    pub paused: bool,
 }
 
 /// Why a packet did not become audio. Each has a counter in [`RtpStats`].
@@ -42,6 +45,7 @@ pub enum Drop {
     Duplicate,
     TooOld,
     ForeignSsrc,
+    Paused,
 }
 
 /// Per-stream counters, read by the control plane once a second (never per packet).
@@ -62,6 +66,8 @@ pub struct RtpStats {
     pub foreign_ssrc: u64,
     pub ssrc_changes: u64,
     pub ring_full: u64,
+    /// Audio packets not recorded because recording was paused.
+    pub paused: u64,
     pub last_rx_ns: u64,
     pub ssrc: Option<u32>,
 }
@@ -83,6 +89,7 @@ impl RtpStats {
         self.foreign_ssrc += o.foreign_ssrc;
         self.ssrc_changes += o.ssrc_changes;
         self.ring_full += o.ring_full;
+        self.paused += o.paused;
     }
 }
 
@@ -189,6 +196,10 @@ impl RtpReceiver {
         if payload.is_empty() {
             self.stats.malformed += 1;
             return Err(Drop::Malformed);
+        }
+        if self.params.paused {
+            self.stats.paused += 1;
+            return Err(Drop::Paused);
         }
         // Longer payloads (> 120 ms of G.711) are cut at FRAME_SAMPLES_MAX: such ptimes are
         // outside RFC 3551's recommendations and no vendor we know sends them.
@@ -401,6 +412,7 @@ mod tests {
             payload_types,
             sample_rate: 8000,
             held: false,
+            paused: false,
         }
     }
 

@@ -124,6 +124,29 @@ pub(super) struct Call {
     combine_legs: bool,
     branch_seed: u64,
     last_modify_ns: u64,
+    pause: Option<Pause>,
+}
+
+/// A pause requested through the API (survives re-INVITEs).
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    recording: bool,
+    transcription: bool,
+    at_unix_ms: u64,
+    at_ns: u64,
+}
+
+/// The reference server's PauseStatus payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct PauseStatus {
+    pub session_id: String,
+    pub is_paused: bool,
+    pub recording_paused: bool,
+    pub transcription_paused: bool,
+    pub paused_at: Option<String>,
+    /// Seconds since the pause began (0 when not paused).
+    pub pause_duration: f64,
+    pub auto_resume_at: Option<String>,
 }
 
 impl Call {
@@ -218,12 +241,13 @@ impl Call {
             combine_legs: setup.combine_legs,
             branch_seed: setup.branch_seed,
             last_modify_ns: now.mono_ns,
+            pause: None,
         };
         let mut specs = Vec::new();
         for (p, port) in plan.iter().zip(&allocated) {
             let stream = call.new_stream(p, *port);
             if let (Some(port), Some(media)) = (stream.port, stream.media.as_ref()) {
-                let params = stream_params(call.key(stream.index), media, stream.held);
+                let params = stream_params(call.key(stream.index), media, stream.held, false);
                 actions.push_back(Action::OpenStream { port, params });
                 specs.push(StreamSpec {
                     index: stream.index,
@@ -383,6 +407,67 @@ impl Call {
         }
     }
 
+    fn recording_paused(&self) -> bool {
+        self.pause.is_some_and(|p| p.recording)
+    }
+
+    pub(super) fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.pause.is_some()
+    }
+
+    /// Pauses (or changes what is paused) and pushes new stream parameters to the data plane.
+    pub(super) fn set_pause(
+        &mut self,
+        now: Now,
+        recording: bool,
+        transcription: bool,
+        actions: &mut VecDeque<Action>,
+    ) {
+        let since = self.pause.map(|p| (p.at_unix_ms, p.at_ns));
+        let (at_unix_ms, at_ns) = since.unwrap_or((now.unix_ms, now.mono_ns));
+        self.pause = (recording || transcription).then_some(Pause {
+            recording,
+            transcription,
+            at_unix_ms,
+            at_ns,
+        });
+        self.push_stream_params(actions);
+        tracing::info!(
+            session = self.session,
+            recording,
+            transcription,
+            "pause changed"
+        );
+    }
+
+    fn push_stream_params(&self, actions: &mut VecDeque<Action>) {
+        let paused = self.recording_paused();
+        for s in &self.streams {
+            if let (Some(port), Some(media)) = (s.port, s.media.as_ref()) {
+                let params = stream_params(self.key(s.index), media, s.held, paused);
+                actions.push_back(Action::UpdateStream { port, params });
+            }
+        }
+    }
+
+    pub(super) fn pause_status(&self, now: Now) -> PauseStatus {
+        PauseStatus {
+            session_id: self.call_id.clone(),
+            is_paused: self.pause.is_some(),
+            recording_paused: self.pause.is_some_and(|p| p.recording),
+            transcription_paused: self.pause.is_some_and(|p| p.transcription),
+            paused_at: self.pause.map(|p| rfc3339_ms(p.at_unix_ms)),
+            pause_duration: self
+                .pause
+                .map_or(0.0, |p| now.mono_ns.saturating_sub(p.at_ns) as f64 / 1e9),
+            auto_resume_at: None,
+        }
+    }
+
     pub(super) fn add_rtp_stats(&self, total: &mut RtpStats) {
         for s in &self.streams {
             total.add(&s.stats);
@@ -501,7 +586,8 @@ impl Call {
                     (Some(media), Some(port)) => {
                         stream.held = media.offered_direction == Direction::Inactive;
                         stream.media = Some(media.clone());
-                        let params = stream_params(key, media, stream.held);
+                        let params =
+                            stream_params(key, media, stream.held, self.recording_paused());
                         actions.push_back(Action::UpdateStream { port, params });
                         answer_ports.push(Some(port));
                     }
@@ -531,7 +617,8 @@ impl Call {
                 };
                 let stream = self.new_stream(p, port);
                 if let (Some(port), Some(media)) = (stream.port, stream.media.as_ref()) {
-                    let params = stream_params(self.key(stream.index), media, stream.held);
+                    let paused = self.recording_paused();
+                    let params = stream_params(self.key(stream.index), media, stream.held, paused);
                     actions.push_back(Action::OpenStream { port, params });
                     actions.push_back(Action::Recorder(RecorderCommand::AddStream {
                         session: self.session,
@@ -824,7 +911,7 @@ pub(super) fn advertised_ip(config: &SessionConfig, request: &Request, _peer: Pe
 }
 
 /// Data-plane parameters of an accepted stream: the PT table from its SDP.
-fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool) -> StreamParams {
+fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool) -> StreamParams {
     let mut payload_types = [None; 128];
     for &(pt, codec) in &media.decodable {
         if let Some(slot) = payload_types.get_mut(pt as usize) {
@@ -854,6 +941,7 @@ fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool) -> StreamPar
         payload_types,
         sample_rate: media.codec.clock_rate(),
         held,
+        paused,
     }
 }
 

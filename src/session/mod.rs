@@ -22,7 +22,7 @@ use crate::sink::recorder::{RecorderCommand, RecorderEvent};
 use crate::sip::{Peer, Request, Response, TsxEvent, TsxKey};
 
 use call::Call;
-pub use call::{CallState, CallSummary};
+pub use call::{CallState, CallSummary, PauseStatus};
 
 /// How long an ended call waits for the recorder's report before it is written off.
 const RECORDER_REPORT_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -319,6 +319,76 @@ impl SessionManager {
                 call.terminate(now, ports, "shutdown", &mut self.actions, true);
             }
         }
+    }
+
+    /// Ends a recording session on request (API `DELETE /api/sessions/{id}`): we send BYE.
+    /// Returns false when no active call has that Call-ID.
+    pub fn end_session(&mut self, now: Now, ports: &mut dyn MediaPorts, call_id: &str) -> bool {
+        match self.calls.get_mut(call_id).filter(|c| c.is_active()) {
+            Some(call) => {
+                call.terminate(now, ports, "api", &mut self.actions, true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pauses recording and/or transcription of one call; `None` when it doesn't exist.
+    /// A paused recording keeps its files aligned: the span is written as silence.
+    pub fn pause(
+        &mut self,
+        now: Now,
+        call_id: &str,
+        recording: bool,
+        transcription: bool,
+    ) -> Option<PauseStatus> {
+        let call = self.calls.get_mut(call_id).filter(|c| c.is_active())?;
+        call.set_pause(now, recording, transcription, &mut self.actions);
+        Some(call.pause_status(now))
+    }
+
+    /// Resumes a call; `None` when it doesn't exist.
+    pub fn resume(&mut self, now: Now, call_id: &str) -> Option<PauseStatus> {
+        self.pause(now, call_id, false, false)
+    }
+
+    pub fn pause_status(&self, now: Now, call_id: &str) -> Option<PauseStatus> {
+        self.calls
+            .get(call_id)
+            .filter(|c| c.is_active())
+            .map(|c| c.pause_status(now))
+    }
+
+    /// Pause states of every active call.
+    pub fn pause_statuses(&self, now: Now) -> Vec<PauseStatus> {
+        let mut v: Vec<PauseStatus> = self
+            .calls
+            .values()
+            .filter(|c| c.is_active())
+            .map(|c| c.pause_status(now))
+            .collect();
+        v.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        v
+    }
+
+    /// Call-IDs of the active calls.
+    pub fn active_call_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .calls
+            .values()
+            .filter(|c| c.is_active())
+            .map(|c| c.call_id().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Active calls currently paused.
+    pub fn paused_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.is_active() && c.is_paused())
+            .count()
     }
 
     /// Stops accepting new calls (drain) without ending running ones.

@@ -1,0 +1,178 @@
+//! The session API against the running binary during real SIPREC calls: pause/resume writes
+//! silence of exactly the paused span while the file stays aligned, DELETE ends a recording
+//! with our BYE, and mutating routes need the API key (401 without, 403 wrong).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use siprec::sink::recorder::read_wav;
+
+/// Pause recording at 1 s, resume at 2 s, while the SRC sends 3 s of audio: the leg's WAV
+/// holds the audio before and after, exactly, and silence in between, of the paused length.
+#[test]
+fn pause_resume_writes_silence_of_the_paused_span() {
+    let server = Server::start(15, &[]);
+    let ports = TestPorts::new(15);
+    let mut src = Src::new(ports.src_sip, ports.sip, "pause@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let a = source_audio(9, 8000 * 3);
+    let t0 = Instant::now();
+    let packets = audio_packets(port, 0x9999, 1, 0, Duration::ZERO, &a);
+    let (first, rest): (Vec<_>, Vec<_>) = packets
+        .into_iter()
+        .partition(|p| p.at < Duration::from_millis(1000));
+    play(&rtp, first, t0);
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/pause%40127.0.0.1/pause",
+        &[],
+        "{\"pause_recording\": true, \"pause_transcription\": false}",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["is_paused"].clone(), v["recording_paused"].clone()),
+        (true.into(), true.into())
+    );
+    assert_eq!(v["transcription_paused"], false);
+    assert_eq!(v["session_id"], "pause@127.0.0.1");
+    let (second, third): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|p| p.at < Duration::from_millis(2000));
+    play(&rtp, second, t0);
+    let (status, body) = http(
+        ports.http,
+        "GET",
+        "/api/sessions/pause%40127.0.0.1/pause-status",
+        &[],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("\"is_paused\":true"), "{body}");
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/pause%40127.0.0.1/resume",
+        &[],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"is_paused\":false"), "{body}");
+    play(&rtp, third, t0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(src.bye().status, 200);
+
+    let dir = &wait_sessions(&server.recordings(), 1, Duration::from_secs(10))[0];
+    let (_, _, leg) = read_wav(&dir.join("1.wav")).unwrap();
+    let ra = ulaw_roundtrip(&a);
+    let p0 = find(&leg, &ra[..800]).expect("audio before the pause");
+    // The pause took effect between packets: find where recorded audio stops and restarts.
+    let stop = (p0..leg.len())
+        .find(|&i| leg[i..i + 160].iter().all(|&s| s == 0))
+        .unwrap();
+    let paused_from = stop - p0;
+    assert_eq!(
+        &leg[p0..stop],
+        &ra[..paused_from],
+        "before the pause, exact"
+    );
+    let restart = (stop..leg.len()).find(|&i| leg[i] != 0).unwrap();
+    let resumed_at = restart - p0;
+    assert_eq!(
+        &leg[restart..restart + 4000],
+        &ra[resumed_at..resumed_at + 4000],
+        "after, exact and aligned"
+    );
+    let paused_ms = (resumed_at - paused_from) / 8;
+    assert!(
+        (800..=1300).contains(&paused_ms),
+        "paused span {paused_ms} ms (asked ~1000)"
+    );
+    assert_eq!(paused_from % 160, 0, "whole packets are dropped");
+}
+
+/// DELETE /api/sessions/{id} sends our BYE and finishes the recording; unknown ids get the 404
+/// envelope; with API_KEY set, mutating routes refuse without it (401) or with a wrong one (403).
+#[test]
+fn delete_ends_recording_and_api_key_guards_mutations() {
+    let server = Server::start(16, &[("API_KEY", "s3cret")]);
+    let ports = TestPorts::new(16);
+    let mut src = Src::new(ports.src_sip, ports.sip, "delete@127.0.0.1");
+    let (ct, body) = siprec_body(2, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let path = "/api/sessions/delete%40127.0.0.1";
+    let (status, body) = http(ports.http, "DELETE", path, &[], "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""));
+    let (status, _) = http(ports.http, "DELETE", path, &[("X-API-Key", "wrong")], "");
+    assert_eq!(status, 403);
+    let (status, _) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/pause-all?api_key=wrong",
+        &[],
+        "",
+    );
+    assert_eq!(status, 403);
+    // Stats come from the snapshot the control plane publishes every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let body = loop {
+        let (status, body) = http(ports.http, "GET", "/api/sessions/stats", &[], "");
+        assert_eq!(status, 200, "read-only routes stay open");
+        if body.contains("\"active_calls\":1") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("\"active_calls\":1"), "{body}");
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/pause-all",
+        &[("X-API-Key", "s3cret")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"count\":1"), "{body}");
+    let (status, body) = http(ports.http, "GET", "/api/sessions/pause-status", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"recording_paused\":true"), "{body}");
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/nope/pause",
+        &[("X-API-Key", "s3cret")],
+        "{\"pause_recording\": 7}",
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(
+        ports.http,
+        "DELETE",
+        "/api/sessions/nope",
+        &[("X-API-Key", "s3cret")],
+        "",
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"status\":404"));
+
+    let (status, body) = http(ports.http, "DELETE", path, &[("X-API-Key", "s3cret")], "");
+    assert_eq!(status, 200, "{body}");
+    let bye = src
+        .wait_request(Duration::from_secs(5))
+        .expect("server sends BYE");
+    assert_eq!(bye.method, siprec::sip::Method::Bye);
+    src.answer_server_request(&bye);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let json = std::fs::read_to_string(sessions[0].join("session.json")).unwrap();
+    assert!(json.contains("\"end_reason\": \"api\""), "{json}");
+}
