@@ -1,65 +1,241 @@
 //! `siprecctl`: the operator CLI over siprec's HTTP API.
+//!
+//! Exit codes: 0 success, 1 the server refused the request (4xx), 2 the server failed (5xx) or
+//! could not be reached, 64 bad command line (clap's own usage errors exit 2 as well).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 
 /// Operator CLI for a running siprec server (talks to its HTTP API).
 #[derive(Parser, Debug)]
 #[command(name = "siprecctl", version, about)]
 struct Cli {
-    /// Server address (host:port of the HTTP API).
-    #[arg(long, default_value = "127.0.0.1:8080", env = "SIPRECCTL_ADDR")]
-    addr: String,
+    /// HTTP API address (host:port) or URL.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:8080",
+        env = "SIPRECCTL_URL"
+    )]
+    url: String,
+    /// API key for mutating commands (sent as X-API-Key).
+    #[arg(long, global = true, env = "SIPRECCTL_API_KEY")]
+    api_key: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Liveness (exit 0 when the process answers).
+    /// Version, uptime, backend and process figures (GET /status).
+    Status,
+    /// Aggregated health checks (GET /health); exit 1 when unhealthy.
+    Health,
+    /// Liveness (GET /health/live).
     Live,
-    /// Readiness with every check (exit 1 when not ready).
+    /// Readiness (GET /health/ready); exit 1 when not ready.
     Ready,
-    /// Active recording sessions, or one by Call-ID.
+    /// Recording sessions.
     Sessions {
-        #[arg(long)]
-        id: Option<String>,
+        #[command(subcommand)]
+        action: SessionsAction,
     },
+    /// Pause recording and/or transcription of one call (or --all).
+    Pause {
+        /// Call-ID (omit with --all).
+        call_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Pause only the recording (default: both).
+        #[arg(long)]
+        recording: bool,
+        /// Pause only the transcription (default: both).
+        #[arg(long)]
+        transcription: bool,
+    },
+    /// Resume one call (or --all).
+    Resume {
+        call_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionsAction {
+    /// Active sessions.
+    List,
+    /// One session by Call-ID.
+    Show { call_id: String },
+    /// End a recording (the server sends BYE).
+    Stop { call_id: String },
+    /// Aggregate counters.
+    Stats,
 }
 
 fn main() {
     let cli = Cli::parse();
-    let path = match &cli.command {
-        Command::Live => "/health/live".to_owned(),
-        Command::Ready => "/health/ready".to_owned(),
-        Command::Sessions { id: None } => "/api/sessions".to_owned(),
-        Command::Sessions { id: Some(id) } => format!("/api/sessions?id={}", encode(id)),
-    };
-    match get(&cli.addr, &path) {
-        Ok((status, body)) => {
-            match serde_json::from_str::<serde_json::Value>(&body) {
-                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
-                Err(_) => println!("{body}"),
+    let id = |s: &str| encode(s);
+    let (method, path, body): (&str, String, Option<String>) = match &cli.command {
+        Command::Status => ("GET", "/status".into(), None),
+        Command::Health => ("GET", "/health".into(), None),
+        Command::Live => ("GET", "/health/live".into(), None),
+        Command::Ready => ("GET", "/health/ready".into(), None),
+        Command::Sessions { action } => match action {
+            SessionsAction::List => ("GET", "/api/sessions".into(), None),
+            SessionsAction::Show { call_id } => {
+                ("GET", format!("/api/sessions?id={}", id(call_id)), None)
             }
-            std::process::exit(if (200..300).contains(&status) { 0 } else { 1 });
+            SessionsAction::Stop { call_id } => {
+                ("DELETE", format!("/api/sessions/{}", id(call_id)), None)
+            }
+            SessionsAction::Stats => ("GET", "/api/sessions/stats".into(), None),
+        },
+        Command::Pause {
+            call_id,
+            all,
+            recording,
+            transcription,
+        } => {
+            let both = !recording && !transcription;
+            let body = serde_json::json!({
+                "pause_recording": both || *recording,
+                "pause_transcription": both || *transcription,
+            })
+            .to_string();
+            match (call_id, all) {
+                (_, true) => ("POST", "/api/sessions/pause-all".into(), Some(body)),
+                (Some(c), false) => ("POST", format!("/api/sessions/{}/pause", id(c)), Some(body)),
+                (None, false) => usage("pause needs a Call-ID or --all"),
+            }
+        }
+        Command::Resume { call_id, all } => match (call_id, all) {
+            (_, true) => ("POST", "/api/sessions/resume-all".into(), None),
+            (Some(c), false) => ("POST", format!("/api/sessions/{}/resume", id(c)), None),
+            (None, false) => usage("resume needs a Call-ID or --all"),
+        },
+    };
+    let addr = cli
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    match request(
+        &addr,
+        method,
+        &path,
+        cli.api_key.as_deref(),
+        body.as_deref(),
+    ) {
+        Ok((status, text)) => {
+            let value: Option<Value> = serde_json::from_str(&text).ok();
+            match (&value, cli.json) {
+                (Some(v), false) => print_human(&cli.command, v),
+                (Some(v), true) => {
+                    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+                }
+                (None, _) => println!("{text}"),
+            }
+            std::process::exit(match status {
+                200..=299 => 0,
+                400..=499 => 1,
+                _ => 2,
+            });
         }
         Err(e) => {
-            eprintln!("siprecctl: cannot reach {}: {e}", cli.addr);
+            eprintln!("siprecctl: cannot reach {addr}: {e}");
             std::process::exit(2);
         }
     }
 }
 
-fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+fn usage(message: &str) -> ! {
+    eprintln!("siprecctl: {message}");
+    std::process::exit(64);
+}
+
+/// A short human rendering; anything unrecognised falls back to pretty JSON.
+fn print_human(command: &Command, v: &Value) {
+    if let Some(err) = v.get("error") {
+        eprintln!(
+            "error {}: {} ({})",
+            err["status"],
+            err["message"].as_str().unwrap_or(""),
+            err["code"].as_str().unwrap_or("")
+        );
+        return;
+    }
+    match command {
+        Command::Sessions {
+            action: SessionsAction::List | SessionsAction::Show { .. },
+        } => {
+            println!(
+                "{:<40} {:<10} {:<25} PARTICIPANTS",
+                "CALL-ID", "STATE", "CREATED"
+            );
+            for s in v["sessions"].as_array().into_iter().flatten() {
+                let parts: Vec<&str> = s["participants"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str())
+                    .collect();
+                println!(
+                    "{:<40} {:<10} {:<25} {}",
+                    s["call_id"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["created_at"].as_str().unwrap_or(""),
+                    parts.join(", ")
+                );
+            }
+            println!("{} session(s)", v["count"]);
+        }
+        Command::Health | Command::Ready => {
+            println!("status: {}", v["status"].as_str().unwrap_or(""));
+            if let Some(checks) = v["checks"].as_object() {
+                for (name, c) in checks {
+                    println!(
+                        "  {:<18} {:<10} {}",
+                        name,
+                        c["status"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: siprecctl\r\n\r\n"
-    )?;
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: siprecctl/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(key) = api_key {
+        req.push_str(&format!("X-API-Key: {key}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let status = text

@@ -1,0 +1,87 @@
+//! siprecctl against the running server during a real call: list, show, stats, pause/resume,
+//! stop; exit codes tell success, client error and an unreachable server apart.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn ctl(http: u16, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+        .env_clear()
+        .arg("--url")
+        .arg(format!("127.0.0.1:{http}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn siprecctl_drives_the_api() {
+    let server = Server::start(17, &[("API_KEY", "k")]);
+    let ports = TestPorts::new(17);
+    let mut src = Src::new(ports.src_sip, ports.sip, "ctl@127.0.0.1");
+    let (ct, body) = siprec_body(2, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    std::thread::sleep(Duration::from_millis(300)); // The API snapshot refreshes every 100 ms.
+
+    let (code, out) = ctl(ports.http, &["sessions", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ctl@127.0.0.1") && out.contains("sip:alice@example.com"),
+        "{out}"
+    );
+    let (code, out) = ctl(ports.http, &["--json", "sessions", "show", "ctl@127.0.0.1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"count\": 1"), "{out}");
+    let (code, _) = ctl(ports.http, &["sessions", "show", "nope"]);
+    assert_eq!(code, 1, "404 is a client error");
+    let (code, out) = ctl(ports.http, &["health"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("dataplane"), "{out}");
+    let (code, _) = ctl(ports.http, &["pause", "ctl@127.0.0.1"]);
+    assert_eq!(code, 1, "no API key: 401");
+    let (code, out) = ctl(
+        ports.http,
+        &[
+            "--api-key",
+            "k",
+            "--json",
+            "pause",
+            "ctl@127.0.0.1",
+            "--recording",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"recording_paused\": true")
+            && out.contains("\"transcription_paused\": false"),
+        "{out}"
+    );
+    let (code, _) = ctl(ports.http, &["--api-key", "k", "resume", "--all"]);
+    assert_eq!(code, 0);
+    let (code, out) = ctl(
+        ports.http,
+        &["--api-key", "k", "sessions", "stop", "ctl@127.0.0.1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let bye = src
+        .wait_request(Duration::from_secs(5))
+        .expect("BYE after stop");
+    src.answer_server_request(&bye);
+    assert_eq!(
+        wait_sessions(&server.recordings(), 1, Duration::from_secs(10)).len(),
+        1
+    );
+    let (code, _) = ctl(1, &["status"]);
+    assert_eq!(code, 2, "unreachable server");
+}
