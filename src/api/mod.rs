@@ -46,6 +46,26 @@ pub enum ApiOp {
     PauseStatus { call_id: Option<String> },
 }
 
+/// Every route the server answers, as (method, OpenAPI path template). The router below and
+/// `docs/openapi.yaml` must agree with this list (`tests/openapi.rs` checks both).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/health/live"),
+    ("GET", "/health/ready"),
+    ("GET", "/status"),
+    ("GET", "/metrics"),
+    ("GET", "/metrics/simple"),
+    ("GET", "/api/sessions"),
+    ("GET", "/api/sessions/stats"),
+    ("DELETE", "/api/sessions/{id}"),
+    ("POST", "/api/sessions/{id}/pause"),
+    ("POST", "/api/sessions/{id}/resume"),
+    ("GET", "/api/sessions/{id}/pause-status"),
+    ("POST", "/api/sessions/pause-all"),
+    ("POST", "/api/sessions/resume-all"),
+    ("GET", "/api/sessions/pause-status"),
+];
+
 /// Largest request body we read (JSON documents are small).
 const BODY_MAX_BYTES: usize = 64 * 1024;
 
@@ -154,15 +174,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         return session_route(state, req, &path, &query).await;
     }
     let (path, query, method) = (path.as_str(), query.as_str(), &method);
-    let known = [
-        "/health",
-        "/health/live",
-        "/health/ready",
-        "/status",
-        "/metrics",
-        "/metrics/simple",
-        "/api/sessions",
-    ];
+    let known = |p: &str| ROUTES.iter().any(|(_, route)| *route == p);
     match (method, path) {
         (&Method::GET, "/health") => health(state),
         (&Method::GET, "/status") => status(state),
@@ -178,7 +190,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         ),
         (&Method::GET, "/health/ready") => ready(state),
         (&Method::GET, "/api/sessions") => sessions(state, query),
-        (_, p) if known.contains(&p) => error(
+        (_, p) if known(p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed",
