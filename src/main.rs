@@ -92,6 +92,13 @@ enum ConfigAction {
 impl Cli {
     fn overrides(&self) -> Vec<Override> {
         let mut o = config::env_overrides();
+        o.extend(self.flag_overrides());
+        o
+    }
+
+    /// Overrides given as flags (they win over the environment, also on reload).
+    fn flag_overrides(&self) -> Vec<Override> {
+        let mut o = Vec::new();
         let flags: [(&'static str, &Option<String>); 10] = [
             ("SIP_HOST", &self.sip_host),
             ("PORTS", &self.ports),
@@ -144,9 +151,11 @@ fn main() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match load_config(cli.config.as_ref(), &cli.overrides()) {
         Ok(c) => c,
@@ -155,13 +164,31 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(config) {
+    let source = ConfigSource {
+        file: cli.config.clone(),
+        flags: cli.flag_overrides(),
+    };
+    if let Err(e) = run(config, source) {
         eprintln!("siprec: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// Where the configuration came from, so a reload (API or SIGHUP) reads it the same way.
+struct ConfigSource {
+    file: Option<PathBuf>,
+    flags: Vec<Override>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, config::ConfigError> {
+        let mut overrides = config::env_overrides();
+        overrides.extend(self.flags.iter().cloned());
+        load_config(self.file.as_ref(), &overrides)
+    }
+}
+
+fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "siprec starting");
     std::fs::create_dir_all(&config.recording.dir).with_context(|| {
         format!(
@@ -202,7 +229,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot build the control-plane runtime")?;
-    let result = runtime.block_on(control_plane(config, dataplane, recorder));
+    let result = runtime.block_on(control_plane(config, source, dataplane, recorder));
     if let Err(e) = recorder_thread.join() {
         tracing::error!(?e, "recorder thread panicked");
     }
@@ -218,7 +245,8 @@ struct Inbound {
 type TcpConns = Arc<Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>>;
 
 async fn control_plane(
-    config: Config,
+    mut config: Config,
+    source: ConfigSource,
     mut dataplane: Dataplane,
     recorder: recorder::RecorderHandle,
 ) -> anyhow::Result<()> {
@@ -258,6 +286,7 @@ async fn control_plane(
         config.http.api_key.clone(),
         api_tx,
     );
+    api_state.set_config(serde_json::to_value(&config).unwrap_or_default());
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
 
@@ -300,6 +329,7 @@ async fn control_plane(
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_session_tick = Instant::now();
     let mut shutdown_deadline: Option<Instant> = None;
@@ -317,8 +347,17 @@ async fn control_plane(
                 tsx.handle_timeout(Instant::now());
             }
             Some(request) = api_rx.recv() => {
-                let value = handle_api(&mut sessions, &mut ports, request.op);
+                let value = match request.op {
+                    api::ApiOp::Reload => {
+                        Some(reload(&source, &mut config, &mut sessions, &api_state))
+                    }
+                    op => handle_api(&mut sessions, &mut ports, op),
+                };
                 let _ = request.reply.send(value);
+            }
+            _ = sighup.recv() => {
+                let result = reload(&source, &mut config, &mut sessions, &api_state);
+                tracing::info!(%result, "SIGHUP: configuration reloaded");
             }
             _ = tick.tick() => {
                 let now = now();
@@ -556,6 +595,84 @@ impl Io {
     }
 }
 
+/// Re-reads the configuration (file → environment → the original flags), applies what can
+/// change while running and reports what needs a restart. The running configuration is kept
+/// when the new one is invalid.
+fn reload(
+    source: &ConfigSource,
+    config: &mut Config,
+    sessions: &mut SessionManager,
+    api_state: &ApiState,
+) -> serde_json::Value {
+    use serde_json::json;
+    let at = siprec::proto::rfc3339_ms(now().unix_ms);
+    let result = match source.load() {
+        Err(e) => json!({"result": "error", "error": e.to_string(), "at": at}),
+        Ok(new) => {
+            let old_json = serde_json::to_value(&*config).unwrap_or_default();
+            let new_json = serde_json::to_value(&new).unwrap_or_default();
+            let mut changed = Vec::new();
+            diff_keys("", &old_json, &new_json, &mut changed);
+            if new.http.api_key != config.http.api_key {
+                changed.push("http.api_key".to_owned());
+            }
+            const LIVE: &[&str] = &[
+                "sip.max_concurrent_calls",
+                "sip.require_siprec",
+                "media.rtp_timeout_s",
+                "media.max_call_duration_s",
+                "http.api_key",
+                "recording.min_free_mb",
+            ];
+            let (applied, restart): (Vec<String>, Vec<String>) = changed
+                .into_iter()
+                .partition(|k| LIVE.contains(&k.as_str()));
+            sessions.set_limits(
+                new.sip.max_concurrent_calls,
+                new.sip.require_siprec,
+                new.media.rtp_timeout_s as u64 * 1_000_000_000,
+                new.media.max_call_duration_s as u64 * 1_000_000_000,
+            );
+            api_state.set_api_key(new.http.api_key.clone());
+            api_state.set_min_free_mb(new.recording.min_free_mb);
+            // Keys that need a restart keep their running values.
+            let mut merged = config.clone();
+            merged.sip.max_concurrent_calls = new.sip.max_concurrent_calls;
+            merged.sip.require_siprec = new.sip.require_siprec;
+            merged.media.rtp_timeout_s = new.media.rtp_timeout_s;
+            merged.media.max_call_duration_s = new.media.max_call_duration_s;
+            merged.http.api_key = new.http.api_key.clone();
+            merged.recording.min_free_mb = new.recording.min_free_mb;
+            *config = merged;
+            api_state.set_config(serde_json::to_value(&*config).unwrap_or_default());
+            json!({"result": "ok", "at": at, "applied": applied, "restart_required": restart})
+        }
+    };
+    api_state.set_reload_status(result.clone());
+    result
+}
+
+/// Dotted keys whose values differ between two JSON objects.
+fn diff_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            for (k, va) in x {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match y.get(k) {
+                    Some(vb) => diff_keys(&key, va, vb, out),
+                    None => out.push(key),
+                }
+            }
+        }
+        _ if a != b => out.push(prefix.to_owned()),
+        _ => {}
+    }
+}
+
 /// Carries out an API request on the calls; `None` means "no such session".
 fn handle_api(
     sessions: &mut SessionManager,
@@ -604,6 +721,7 @@ fn handle_api(
             ))
         }
         ApiOp::PauseStatus { call_id: None } => Some(list(sessions.pause_statuses(now))),
+        ApiOp::Reload => None, // Handled by the caller, which owns the configuration.
     }
 }
 

@@ -176,3 +176,129 @@ fn delete_ends_recording_and_api_key_guards_mutations() {
     let json = std::fs::read_to_string(sessions[0].join("session.json")).unwrap();
     assert!(json.contains("\"end_reason\": \"api\""), "{json}");
 }
+
+/// Configuration over the API: GET shows the running values without the API key; validate
+/// names a bad key; reload (API and SIGHUP) applies live limits (MAX_CONCURRENT_CALLS takes
+/// effect on the next INVITE), reports keys that need a restart, and keeps the running
+/// configuration when the file turns invalid.
+#[test]
+fn config_get_validate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("siprec.toml");
+    std::fs::write(
+        &file,
+        "[sip]\nmax_concurrent_calls = 10\n[http]\napi_key = \"first\"\n",
+    )
+    .unwrap();
+    let server = Server::start_with_args(
+        19,
+        &[],
+        &[std::ffi::OsStr::new("--config"), file.as_os_str()],
+    );
+    let ports = TestPorts::new(19);
+    let key = [("X-API-Key", "first")];
+
+    let (status, body) = http(ports.http, "GET", "/api/config", &[], "");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["sip"]["max_concurrent_calls"], 10);
+    assert!(
+        !body.contains("first"),
+        "the API key is never shown: {body}"
+    );
+
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/config/validate",
+        &key,
+        r#"{"media": {"rtp_port_min": 10001}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("RTP_PORT_MIN") && body.contains("10001"),
+        "{body}"
+    );
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/config/validate",
+        &key,
+        r#"{"http": {"port": 9090}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"valid\":true"));
+
+    // One call slot, a new key, bigger rings (need a restart) and a port in the file that
+    // changes nothing: HTTP_PORT in the environment wins over the file.
+    std::fs::write(
+        &file,
+        "[sip]\nmax_concurrent_calls = 1\n[http]\napi_key = \"second\"\nport = 9999\n[dataplane]\nring_slots = 8192\n",
+    )
+    .unwrap();
+    let (status, body) = http(ports.http, "POST", "/api/config/reload", &key, "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let applied: Vec<&str> = v["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
+    assert!(
+        applied.contains(&"sip.max_concurrent_calls") && applied.contains(&"http.api_key"),
+        "{v}"
+    );
+    assert_eq!(
+        v["restart_required"],
+        serde_json::json!(["dataplane.ring_slots"]),
+        "{v}"
+    );
+    let (status, _) = http(ports.http, "POST", "/api/config/reload", &key, "");
+    assert_eq!(status, 403, "the old key no longer works");
+
+    let mut a = Src::new(ports.src_sip, ports.sip, "reload-a@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    assert_eq!(a.invite(&ct, &body).status, 200);
+    a.ack();
+    let mut b = Src::new(ports.src_sip + 5, ports.sip, "reload-b@127.0.0.1");
+    assert_eq!(
+        b.invite(&ct, &body).status,
+        503,
+        "the reloaded limit applies"
+    );
+
+    // An invalid file: the reload fails and the running configuration stays.
+    std::fs::write(&file, "[sip]\nmax_concurrent_calls = 0\n").unwrap();
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/config/reload",
+        &[("X-API-Key", "second")],
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("MAX_CONCURRENT_CALLS"), "{body}");
+
+    // SIGHUP reloads too.
+    std::fs::write(
+        &file,
+        "[sip]\nmax_concurrent_calls = 5\n[http]\napi_key = \"second\"\n",
+    )
+    .unwrap();
+    // SAFETY: plain syscall on our own child's pid.
+    unsafe { libc::kill(server.pid(), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http(ports.http, "GET", "/api/config", &[], "");
+        if body.contains("\"max_concurrent_calls\":5") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(ports.http, "GET", "/api/config/reload/status", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"result\":\"ok\""), "{body}");
+    assert_eq!(a.bye().status, 200);
+}

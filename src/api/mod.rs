@@ -44,6 +44,8 @@ pub enum ApiOp {
     Resume { call_id: Option<String> },
     /// Pause state of one call, or of every call.
     PauseStatus { call_id: Option<String> },
+    /// Re-read the configuration and apply what can change live.
+    Reload,
 }
 
 /// Every route the server answers, as (method, OpenAPI path template). The router below and
@@ -64,6 +66,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/sessions/pause-all"),
     ("POST", "/api/sessions/resume-all"),
     ("GET", "/api/sessions/pause-status"),
+    ("GET", "/api/config"),
+    ("POST", "/api/config/validate"),
+    ("POST", "/api/config/reload"),
+    ("GET", "/api/config/reload/status"),
 ];
 
 /// Largest request body we read (JSON documents are small).
@@ -94,10 +100,14 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// To the control plane, for routes that change calls.
     pub commands: tokio::sync::mpsc::Sender<ApiRequest>,
-    /// `API_KEY`: required on mutating routes when set.
-    pub api_key: Option<String>,
+    /// `API_KEY`: required on mutating routes when set (changes on reload).
+    api_key: std::sync::RwLock<Option<String>>,
     pub recording_dir: PathBuf,
-    pub min_free_mb: u64,
+    min_free_mb: std::sync::atomic::AtomicU64,
+    /// The running configuration as JSON (secrets already left out by its serializer).
+    config: Mutex<Value>,
+    /// The last reload's report.
+    reload_status: Mutex<Value>,
     pub started: std::time::Instant,
 }
 
@@ -112,11 +122,34 @@ impl ApiState {
             snapshot: Mutex::new(Snapshot::default()),
             metrics: Metrics::new(),
             commands,
-            api_key,
+            api_key: std::sync::RwLock::new(api_key),
             recording_dir,
-            min_free_mb,
+            min_free_mb: std::sync::atomic::AtomicU64::new(min_free_mb),
+            config: Mutex::new(Value::Null),
+            reload_status: Mutex::new(json!({"result": null})),
             started: std::time::Instant::now(),
         })
+    }
+
+    pub fn set_config(&self, config: Value) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    pub fn set_reload_status(&self, status: Value) {
+        *self.reload_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    pub fn set_api_key(&self, key: Option<String>) {
+        *self.api_key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    pub fn set_min_free_mb(&self, mb: u64) {
+        self.min_free_mb
+            .store(mb, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn min_free_mb(&self) -> u64 {
+        self.min_free_mb.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn publish(&self, snapshot: Snapshot) {
@@ -172,6 +205,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     let method = req.method().clone();
     if path.starts_with("/api/sessions/") {
         return session_route(state, req, &path, &query).await;
+    }
+    if path.starts_with("/api/config") {
+        return config_route(state, req, &path, &query).await;
     }
     let (path, query, method) = (path.as_str(), query.as_str(), &method);
     let known = |p: &str| ROUTES.iter().any(|(_, route)| *route == p);
@@ -250,12 +286,12 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
     let (writable, free_mb) = storage_status(&state.recording_dir);
     check(
         "recording_storage",
-        writable && free_mb >= state.min_free_mb,
+        writable && free_mb >= state.min_free_mb(),
         format!(
             "{} {}; {free_mb} MiB free (minimum {})",
             state.recording_dir.display(),
             if writable { "writable" } else { "not writable" },
-            state.min_free_mb
+            state.min_free_mb()
         ),
     );
     let body = json!({
@@ -380,6 +416,110 @@ async fn session_route(
     }
 }
 
+/// `/api/config`, `/api/config/validate`, `/api/config/reload`, `/api/config/reload/status`.
+async fn config_route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    path: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    if method == Method::POST {
+        if let Err(resp) = authorize(state, &req, query) {
+            return resp;
+        }
+    }
+    let wrong_method = || {
+        error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+    };
+    match (path, &method) {
+        ("/api/config", &Method::GET) => {
+            let config = state
+                .config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            json_response(StatusCode::OK, config)
+        }
+        ("/api/config/reload/status", &Method::GET) => {
+            let status = state
+                .reload_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            json_response(
+                StatusCode::OK,
+                json!({"enabled": true, "last_reload": status}),
+            )
+        }
+        ("/api/config/validate", &Method::POST) => {
+            use http_body_util::BodyExt;
+            let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
+            let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
+                let msg = "request body too large or unreadable";
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+            };
+            // The same document as the TOML file, in JSON; validated like a start-up.
+            let file: crate::config::FileConfig = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => {
+                    let msg = format!("not a configuration document: {e}");
+                    return error(StatusCode::BAD_REQUEST, "invalid_config", &msg);
+                }
+            };
+            match crate::config::Config::build(file, &[]) {
+                Ok(config) => {
+                    let config = serde_json::to_value(&config).unwrap_or_default();
+                    json_response(StatusCode::OK, json!({"valid": true, "config": config}))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string()),
+            }
+        }
+        ("/api/config/reload", &Method::POST) => {
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            let request = ApiRequest {
+                op: ApiOp::Reload,
+                reply,
+            };
+            if state.commands.send(request).await.is_err() {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "control plane stopped",
+                );
+            }
+            match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+                Ok(Ok(Some(v))) if v["result"] == "ok" => json_response(StatusCode::OK, v),
+                Ok(Ok(Some(v))) => {
+                    let msg = v["error"].as_str().unwrap_or("reload failed").to_owned();
+                    error(StatusCode::BAD_REQUEST, "invalid_config", &msg)
+                }
+                _ => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "control plane did not answer",
+                ),
+            }
+        }
+        (
+            "/api/config"
+            | "/api/config/reload/status"
+            | "/api/config/validate"
+            | "/api/config/reload",
+            _,
+        ) => wrong_method(),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
+    }
+}
+
 /// `X-API-Key` header or `api_key` query parameter, compared in constant time.
 #[allow(clippy::result_large_err)]
 fn authorize(
@@ -387,7 +527,12 @@ fn authorize(
     req: &Request<Incoming>,
     query: &str,
 ) -> Result<(), Response<Full<Bytes>>> {
-    let Some(expected) = &state.api_key else {
+    let expected = state
+        .api_key
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(expected) = expected else {
         return Ok(());
     };
     let given = req
@@ -501,9 +646,9 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
         format!("{used} of {cap} RTP port pairs in use"),
     );
     let (writable, free) = storage_status(&state.recording_dir);
-    let storage_level = if !writable || free < state.min_free_mb {
+    let storage_level = if !writable || free < state.min_free_mb() {
         2
-    } else if free < state.min_free_mb * 4 {
+    } else if free < state.min_free_mb() * 4 {
         1
     } else {
         0
@@ -514,7 +659,7 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
         format!(
             "{free} MiB free under {} (minimum {})",
             state.recording_dir.display(),
-            state.min_free_mb
+            state.min_free_mb()
         ),
     );
     let total = snap.worker_heartbeat_age_ms.len();

@@ -391,6 +391,20 @@ impl SessionManager {
             .count()
     }
 
+    /// Limits that may change while running (configuration reload).
+    pub fn set_limits(
+        &mut self,
+        max_concurrent_calls: usize,
+        require_siprec: bool,
+        rtp_timeout_ns: u64,
+        max_duration_ns: u64,
+    ) {
+        self.config.max_concurrent_calls = max_concurrent_calls;
+        self.config.require_siprec = require_siprec;
+        self.config.rtp_timeout_ns = rtp_timeout_ns;
+        self.config.max_duration_ns = max_duration_ns;
+    }
+
     /// Stops accepting new calls (drain) without ending running ones.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;

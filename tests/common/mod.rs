@@ -48,12 +48,18 @@ pub struct Server {
 
 impl Server {
     pub fn start(n: u16, env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(n, env, &[])
+    }
+
+    /// Like `start`, with extra command-line arguments (e.g. `--config FILE`).
+    pub fn start_with_args(n: u16, env: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> Server {
         let ports = TestPorts::new(n);
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let recordings = dir.path().join("recordings");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprec"));
+        cmd.args(args);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
@@ -88,6 +94,10 @@ impl Server {
 
     pub fn recordings(&self) -> PathBuf {
         self.dir.path().join("recordings")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {
