@@ -324,13 +324,6 @@ async fn session_route(
             return resp;
         }
     }
-    let wrong_method = || {
-        error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed",
-        )
-    };
     let op = match (rest.split_once('/'), rest) {
         (None, "stats") if method == Method::GET => {
             let snap = state.read();
@@ -352,7 +345,7 @@ async fn session_route(
                 }),
             );
         }
-        (None, "stats") => return wrong_method(),
+        (None, "stats") => return method_not_allowed(),
         (None, "pause-all") if method == Method::POST => {
             let (recording, transcription) = match pause_flags(req).await {
                 Ok(f) => f,
@@ -366,11 +359,11 @@ async fn session_route(
         }
         (None, "resume-all") if method == Method::POST => ApiOp::Resume { call_id: None },
         (None, "pause-status") if method == Method::GET => ApiOp::PauseStatus { call_id: None },
-        (None, "pause-all" | "resume-all" | "pause-status") => return wrong_method(),
+        (None, "pause-all" | "resume-all" | "pause-status") => return method_not_allowed(),
         (None, id) if method == Method::DELETE => ApiOp::End {
             call_id: percent_decode(id),
         },
-        (None, _) => return wrong_method(),
+        (None, _) => return method_not_allowed(),
         (Some((id, "pause")), _) if method == Method::POST => {
             let (recording, transcription) = match pause_flags(req).await {
                 Ok(f) => f,
@@ -388,7 +381,7 @@ async fn session_route(
         (Some((id, "pause-status")), _) if method == Method::GET => ApiOp::PauseStatus {
             call_id: Some(percent_decode(id)),
         },
-        (Some((_, "pause" | "resume" | "pause-status")), _) => return wrong_method(),
+        (Some((_, "pause" | "resume" | "pause-status")), _) => return method_not_allowed(),
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -397,22 +390,24 @@ async fn session_route(
             )
         }
     };
+    match ask(state, op).await {
+        Ok(Some(value)) => json_response(StatusCode::OK, value),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "session not found"),
+        Err(resp) => resp,
+    }
+}
+
+/// Hands `op` to the control plane and waits (5 s at most) for its answer.
+#[allow(clippy::result_large_err)]
+async fn ask(state: &ApiState, op: ApiOp) -> Result<Option<Value>, Response<Full<Bytes>>> {
+    let unavailable = |msg| error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg);
     let (reply, wait) = tokio::sync::oneshot::channel();
     if state.commands.send(ApiRequest { op, reply }).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "control plane stopped",
-        );
+        return Err(unavailable("control plane stopped"));
     }
     match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
-        Ok(Ok(Some(value))) => json_response(StatusCode::OK, value),
-        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "not_found", "session not found"),
-        _ => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "control plane did not answer",
-        ),
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(unavailable("control plane did not answer")),
     }
 }
 
@@ -429,13 +424,6 @@ async fn config_route(
             return resp;
         }
     }
-    let wrong_method = || {
-        error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed",
-        )
-    };
     match (path, &method) {
         ("/api/config", &Method::GET) => {
             let config = state
@@ -479,39 +467,22 @@ async fn config_route(
                 Err(e) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string()),
             }
         }
-        ("/api/config/reload", &Method::POST) => {
-            let (reply, wait) = tokio::sync::oneshot::channel();
-            let request = ApiRequest {
-                op: ApiOp::Reload,
-                reply,
-            };
-            if state.commands.send(request).await.is_err() {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "control plane stopped",
-                );
+        ("/api/config/reload", &Method::POST) => match ask(state, ApiOp::Reload).await {
+            Ok(Some(v)) if v["result"] == "ok" => json_response(StatusCode::OK, v),
+            Ok(v) => {
+                let v = v.unwrap_or_default();
+                let msg = v["error"].as_str().unwrap_or("reload failed").to_owned();
+                error(StatusCode::BAD_REQUEST, "invalid_config", &msg)
             }
-            match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
-                Ok(Ok(Some(v))) if v["result"] == "ok" => json_response(StatusCode::OK, v),
-                Ok(Ok(Some(v))) => {
-                    let msg = v["error"].as_str().unwrap_or("reload failed").to_owned();
-                    error(StatusCode::BAD_REQUEST, "invalid_config", &msg)
-                }
-                _ => error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "control plane did not answer",
-                ),
-            }
-        }
+            Err(resp) => resp,
+        },
         (
             "/api/config"
             | "/api/config/reload/status"
             | "/api/config/validate"
             | "/api/config/reload",
             _,
-        ) => wrong_method(),
+        ) => method_not_allowed(),
         _ => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -831,6 +802,14 @@ fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         .header("Server", SERVER)
         .body(Full::new(Bytes::from(bytes)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed",
+    )
 }
 
 /// The reference server's error envelope.

@@ -116,6 +116,7 @@ struct TxStream {
     slot: u32,
 }
 
+#[derive(Default)]
 struct Shared {
     sent: AtomicU64,
     late_max_us: AtomicU64,
@@ -400,13 +401,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let local = sip.local_addr().map_err(|e| e.to_string())?;
     let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let shared = Arc::new(Shared {
-        sent: AtomicU64::new(0),
-        late_max_us: AtomicU64::new(0),
-        late_sum_us: AtomicU64::new(0),
-        ticks: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::default());
     let (stream_tx, stream_rx) = crossbeam_channel::unbounded();
     let sender_thread = {
         let shared = shared.clone();
@@ -671,13 +666,7 @@ fn floor_run(
     std::thread::sleep(Duration::from_millis(500));
     let pid = child.id() as i32;
     let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let shared = Arc::new(Shared {
-        sent: AtomicU64::new(0),
-        late_max_us: AtomicU64::new(0),
-        late_sum_us: AtomicU64::new(0),
-        ticks: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::default());
     let (tx, rx) = crossbeam_channel::unbounded();
     let list = (0..streams)
         .map(|i| TxStream {

@@ -397,17 +397,8 @@ impl TransactionLayer {
                 let key = server_key(&request, &Method::Invite);
                 let invite = self.server_index.get(&key).copied();
                 let status = if invite.is_some() { 200 } else { 481 };
-                let mut resp = Response::from_request(&request, status, reason_phrase(status));
-                if let Some(server) = &self.config.server_header {
-                    resp.headers.push("Server", server.clone());
-                }
-                let mut bytes = Vec::new();
-                resp.encode(&mut bytes);
-                let dest = response_destination(peer, &resp);
-                self.outputs.push_back(Output::Transmit(Transmit {
-                    peer: dest,
-                    payload: bytes,
-                }));
+                let resp = Response::from_request(&request, status, reason_phrase(status));
+                self.send_stateless(peer, resp);
                 if let Some(invite) = invite {
                     if self
                         .tsxs
@@ -437,13 +428,7 @@ impl TransactionLayer {
                     self.overload_rejections += 1;
                     let mut resp = Response::from_request(&request, 503, reason_phrase(503));
                     resp.headers.push("Retry-After", "5");
-                    let mut bytes = Vec::new();
-                    resp.encode(&mut bytes);
-                    let dest = response_destination(peer, &resp);
-                    self.outputs.push_back(Output::Transmit(Transmit {
-                        peer: dest,
-                        payload: bytes,
-                    }));
+                    self.send_stateless(peer, resp);
                     return;
                 }
                 let tsx_key = self.new_key();
@@ -494,6 +479,22 @@ impl TransactionLayer {
                 }));
             }
         }
+    }
+
+    /// Sends a response that belongs to no transaction of ours (CANCEL's, overload 503s).
+    fn send_stateless(&mut self, peer: Peer, mut response: Response) {
+        if let Some(server) = &self.config.server_header {
+            if response.headers.get("Server").is_none() {
+                response.headers.push("Server", server.clone());
+            }
+        }
+        let mut payload = Vec::new();
+        response.encode(&mut payload);
+        let dest = response_destination(peer, &response);
+        self.outputs.push_back(Output::Transmit(Transmit {
+            peer: dest,
+            payload,
+        }));
     }
 
     fn handle_response(&mut self, now: Instant, response: Response) {
