@@ -302,3 +302,56 @@ fn config_get_validate_reload() {
     assert!(body.contains("\"result\":\"ok\""), "{body}");
     assert_eq!(a.bye().status, 200);
 }
+
+/// GDPR over the API with a real recorded call: erase refuses while the call runs (409);
+/// after BYE, export writes a tar holding the call's files; erase removes the recordings and
+/// the export from disk; a second erase is 404; the audit log names no Call-ID.
+#[test]
+fn gdpr_export_and_erase() {
+    let server = Server::start(20, &[]);
+    let ports = TestPorts::new(20);
+    let mut src = Src::new(ports.src_sip, ports.sip, "gdpr@127.0.0.1");
+    let (ct, body) = siprec_body(2, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let req = r#"{"call_id": "gdpr@127.0.0.1"}"#;
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = http(ports.http, "POST", "/api/compliance/gdpr/erase", &[], req);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(src.bye().status, 200);
+    let dirs = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let (status, body) = http(ports.http, "GET", "/api/compliance/status", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"gdpr\""), "{body}");
+
+    let (status, body) = http(ports.http, "POST", "/api/compliance/gdpr/export", &[], req);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tar = std::path::PathBuf::from(v["export_path"].as_str().unwrap());
+    assert!(tar.exists());
+    assert_eq!(v["files"], 4, "1.wav, 2.wav, mixed.wav, session.json: {v}");
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.contains("/mixed.wav") && list.contains("/session.json"),
+        "{list}"
+    );
+
+    let (status, body) = http(ports.http, "DELETE", "/api/compliance/gdpr/erase", &[], req);
+    assert_eq!(status, 200, "{body}");
+    assert!(!dirs[0].exists(), "recordings gone");
+    assert!(!tar.exists(), "export gone");
+    let (status, _) = http(ports.http, "POST", "/api/compliance/gdpr/erase", &[], req);
+    assert_eq!(status, 404);
+    let audit = std::fs::read_to_string(server.recordings().join("audit.log")).unwrap();
+    assert!(
+        audit.contains("gdpr_erase") && !audit.contains("gdpr@127.0.0.1"),
+        "{audit}"
+    );
+    let (status, _) = http(ports.http, "POST", "/api/compliance/gdpr/export", &[], "{}");
+    assert_eq!(status, 400);
+}

@@ -54,7 +54,7 @@ fn sipp(server: &Server, name: &str, local_port: u16, extra: &[&str]) -> (i32, S
             "-p",
             &local_port.to_string(),
             "-mp",
-            &(local_port + 1000).to_string(),
+            &(local_port + 300).to_string(),
         ])
         .args(extra)
         .arg(format!("127.0.0.1:{}", server.ports.sip))
@@ -92,7 +92,7 @@ fn sipp(server: &Server, name: &str, local_port: u16, extra: &[&str]) -> (i32, S
 
 fn single(name: &str, n: u16) -> Server {
     let server = Server::start(n, &[]);
-    let (code, _, _) = sipp(&server, name, 27000 + 10 * n, &["-m", "1", "-l", "1"]);
+    let (code, _, _) = sipp(&server, name, 29000 + 10 * n, &["-m", "1", "-l", "1"]);
     assert_eq!(code, 0, "sipp {name} failed");
     server
 }
@@ -146,9 +146,9 @@ fn sipp_update_metadata() {
 #[test]
 fn sipp_options_and_cancel() {
     let server = Server::start(7, &[]);
-    let (code, _, _) = sipp(&server, "uac_options", 27070, &["-m", "1"]);
+    let (code, _, _) = sipp(&server, "uac_options", 29070, &["-m", "1"]);
     assert_eq!(code, 0);
-    let (code, _, _) = sipp(&server, "uac_cancel", 27072, &["-m", "1"]);
+    let (code, _, _) = sipp(&server, "uac_cancel", 29072, &["-m", "1"]);
     assert_eq!(code, 0);
     assert_eq!(
         wait_sessions(&server.recordings(), 1, Duration::from_secs(10)).len(),
@@ -160,7 +160,7 @@ fn sipp_options_and_cancel() {
 #[test]
 fn sipp_lost_ack_retransmits_200() {
     let server = Server::start(8, &[]);
-    let (code, _, screen) = sipp(&server, "uac_lost_ack", 27080, &["-m", "1"]);
+    let (code, _, screen) = sipp(&server, "uac_lost_ack", 29080, &["-m", "1"]);
     assert_eq!(code, 0);
     let retrans = screen
         .lines()
@@ -176,7 +176,7 @@ fn sipp_lost_ack_retransmits_200() {
 fn sipp_503_at_capacity() {
     let server = Server::start(9, &[("MAX_CONCURRENT_CALLS", "1")]);
     std::thread::scope(|s| {
-        let long = s.spawn(|| sipp(&server, "uac_long", 27090, &["-m", "1"]).0);
+        let long = s.spawn(|| sipp(&server, "uac_long", 29090, &["-m", "1"]).0);
         // Wait until the long call is listed by the API before trying the second one.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -187,7 +187,7 @@ fn sipp_503_at_capacity() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (code, _, _) = sipp(&server, "uac_capacity", 27095, &["-m", "1"]);
+        let (code, _, _) = sipp(&server, "uac_capacity", 29095, &["-m", "1"]);
         assert_eq!(code, 0, "second call must get 503 + Retry-After");
         assert_eq!(long.join().unwrap(), 0, "the running call is unaffected");
     });
@@ -200,7 +200,7 @@ fn sipp_load_100_calls() {
     let (code, out, screen) = sipp(
         &server,
         "uac_basic",
-        27100,
+        29100,
         &["-m", "100", "-r", "20", "-l", "20"],
     );
     assert_eq!(code, 0, "{out}");
@@ -218,7 +218,7 @@ fn sipp_load_100_calls() {
 #[test]
 fn sipp_basic_call_over_tcp() {
     let server = Server::start(12, &[]);
-    let (code, _, _) = sipp(&server, "uac_basic", 27120, &["-m", "1", "-t", "t1"]);
+    let (code, _, _) = sipp(&server, "uac_basic", 29120, &["-m", "1", "-t", "t1"]);
     assert_eq!(code, 0, "sipp over TCP failed");
     let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
     assert_eq!(sessions.len(), 1, "{}", server.log_text());

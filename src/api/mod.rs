@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::session::CallSummary;
 
+pub mod gdpr;
 pub mod metrics;
 
 pub use metrics::{Metrics, MetricsSnapshot, RecorderTotals, SipCounters};
@@ -70,6 +71,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/config/validate"),
     ("POST", "/api/config/reload"),
     ("GET", "/api/config/reload/status"),
+    ("GET", "/api/compliance/status"),
+    ("POST", "/api/compliance/gdpr/export"),
+    ("POST", "/api/compliance/gdpr/erase"),
+    ("DELETE", "/api/compliance/gdpr/erase"),
 ];
 
 /// Largest request body we read (JSON documents are small).
@@ -208,6 +213,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     if path.starts_with("/api/config") {
         return config_route(state, req, &path, &query).await;
+    }
+    if path.starts_with("/api/compliance") {
+        return compliance_route(state, req, &path, &query).await;
     }
     let (path, query, method) = (path.as_str(), query.as_str(), &method);
     let known = |p: &str| ROUTES.iter().any(|(_, route)| *route == p);
@@ -487,6 +495,100 @@ async fn config_route(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no route for {path}"),
+        ),
+    }
+}
+
+/// `/api/compliance/status` and GDPR export/erase of one call's artifacts.
+async fn compliance_route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    path: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    if path == "/api/compliance/status" {
+        if method != Method::GET {
+            return method_not_allowed();
+        }
+        let export_dir = gdpr::export_dir(&state.recording_dir);
+        return json_response(
+            StatusCode::OK,
+            json!({
+                "gdpr": {"enabled": true, "export_dir": export_dir.display().to_string()},
+                "encryption_at_rest": false,
+                "srtp": false,
+                "sip_tls": false,
+                "pii_redaction": false,
+            }),
+        );
+    }
+    let erase = match (path, &method) {
+        ("/api/compliance/gdpr/export", &Method::POST) => false,
+        ("/api/compliance/gdpr/erase", &Method::POST | &Method::DELETE) => true,
+        ("/api/compliance/gdpr/export" | "/api/compliance/gdpr/erase", _) => {
+            return method_not_allowed()
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            )
+        }
+    };
+    if let Err(resp) = authorize(state, &req, query) {
+        return resp;
+    }
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
+    let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
+        let msg = "request body too large or unreadable";
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+    };
+    let call_id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["call_id"].as_str().map(str::to_owned))
+        .filter(|c| !c.is_empty());
+    let Some(call_id) = call_id else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body must be {\"call_id\": \"…\"}",
+        );
+    };
+    if erase && state.read().sessions.iter().any(|s| s.call_id == call_id) {
+        let msg = "the call is still being recorded; end it first";
+        return error(StatusCode::CONFLICT, "call_active", msg);
+    }
+    // File work runs on a blocking thread: the control plane's thread must keep serving SIP.
+    let dir = state.recording_dir.clone();
+    let id = call_id.clone();
+    let now = unix_ms();
+    let result = tokio::task::spawn_blocking(move || {
+        if erase {
+            gdpr::erase(&dir, &id, now)
+        } else {
+            gdpr::export(&dir, &id, now)
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(v))) => json_response(StatusCode::OK, v),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no recordings for that call",
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            &e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "GDPR task failed",
         ),
     }
 }

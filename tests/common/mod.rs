@@ -13,8 +13,8 @@ use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request, Response};
 
 /// Ports of one test, disjoint from every other test's so nextest can run them in parallel.
-/// `n` < 20. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199, all below the ephemeral
-/// range; SIPp tests use 27000+10n and 28000+10n for their own SIP and media ports.
+/// `n` < 30. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999), all below
+/// the ephemeral range; SIPp tests use 29000+10n and 29300+10n for their own SIP and media.
 pub struct TestPorts {
     pub sip: u16,
     pub http: u16,
@@ -26,7 +26,7 @@ pub struct TestPorts {
 
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
-        assert!(n < 20);
+        assert!(n < 30);
         TestPorts {
             sip: 21000 + 10 * n,
             http: 22000 + n,
