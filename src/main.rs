@@ -287,6 +287,7 @@ async fn control_plane(
         api_tx,
     );
     api_state.set_config(serde_json::to_value(&config).unwrap_or_default());
+    api_state.set_rate_limit(config.http.rate_limit_per_s);
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
 
@@ -622,6 +623,7 @@ fn reload(
                 "media.rtp_timeout_s",
                 "media.max_call_duration_s",
                 "http.api_key",
+                "http.rate_limit_per_s",
                 "recording.min_free_mb",
             ];
             let (applied, restart): (Vec<String>, Vec<String>) = changed
@@ -634,6 +636,7 @@ fn reload(
                 new.media.max_call_duration_s as u64 * 1_000_000_000,
             );
             api_state.set_api_key(new.http.api_key.clone());
+            api_state.set_rate_limit(new.http.rate_limit_per_s);
             api_state.set_min_free_mb(new.recording.min_free_mb);
             // Keys that need a restart keep their running values.
             let mut merged = config.clone();
@@ -642,6 +645,7 @@ fn reload(
             merged.media.rtp_timeout_s = new.media.rtp_timeout_s;
             merged.media.max_call_duration_s = new.media.max_call_duration_s;
             merged.http.api_key = new.http.api_key.clone();
+            merged.http.rate_limit_per_s = new.http.rate_limit_per_s;
             merged.recording.min_free_mb = new.recording.min_free_mb;
             *config = merged;
             api_state.set_config(serde_json::to_value(&*config).unwrap_or_default());

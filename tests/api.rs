@@ -355,3 +355,32 @@ fn gdpr_export_and_erase() {
     let (status, _) = http(ports.http, "POST", "/api/compliance/gdpr/export", &[], "{}");
     assert_eq!(status, 400);
 }
+
+/// HTTP_RATE_LIMIT=5: a client gets its burst (10) and then 429 with the error envelope;
+/// after a pause it is served again.
+#[test]
+fn per_client_rate_limit() {
+    let server = Server::start(21, &[("HTTP_RATE_LIMIT", "5")]);
+    let http_port = server.ports.http;
+    std::thread::sleep(Duration::from_millis(2100)); // Refill after the readiness polling.
+    let replies: Vec<(u16, String)> = (0..40)
+        .map(|_| http(http_port, "GET", "/health/live", &[], ""))
+        .collect();
+    let ok = replies.iter().filter(|(c, _)| *c == 200).count();
+    // The burst passes; a slow machine refills a few more tokens during the loop.
+    assert!(
+        (10..40).contains(&ok),
+        "burst of 10 then refusals: {ok} passed"
+    );
+    let (_, body) = replies.iter().find(|(c, _)| *c == 429).expect("a 429");
+    assert!(
+        body.contains("\"code\":\"rate_limited\"") && body.contains("\"status\":429"),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        http(http_port, "GET", "/health/live", &[], "").0,
+        200,
+        "refilled"
+    );
+}

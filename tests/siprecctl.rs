@@ -82,6 +82,43 @@ fn siprecctl_drives_the_api() {
         wait_sessions(&server.recordings(), 1, Duration::from_secs(10)).len(),
         1
     );
+    let (code, out) = ctl(ports.http, &["--json", "config", "show"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("max_concurrent_calls") && !out.contains("\"k\""),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[media]\nrtp_port_min = 3\n").unwrap();
+    let (code, out) = ctl(
+        ports.http,
+        &[
+            "--api-key",
+            "k",
+            "config",
+            "validate",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("RTP_PORT_MIN"), "{out}");
+    let (code, out) = ctl(
+        ports.http,
+        &["--api-key", "k", "gdpr", "export", "ctl@127.0.0.1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("export_path"), "{out}");
+    let (code, out) = ctl(
+        ports.http,
+        &["--api-key", "k", "gdpr", "erase", "ctl@127.0.0.1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = ctl(
+        ports.http,
+        &["--api-key", "k", "gdpr", "erase", "ctl@127.0.0.1"],
+    );
+    assert_eq!(code, 1, "second erase: 404");
     let (code, _) = ctl(1, &["status"]);
     assert_eq!(code, 2, "unreachable server");
 }

@@ -113,6 +113,8 @@ pub struct ApiState {
     config: Mutex<Value>,
     /// The last reload's report.
     reload_status: Mutex<Value>,
+    /// Per-client token buckets (requests per second, burst twice that; 0 = off).
+    rate: RateLimiter,
     pub started: std::time::Instant,
 }
 
@@ -132,8 +134,16 @@ impl ApiState {
             min_free_mb: std::sync::atomic::AtomicU64::new(min_free_mb),
             config: Mutex::new(Value::Null),
             reload_status: Mutex::new(json!({"result": null})),
+            rate: RateLimiter::new(100),
             started: std::time::Instant::now(),
         })
+    }
+
+    /// Requests per second per client address (0 disables the limit).
+    pub fn set_rate_limit(&self, per_s: u32) {
+        self.rate
+            .per_s
+            .store(per_s, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_config(&self, config: Value) {
@@ -170,13 +180,56 @@ impl ApiState {
     }
 }
 
+/// Token buckets per client address. Bounded: when it tracks too many addresses it forgets
+/// the full (idle) ones.
+struct RateLimiter {
+    per_s: std::sync::atomic::AtomicU32,
+    buckets: Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+/// Client addresses tracked at most.
+const RATE_CLIENTS_MAX: usize = 10_000;
+
+impl RateLimiter {
+    fn new(per_s: u32) -> RateLimiter {
+        RateLimiter {
+            per_s: std::sync::atomic::AtomicU32::new(per_s),
+            buckets: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// `None` when the request may go on, else the seconds to wait (for Retry-After).
+    fn check(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Option<u64> {
+        let rate = f64::from(self.per_s.load(std::sync::atomic::Ordering::Relaxed));
+        if rate == 0.0 {
+            return None;
+        }
+        let burst = rate * 2.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= RATE_CLIENTS_MAX && !buckets.contains_key(&ip) {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
 /// A worker whose loop hasn't turned for this long is considered stuck.
 const WORKER_STALE_MS: u64 = 2_000;
 
 /// Serves HTTP on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -189,7 +242,20 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                async move {
+                    if let Some(retry) = state.rate.check(peer.ip(), std::time::Instant::now()) {
+                        let mut resp = error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "too many requests",
+                        );
+                        if let Ok(v) = hyper::header::HeaderValue::from_str(&retry.to_string()) {
+                            resp.headers_mut().insert("Retry-After", v);
+                        }
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    Ok::<_, Infallible>(route(&state, req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)

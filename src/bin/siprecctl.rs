@@ -66,6 +66,34 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Configuration of the running server.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// GDPR export and erase of one call's recordings.
+    Gdpr {
+        #[command(subcommand)]
+        action: GdprAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// The running configuration (no secrets).
+    Show,
+    /// Validate a TOML configuration file on the server (as the server would read it).
+    Validate { file: std::path::PathBuf },
+    /// Re-read the configuration file and environment; prints what needs a restart.
+    Reload,
+}
+
+#[derive(Subcommand, Debug)]
+enum GdprAction {
+    /// Archive every file of the call into the server's export directory.
+    Export { call_id: String },
+    /// Erase every file of the call (recordings, session.json, exports).
+    Erase { call_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +143,30 @@ fn main() {
                 (Some(c), false) => ("POST", format!("/api/sessions/{}/pause", id(c)), Some(body)),
                 (None, false) => usage("pause needs a Call-ID or --all"),
             }
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Show => ("GET", "/api/config".into(), None),
+            ConfigAction::Reload => ("POST", "/api/config/reload".into(), None),
+            ConfigAction::Validate { file } => {
+                let text = std::fs::read_to_string(file).unwrap_or_else(|e| {
+                    eprintln!("siprecctl: cannot read {}: {e}", file.display());
+                    std::process::exit(64);
+                });
+                let doc: toml::Value = toml::from_str(&text).unwrap_or_else(|e| {
+                    eprintln!("siprecctl: {} is not TOML: {e}", file.display());
+                    std::process::exit(1);
+                });
+                let body = serde_json::to_string(&doc).unwrap_or_default();
+                ("POST", "/api/config/validate".into(), Some(body))
+            }
+        },
+        Command::Gdpr { action } => {
+            let (route, call_id) = match action {
+                GdprAction::Export { call_id } => ("export", call_id),
+                GdprAction::Erase { call_id } => ("erase", call_id),
+            };
+            let body = serde_json::json!({ "call_id": call_id }).to_string();
+            ("POST", format!("/api/compliance/gdpr/{route}"), Some(body))
         }
         Command::Resume { call_id, all } => match (call_id, all) {
             (_, true) => ("POST", "/api/sessions/resume-all".into(), None),

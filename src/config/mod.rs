@@ -45,6 +45,9 @@ pub struct HttpConfig {
     /// `API_KEY`: required as `X-API-Key` on mutating routes when set. Never serialized.
     #[serde(skip_serializing)]
     pub api_key: Option<String>,
+    /// Requests per second per client address (`HTTP_RATE_LIMIT`, burst twice that); beyond
+    /// it 429 with Retry-After. 0 disables.
+    pub rate_limit_per_s: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +141,7 @@ pub struct FileHttp {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub api_key: Option<String>,
+    pub rate_limit_per_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -181,6 +185,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
+    ("HTTP_RATE_LIMIT", "http.rate_limit_per_s"),
     ("RTP_PORT_MIN", "media.rtp_port_min"),
     ("RTP_PORT_MAX", "media.rtp_port_max"),
     ("RTP_TIMEOUT", "media.rtp_timeout_s"),
@@ -250,6 +255,7 @@ impl Config {
             host: parse_ip("HTTP_HOST", f.http.host.as_deref().unwrap_or("0.0.0.0"))?,
             port: f.http.port.unwrap_or(8080),
             api_key: f.http.api_key.clone().filter(|k| !k.is_empty()),
+            rate_limit_per_s: f.http.rate_limit_per_s.unwrap_or(100),
         };
         if http.port == 0 {
             return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
@@ -391,6 +397,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "HTTP_HOST" => f.http.host = Some(v.to_owned()),
         "HTTP_PORT" => f.http.port = Some(parse_num(key, v, PORT)?),
         "API_KEY" => f.http.api_key = Some(v.to_owned()),
+        "HTTP_RATE_LIMIT" => f.http.rate_limit_per_s = Some(parse_num(key, v, COUNT)?),
         "RTP_PORT_MIN" => f.media.rtp_port_min = Some(parse_num(key, v, PORT)?),
         "RTP_PORT_MAX" => f.media.rtp_port_max = Some(parse_num(key, v, PORT)?),
         "RTP_TIMEOUT" => {
