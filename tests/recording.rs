@@ -84,6 +84,14 @@ fn two_legs_late_start_dtmf_hold_resume() {
         d(500),
         &b[4000..16000],
     ));
+    // One RTCP sender report on leg 1's RTCP port (RTP port + 1).
+    let mut sr = Vec::new();
+    siprec::media::rtcp::write_sender_report(0x1111, 5000 + 6400, 40, 6400, &mut sr);
+    phase1.push(Scheduled {
+        at: d(850),
+        port: rtp_ports[0] + 1,
+        bytes: sr,
+    });
     play(&rtp, phase1, t0);
 
     // Hold: re-INVITE with both m-lines inactive; 1 s without RTP.
@@ -161,6 +169,10 @@ fn two_legs_late_start_dtmf_hold_resume() {
             .unwrap()
             >= 10
     );
+    let rtp0 = &meta["streams"][0]["rtp"];
+    assert_eq!(rtp0["rtcp_sender_reports"], 1, "{rtp0}");
+    assert_eq!(rtp0["rtcp_sender_packet_count"], 40, "{rtp0}");
+    assert!(rtp0["jitter_us"].is_u64(), "{rtp0}");
 
     let expected_frames = (duration_s * 8000.0).round() as i64;
     let wall = elapsed.as_secs_f64();

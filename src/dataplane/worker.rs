@@ -261,8 +261,8 @@ impl Core {
             return;
         }
         if rtcp {
-            // RTCP reports are counted; their figures reach session.json in a later issue.
             self.local.rtcp_packets += 1;
+            stream.receiver.handle_rtcp(packet);
             return;
         }
         if stream

@@ -4,6 +4,7 @@
 
 pub mod frame;
 pub mod g711;
+pub mod rtcp;
 pub mod rtp;
 
 pub use frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};

@@ -46,6 +46,8 @@ pub enum Drop {
     TooOld,
     ForeignSsrc,
     Paused,
+    /// Not a drop: RTCP multiplexed on the RTP port, handled by `handle_rtcp`.
+    Rtcp,
 }
 
 /// Per-stream counters, read by the control plane once a second (never per packet).
@@ -68,6 +70,16 @@ pub struct RtpStats {
     pub ring_full: u64,
     /// Audio packets not recorded because recording was paused.
     pub paused: u64,
+    /// Interarrival jitter we measured (RFC 3550 §6.4.1, A.8), in microseconds.
+    pub jitter_us: u64,
+    /// RTCP packets received for this stream (port + 1 or muxed) and what they said.
+    pub rtcp_packets: u64,
+    pub rtcp_sender_reports: u64,
+    /// The sender's own packet count from its last SR (compare with `packets`).
+    pub rtcp_sender_packet_count: Option<u32>,
+    /// Loss and jitter the SRC's last report block gave (about the leg it receives).
+    pub rtcp_reported_fraction_lost: Option<u8>,
+    pub rtcp_reported_jitter: Option<u32>,
     pub last_rx_ns: u64,
     pub ssrc: Option<u32>,
 }
@@ -90,6 +102,8 @@ impl RtpStats {
         self.ssrc_changes += o.ssrc_changes;
         self.ring_full += o.ring_full;
         self.paused += o.paused;
+        self.rtcp_packets += o.rtcp_packets;
+        self.rtcp_sender_reports += o.rtcp_sender_reports;
     }
 }
 
@@ -116,6 +130,9 @@ pub struct RtpReceiver {
     last_ext_ts: u64,
     started: bool,
     stats: RtpStats,
+    /// Jitter estimator state: last transit time and the running estimate, in RTP units.
+    transit: Option<i64>,
+    jitter: f64,
 }
 
 impl RtpReceiver {
@@ -130,6 +147,25 @@ impl RtpReceiver {
             last_ext_ts: 0,
             started: false,
             stats: RtpStats::default(),
+            transit: None,
+            jitter: 0.0,
+        }
+    }
+
+    /// Handles an RTCP packet for this stream (its port + 1, or muxed on the RTP port).
+    pub fn handle_rtcp(&mut self, packet: &[u8]) {
+        self.stats.rtcp_packets += 1;
+        let Some(s) = super::rtcp::parse(packet) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        self.stats.rtcp_sender_reports += u64::from(s.sender_reports);
+        if s.sender_packets.is_some() {
+            self.stats.rtcp_sender_packet_count = s.sender_packets;
+        }
+        if s.fraction_lost.is_some() {
+            self.stats.rtcp_reported_fraction_lost = s.fraction_lost;
+            self.stats.rtcp_reported_jitter = s.jitter;
         }
     }
 
@@ -159,6 +195,11 @@ impl RtpReceiver {
         packet: &[u8],
         frame: &mut MediaFrame,
     ) -> Result<(), Drop> {
+        // RTCP under rtcp-mux (RFC 5761 §4): packet types 200–204 on the RTP port.
+        if packet.len() >= 2 && packet[0] >> 6 == 2 && (200..=204).contains(&packet[1]) {
+            self.handle_rtcp(packet);
+            return Err(Drop::Rtcp);
+        }
         self.stats.packets += 1;
         self.stats.bytes += packet.len() as u64;
         let header = match parse_header(packet) {
@@ -180,6 +221,7 @@ impl RtpReceiver {
         };
         self.track_sequence(header.seq)?;
         let ext_ts = self.extend_timestamp(header.timestamp);
+        self.update_jitter(now_ns, ext_ts);
         let payload = &packet[header.payload_start..header.payload_end];
         let decode: fn(&[u8], &mut [i16]) = match kind {
             PayloadKind::Pcmu => g711::decode_ulaw,
@@ -252,6 +294,7 @@ impl RtpReceiver {
         self.candidate = None;
         self.started = false;
         self.last_ext_ts = 0;
+        self.transit = None;
     }
 
     /// Extends the 16-bit sequence number, detects duplicates and counts loss/reordering.
@@ -297,6 +340,19 @@ impl RtpReceiver {
             self.stats.lost = self.stats.lost.saturating_sub(1);
             Ok(())
         }
+    }
+
+    /// RFC 3550 A.8: J += (|D| − J) / 16, D the change in transit time, in RTP units.
+    fn update_jitter(&mut self, now_ns: u64, ext_ts: u64) {
+        let rate = u64::from(self.params.sample_rate.max(1));
+        let arrival = (now_ns as u128 * rate as u128 / 1_000_000_000) as i64;
+        let transit = arrival - ext_ts as i64;
+        if let Some(last) = self.transit {
+            let d = (transit - last).unsigned_abs() as f64;
+            self.jitter += (d - self.jitter) / 16.0;
+            self.stats.jitter_us = (self.jitter * 1e6 / rate as f64) as u64;
+        }
+        self.transit = Some(transit);
     }
 
     fn extend_timestamp(&mut self, ts: u32) -> u64 {
@@ -517,6 +573,45 @@ mod tests {
         rx.handle_packet(203 * ms, &pkt(0, 52, 320, 11), &mut f)
             .unwrap();
         assert_eq!(f.ssrc_epoch, 2);
+    }
+
+    /// Evenly paced packets have no jitter; ±5 ms alternating arrival shows about 10 ms.
+    #[test]
+    fn jitter_estimate() {
+        let ms = 1_000_000u64;
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        for i in 0..200u32 {
+            rx.handle_packet(
+                1_000 * ms + u64::from(i) * 20 * ms,
+                &pkt(0, i as u16, i * 160, 7),
+                &mut f,
+            )
+            .unwrap();
+        }
+        assert!(rx.stats().jitter_us < 200, "{}", rx.stats().jitter_us);
+        let mut rx = RtpReceiver::new(params());
+        for i in 0..400u32 {
+            let skew = if i % 2 == 0 { 0 } else { 10 * ms };
+            let at = 1_000 * ms + u64::from(i) * 20 * ms + skew;
+            rx.handle_packet(at, &pkt(0, i as u16, i * 160, 7), &mut f)
+                .unwrap();
+        }
+        let j = rx.stats().jitter_us;
+        assert!((8_000..=11_000).contains(&j), "{j}");
+    }
+
+    /// RTCP muxed on the RTP port is handled as RTCP, never as audio.
+    #[test]
+    fn muxed_rtcp() {
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        let mut sr = Vec::new();
+        crate::media::rtcp::write_sender_report(7, 0, 10, 1600, &mut sr);
+        assert_eq!(rx.handle_packet(0, &sr, &mut f), Err(Drop::Rtcp));
+        assert_eq!(rx.stats().rtcp_sender_reports, 1);
+        assert_eq!(rx.stats().rtcp_sender_packet_count, Some(10));
+        assert_eq!(rx.stats().packets, 0);
     }
 
     /// Malformed headers (short, wrong version, padding longer than the packet, extension
