@@ -26,3 +26,4 @@ print(f"{v['answered']:<7} {v['streams']:<8} {f(v['packets_per_s']):<9} "
       f"{f(v['server_rss_kib_per_call']):<10} {v['packets_lost_reported_by_server']}")
 PY
 done
+python3 perf/plot.py perf/results perf/results/capacity.svg
