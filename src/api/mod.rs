@@ -223,6 +223,15 @@ impl RateLimiter {
     }
 }
 
+/// (workers whose loop turned recently, all workers).
+fn workers_alive(snap: &Snapshot) -> (usize, usize) {
+    let ages = &snap.worker_heartbeat_age_ms;
+    (
+        ages.iter().filter(|&&a| a < WORKER_STALE_MS).count(),
+        ages.len(),
+    )
+}
+
 /// A worker whose loop hasn't turned for this long is considered stuck.
 const WORKER_STALE_MS: u64 = 2_000;
 
@@ -343,19 +352,11 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
             "accepting calls".into()
         },
     );
-    let alive = snap
-        .worker_heartbeat_age_ms
-        .iter()
-        .filter(|&&a| a < WORKER_STALE_MS)
-        .count();
+    let (alive, total) = workers_alive(&snap);
     check(
         "dataplane",
-        alive > 0 && alive == snap.worker_heartbeat_age_ms.len(),
-        format!(
-            "{alive}/{} workers alive, backend {}",
-            snap.worker_heartbeat_age_ms.len(),
-            snap.backend
-        ),
+        alive > 0 && alive == total,
+        format!("{alive}/{total} workers alive, backend {}", snap.backend),
     );
     let (writable, free_mb) = storage_status(&state.recording_dir);
     check(
@@ -801,12 +802,7 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
             state.min_free_mb()
         ),
     );
-    let total = snap.worker_heartbeat_age_ms.len();
-    let alive = snap
-        .worker_heartbeat_age_ms
-        .iter()
-        .filter(|&&a| a < WORKER_STALE_MS)
-        .count();
+    let (alive, total) = workers_alive(&snap);
     check(
         "dataplane",
         if alive == total && total > 0 {
