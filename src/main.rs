@@ -223,7 +223,14 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         cores,
     };
     let dataplane = Dataplane::start(settings, producers).context("cannot start data plane")?;
-    tracing::info!(workers, backend = dataplane.backend(), "data plane started");
+    let budget =
+        dataplane::memory_budget_bytes(workers, config.dataplane.ring_slots, dataplane.backend());
+    tracing::info!(
+        workers,
+        backend = dataplane.backend(),
+        fixed_memory_mib = budget / (1024 * 1024),
+        "data plane started"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -318,6 +318,20 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// The data plane's fixed memory, summed from its owners (STYLE.md §5), for the start-up log.
+pub fn memory_budget_bytes(workers: usize, ring_slots: usize, backend: &str) -> usize {
+    let mut per_worker = 0;
+    // Frames in flight to the recorder: one ring per worker, allocated at start.
+    per_worker += ring_slots.next_power_of_two() * std::mem::size_of::<MediaFrame>();
+    per_worker += match backend {
+        // Provided buffers the kernel fills.
+        "io_uring" => uring::PROVIDED_BUFFER_BYTES,
+        // recvmmsg batch buffers (at most 1,024 datagrams per call).
+        _ => 1024 * worker::DATAGRAM_MAX,
+    };
+    workers * per_worker
+}
+
 /// Worker count and placement for `requested` workers (0 = auto) on this machine: every core
 /// but the control plane's (core 0) when there are ≥ 3, else one worker.
 pub fn plan_workers(requested: usize) -> (usize, Vec<Option<usize>>) {

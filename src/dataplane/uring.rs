@@ -29,6 +29,14 @@ const FIXED_FILES_MAX: u32 = 32768;
 /// user_data of cancellations, whose completions carry nothing to do.
 const CANCEL_TAG: u64 = u64::MAX;
 
+// The kernel requires a power-of-two buffer ring of at most 32,768 entries; buffer ids are u16.
+const _: () = assert!(BUF_ENTRIES.is_power_of_two() && BUF_ENTRIES <= 32768);
+// A buffer holds the 16-byte recvmsg header and the largest datagram a worker accepts.
+const _: () = assert!(BUF_BYTES >= 16 + super::worker::DATAGRAM_MAX);
+
+/// Bytes of provided buffers per io_uring worker (for the start-up memory budget).
+pub const PROVIDED_BUFFER_BYTES: usize = BUF_ENTRIES as usize * BUF_BYTES;
+
 /// Which setup flags the kernel accepted, for the start-up log.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Taskrun {

@@ -1,7 +1,8 @@
 //! The decoded audio frame that travels from a data-plane worker to a sink through a ring.
 
 /// Largest frame a ring slot holds, in samples: 60 ms at 16 kHz (G.722 in a later issue).
-/// Memory: ring_slots × 1 KiB per sample-pair... see `ring` sizing in `config::limits`.
+/// Memory: every ring slot is one MediaFrame (≈ 1.9 KiB), `dataplane.ring_slots` per worker;
+/// `dataplane::memory_budget_bytes` sums it at start-up.
 pub const FRAME_SAMPLES_MAX: usize = 960;
 
 /// Identifies one recorded media stream across threads: the recording session's slot and the
@@ -35,6 +36,9 @@ pub struct MediaFrame {
     pub len: u16,
     pub samples: [i16; FRAME_SAMPLES_MAX],
 }
+
+// A ring slot stays under 2 KiB: the size the memory budget and docs/dataplane.md assume.
+const _: () = assert!(std::mem::size_of::<MediaFrame>() <= 2048);
 
 impl MediaFrame {
     pub fn pcm(&self) -> &[i16] {
