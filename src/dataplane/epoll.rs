@@ -3,8 +3,8 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::mono_now_ns;
 use super::worker::{Backend, Core, Stream, DATAGRAM_MAX, WAIT_MS};
+use super::{mono_now_ns, socket_addr_from_raw, NameBuf, SOCKADDR_BYTES};
 
 /// Readiness events reaped per epoll_wait.
 const EVENTS_MAX: usize = 256;
@@ -19,6 +19,8 @@ pub(super) struct Epoll {
     buffers: Box<[[u8; DATAGRAM_MAX]]>,
     /// Pointed to by `headers`; kept alive (never read directly).
     _iovecs: Box<[libc::iovec]>,
+    /// Source addresses of the datagrams, one per buffer (pointed to by `headers`).
+    names: Box<[NameBuf]>,
     headers: Box<[libc::mmsghdr]>,
 }
 
@@ -38,13 +40,17 @@ impl Epoll {
                 iov_len: DATAGRAM_MAX,
             })
             .collect();
+        let mut names = vec![NameBuf([0; SOCKADDR_BYTES]); batch].into_boxed_slice();
         let headers = iovecs
             .iter_mut()
-            .map(|iov| {
+            .zip(names.iter_mut())
+            .map(|(iov, name)| {
                 // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = name.0.as_mut_ptr().cast();
+                h.msg_hdr.msg_namelen = SOCKADDR_BYTES as u32;
                 h
             })
             .collect();
@@ -54,6 +60,7 @@ impl Epoll {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX],
             buffers,
             _iovecs: iovecs,
+            names,
             headers,
         })
     }
@@ -81,6 +88,7 @@ impl Epoll {
             for h in self.headers.iter_mut() {
                 h.msg_len = 0;
                 h.msg_hdr.msg_flags = 0;
+                h.msg_hdr.msg_namelen = SOCKADDR_BYTES as u32;
             }
             // SAFETY: headers[i] points at iovecs[i] which points at buffers[i]; all are boxed
             // slices owned by self that never move, and alive for the call; the kernel writes
@@ -104,7 +112,9 @@ impl Epoll {
             let n = n as usize;
             for i in 0..n {
                 let len = (self.headers[i].msg_len as usize).min(DATAGRAM_MAX);
-                core.handle(now, slot, 0, rtcp, &self.buffers[i][..len]);
+                let name_len = (self.headers[i].msg_hdr.msg_namelen as usize).min(SOCKADDR_BYTES);
+                let source = socket_addr_from_raw(&self.names[i].0[..name_len]);
+                core.handle(now, slot, 0, rtcp, source, &self.buffers[i][..len]);
             }
             if n < self.batch {
                 return;
@@ -114,7 +124,8 @@ impl Epoll {
 }
 
 // SAFETY: the raw pointers inside `iovecs`/`headers` point into boxed slices owned by this
-// value; they move with it and are only used by recvmmsg calls on the owning thread.
+// value (`buffers`, `names`, `iovecs`); they move with it and are only used by recvmmsg calls
+// on the owning thread.
 unsafe impl Send for Epoll {}
 
 impl Backend for Epoll {

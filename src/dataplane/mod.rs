@@ -256,6 +256,32 @@ impl Drop for Dataplane {
     }
 }
 
+/// Bytes the kernel writes for a source address (`sockaddr_storage`).
+pub(crate) const SOCKADDR_BYTES: usize = 128;
+
+/// A source address buffer as the kernel fills it (aligned like `sockaddr_storage`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub(crate) struct NameBuf(pub [u8; SOCKADDR_BYTES]);
+
+/// Decodes a `sockaddr_in`/`sockaddr_in6` from the bytes the kernel wrote; `None` for other
+/// families or short buffers. Reads bytes only: no pointer casts.
+pub(crate) fn socket_addr_from_raw(bytes: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]);
+    let port = u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::from(ip), port))
+        }
+        _ => None,
+    }
+}
+
 /// A worker thread's body: pin, build the backend on this thread (io_uring's SINGLE_ISSUER
 /// ties a ring to its creator), report which one runs, then loop until Shutdown.
 fn run_worker(

@@ -15,8 +15,9 @@ use super::worker::{Backend, Core, Stream, WAIT_MS};
 
 /// Provided buffers per worker (a power of two, ≤ 32768). Memory: entries × BUF_BYTES.
 const BUF_ENTRIES: u16 = 4096;
-/// Bytes per provided buffer: the 16-byte recvmsg header plus the largest datagram we take.
-const BUF_BYTES: usize = 2048 + 16;
+/// Bytes per provided buffer: the 16-byte recvmsg header, the source address and the largest
+/// datagram we take.
+const BUF_BYTES: usize = 16 + super::SOCKADDR_BYTES + 2048;
 /// Buffer group id of the provided-buffer ring.
 const BGID: u16 = 7;
 /// Submission queue entries; completions are sized 8× (many datagrams per multishot).
@@ -32,7 +33,7 @@ const CANCEL_TAG: u64 = u64::MAX;
 // The kernel requires a power-of-two buffer ring of at most 32,768 entries; buffer ids are u16.
 const _: () = assert!(BUF_ENTRIES.is_power_of_two() && BUF_ENTRIES <= 32768);
 // A buffer holds the 16-byte recvmsg header and the largest datagram a worker accepts.
-const _: () = assert!(BUF_BYTES >= 16 + super::worker::DATAGRAM_MAX);
+const _: () = assert!(BUF_BYTES >= 16 + super::SOCKADDR_BYTES + super::worker::DATAGRAM_MAX);
 
 /// Bytes of provided buffers per io_uring worker (for the start-up memory budget).
 pub const PROVIDED_BUFFER_BYTES: usize = BUF_ENTRIES as usize * BUF_BYTES;
@@ -55,7 +56,7 @@ pub(super) struct Uring {
     buffers: Box<[u8]>,
     /// Our copy of the buffer ring's tail (published with a Release store per batch).
     tail: u16,
-    /// The msghdr template of every multishot recvmsg (no name, no control data); boxed so
+    /// The msghdr template of every multishot recvmsg (source address, no control data); boxed so
     /// its address stays valid for the kernel while receives are armed.
     msghdr: Box<libc::msghdr>,
     /// user_data of receives to submit again after this batch (reused, never reallocated).
@@ -135,8 +136,13 @@ impl Uring {
             bufring_bytes,
             buffers: vec![0u8; usize::from(BUF_ENTRIES) * BUF_BYTES].into_boxed_slice(),
             tail: 0,
-            // SAFETY: msghdr is plain old data; all-zero means no name and no control data.
-            msghdr: Box::new(unsafe { std::mem::zeroed() }),
+            msghdr: Box::new({
+                // SAFETY: msghdr is plain old data; all-zero means no name and no control data.
+                let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+                // Ask for the source address (the buffer reserves room for it).
+                m.msg_namelen = super::SOCKADDR_BYTES as u32;
+                m
+            }),
             rearm: Vec::with_capacity(CQE_BATCH),
             fixed_files,
         };
@@ -276,7 +282,10 @@ impl Backend for Uring {
                     let start = usize::from(bid) * BUF_BYTES;
                     let buf = &self.buffers[start..start + (res as usize).min(BUF_BYTES)];
                     match RecvMsgOut::parse(buf, &self.msghdr) {
-                        Ok(out) => core.handle(now, slot, generation, rtcp, out.payload_data()),
+                        Ok(out) => {
+                            let source = super::socket_addr_from_raw(out.name_data());
+                            core.handle(now, slot, generation, rtcp, source, out.payload_data())
+                        }
                         Err(()) => core.local.receive_errors += 1,
                     }
                 }

@@ -248,6 +248,7 @@ impl Core {
         slot: usize,
         generation: u32,
         rtcp: bool,
+        source: Option<std::net::SocketAddr>,
         packet: &[u8],
     ) {
         self.local.packets += 1;
@@ -267,7 +268,7 @@ impl Core {
         }
         if stream
             .receiver
-            .handle_packet(now, packet, &mut self.frame)
+            .handle_packet_from(now, source, packet, &mut self.frame)
             .is_ok()
         {
             // We purposely copy the frame into the ring slot rather than box it: no allocation.

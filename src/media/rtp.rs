@@ -5,6 +5,8 @@
 //! the output frame. Reordering is not buffered here: frames carry their extended RTP
 //! timestamp and the recorder places them by it (see `docs/recording.md`).
 
+use std::net::SocketAddr;
+
 use super::frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
 use super::g711;
 
@@ -33,6 +35,9 @@ pub struct StreamParams {
     /// Recording paused by the API: packets are tracked (sequence, loss) but not recorded, so
     /// the paused span becomes silence of the same length in the files.
     pub paused: bool,
+    /// Where the SRC said it sends from (its offer's c= address and m= port). Packets from
+    /// there win the SSRC lock over anyone who got there first; `None` when unknown.
+    pub expected_source: Option<SocketAddr>,
 }
 
 /// Why a packet did not become audio. Each has a counter in [`RtpStats`].
@@ -109,6 +114,9 @@ impl RtpStats {
 
 /// After this long without a packet from the locked SSRC a new SSRC takes over at once.
 const SSRC_GAP_NS: u64 = 60_000_000;
+/// When the locked SSRC came from the SRC's signalled address, a source elsewhere takes over
+/// only after this much silence (NAT rebinding), never by interleaving packets.
+const TRUSTED_SSRC_GAP_NS: u64 = 1_000_000_000;
 /// Without a gap, a new SSRC takes over after this many consecutive packets (a hard switch
 /// by an SBC on transfer), so stray packets from elsewhere cannot steal the stream.
 const SSRC_SWITCH_PACKETS: u32 = 3;
@@ -123,6 +131,8 @@ const SEQ_WINDOW: u64 = 64;
 pub struct RtpReceiver {
     params: StreamParams,
     ssrc: Option<u32>,
+    /// The locked SSRC was seen from `params.expected_source`.
+    ssrc_trusted: bool,
     ssrc_epoch: u32,
     candidate: Option<(u32, u32)>,
     highest_seq: u64,
@@ -140,6 +150,7 @@ impl RtpReceiver {
         RtpReceiver {
             params,
             ssrc: None,
+            ssrc_trusted: false,
             ssrc_epoch: 0,
             candidate: None,
             highest_seq: 0,
@@ -195,6 +206,18 @@ impl RtpReceiver {
         packet: &[u8],
         frame: &mut MediaFrame,
     ) -> Result<(), Drop> {
+        self.handle_packet_from(now_ns, None, packet, frame)
+    }
+
+    /// [`RtpReceiver::handle_packet`] knowing the datagram's source address, so the SRC's
+    /// signalled address wins the SSRC lock over packets injected from elsewhere.
+    pub fn handle_packet_from(
+        &mut self,
+        now_ns: u64,
+        source: Option<SocketAddr>,
+        packet: &[u8],
+        frame: &mut MediaFrame,
+    ) -> Result<(), Drop> {
         // RTCP under rtcp-mux (RFC 5761 §4): packet types 200–204 on the RTP port.
         if packet.len() >= 2 && packet[0] >> 6 == 2 && (200..=204).contains(&packet[1]) {
             self.handle_rtcp(packet);
@@ -209,7 +232,8 @@ impl RtpReceiver {
                 return Err(Drop::Malformed);
             }
         };
-        self.lock_ssrc(now_ns, header.ssrc)?;
+        let trusted = source.is_some() && source == self.params.expected_source;
+        self.lock_ssrc(now_ns, header.ssrc, trusted)?;
         self.stats.last_rx_ns = now_ns;
 
         let kind = match self.params.payload_types[header.pt as usize] {
@@ -257,23 +281,39 @@ impl RtpReceiver {
         Ok(())
     }
 
-    fn lock_ssrc(&mut self, now_ns: u64, ssrc: u32) -> Result<(), Drop> {
+    /// SSRC lock: the first SSRC is recorded; another takes over when it comes from the SRC's
+    /// signalled address, after the locked one fell silent, or after a steady run of packets —
+    /// but a stream locked from the signalled address is only taken over after a long silence,
+    /// so packets injected from elsewhere can't steal it by interleaving.
+    fn lock_ssrc(&mut self, now_ns: u64, ssrc: u32, trusted: bool) -> Result<(), Drop> {
         match self.ssrc {
             Some(locked) if locked == ssrc => {
                 self.candidate = None;
+                self.ssrc_trusted |= trusted;
+                Ok(())
+            }
+            Some(_) if trusted => {
+                self.switch_ssrc(ssrc);
+                self.ssrc_trusted = true;
                 Ok(())
             }
             Some(_) => {
-                let gap = now_ns.saturating_sub(self.stats.last_rx_ns) >= SSRC_GAP_NS;
-                let count = match self.candidate {
-                    Some((c, n)) if c == ssrc => n + 1,
-                    _ => 1,
+                let silent_ns = now_ns.saturating_sub(self.stats.last_rx_ns);
+                let takeover = if self.ssrc_trusted {
+                    silent_ns >= TRUSTED_SSRC_GAP_NS
+                } else {
+                    let count = match self.candidate {
+                        Some((c, n)) if c == ssrc => n + 1,
+                        _ => 1,
+                    };
+                    self.candidate = Some((ssrc, count));
+                    silent_ns >= SSRC_GAP_NS || count >= SSRC_SWITCH_PACKETS
                 };
-                if gap || count >= SSRC_SWITCH_PACKETS {
+                if takeover {
                     self.switch_ssrc(ssrc);
+                    self.ssrc_trusted = false;
                     Ok(())
                 } else {
-                    self.candidate = Some((ssrc, count));
                     self.stats.foreign_ssrc += 1;
                     Err(Drop::ForeignSsrc)
                 }
@@ -281,6 +321,7 @@ impl RtpReceiver {
             None => {
                 self.ssrc = Some(ssrc);
                 self.stats.ssrc = Some(ssrc);
+                self.ssrc_trusted = trusted;
                 Ok(())
             }
         }
@@ -469,6 +510,7 @@ mod tests {
             sample_rate: 8000,
             held: false,
             paused: false,
+            expected_source: None,
         }
     }
 
@@ -573,6 +615,35 @@ mod tests {
         rx.handle_packet(203 * ms, &pkt(0, 52, 320, 11), &mut f)
             .unwrap();
         assert_eq!(f.ssrc_epoch, 2);
+    }
+
+    /// Packets injected from elsewhere, even first and interleaved, can't hold the lock
+    /// against the SRC's signalled address; once it holds it they are foreign.
+    #[test]
+    fn signalled_source_wins_the_lock() {
+        let ms = 1_000_000;
+        let src: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let evil: SocketAddr = "198.51.100.66:9999".parse().unwrap();
+        let mut p = params();
+        p.expected_source = Some(src);
+        let mut rx = RtpReceiver::new(p);
+        let mut f = MediaFrame::empty();
+        rx.handle_packet_from(0, Some(evil), &pkt(0, 1, 0, 0xBAD), &mut f)
+            .unwrap();
+        rx.handle_packet_from(ms, Some(src), &pkt(0, 100, 0, 7), &mut f)
+            .unwrap();
+        assert_eq!(rx.stats().ssrc, Some(7));
+        for i in 0..10u16 {
+            let t = (2 + u64::from(i)) * ms;
+            let r = rx.handle_packet_from(t, Some(evil), &pkt(0, 2 + i, 0, 0xBAD), &mut f);
+            assert_eq!(r, Err(Drop::ForeignSsrc));
+            rx.handle_packet_from(t, Some(src), &pkt(0, 101 + i, 160, 7), &mut f)
+                .unwrap();
+        }
+        // After a long silence of the signalled source, another may take over (NAT).
+        rx.handle_packet_from(2_000 * ms, Some(evil), &pkt(0, 50, 0, 0x0A7), &mut f)
+            .unwrap();
+        assert_eq!(rx.stats().ssrc, Some(0x0A7));
     }
 
     /// Evenly paced packets have no jitter; ±5 ms alternating arrival shows about 10 ms.

@@ -936,12 +936,20 @@ fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool
     if payload_types[13].is_none() {
         payload_types[13] = Some(PayloadKind::ComfortNoise);
     }
+    // The SRC's offer names where it sends from (symmetric RTP, RFC 4961): c= and m= port.
+    let expected_source = media
+        .remote_addr
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified() && media.remote_port != 0)
+        .map(|ip| std::net::SocketAddr::new(ip, media.remote_port));
     StreamParams {
         key,
         payload_types,
         sample_rate: media.codec.clock_rate(),
         held,
         paused,
+        expected_source,
     }
 }
 
