@@ -25,6 +25,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     apt-get install -y -qq cargo rustc >/dev/null
   fi
 fi
+# Cargo.toml's rust-version: Debian 13's rustc qualifies, Debian 12's (1.63) does not.
+need="1.85"
+have=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+  echo "deps: rustc $have is older than $need; install a newer toolchain (rustup) and rerun" >&2
+  exit 1
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
