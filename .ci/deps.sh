@@ -36,4 +36,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
 fi
-echo "deps: ok ($(sipp -v 2>/dev/null | grep -o 'v[0-9][^ ,-]*' | head -1 || echo sipp), $(cargo --version))"
+sipp_version=$( (sipp -v 2>&1 || true) | grep -o 'v[0-9][0-9.]*' | head -1)
+echo "deps: ok (SIPp ${sipp_version:-?}, $(cargo --version))"
