@@ -243,6 +243,20 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     result
 }
 
+/// Where the process is on its way out.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Running,
+    /// SIGTERM: new calls get 503, running calls go on until they end or `until`.
+    Draining {
+        until: Instant,
+    },
+    /// Calls are being ended (BYE sent); exit when the recorder closed them or at `until`.
+    Ending {
+        until: Instant,
+    },
+}
+
 /// An inbound SIP message with where it came from.
 struct Inbound {
     peer: Peer,
@@ -340,7 +354,9 @@ async fn control_plane(
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_session_tick = Instant::now();
-    let mut shutdown_deadline: Option<Instant> = None;
+    let mut stop = Stop::Running;
+    let mut exit_now = false;
+    let drain_timeout = Duration::from_secs(u64::from(config.sip.drain_timeout_s));
     let mut sip_bound = true;
     loop {
         let deadline = tsx
@@ -403,21 +419,42 @@ async fn control_plane(
                     metrics: metrics_snapshot(&io, &sessions, &dataplane, &recorder, &ports),
                     paused_calls: sessions.paused_calls(),
                 });
-                if let Some(deadline) = shutdown_deadline {
-                    if sessions.is_idle() || Instant::now() >= deadline {
-                        break;
+                match stop {
+                    Stop::Running => {}
+                    Stop::Draining { until } if sessions.is_idle() || Instant::now() >= until => {
+                        if !sessions.is_idle() {
+                            tracing::info!("drain timeout: ending the remaining calls with BYE");
+                        }
+                        sessions.shutdown(now, &mut ports);
+                        stop = Stop::Ending { until: Instant::now() + Duration::from_secs(10) };
+                    }
+                    Stop::Draining { .. } => {}
+                    Stop::Ending { until } => {
+                        // Leave after this turn's pump, which writes the last session.json.
+                        exit_now = sessions.is_idle() || Instant::now() >= until;
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c(), if shutdown_deadline.is_none() => {
+            _ = tokio::signal::ctrl_c(), if !matches!(stop, Stop::Ending { .. }) => {
                 tracing::info!("SIGINT: ending calls and closing recordings");
                 sessions.shutdown(now(), &mut ports);
-                shutdown_deadline = Some(Instant::now() + Duration::from_secs(10));
+                stop = Stop::Ending { until: Instant::now() + Duration::from_secs(10) };
             }
-            _ = sigterm.recv(), if shutdown_deadline.is_none() => {
-                tracing::info!("SIGTERM: ending calls and closing recordings");
-                sessions.shutdown(now(), &mut ports);
-                shutdown_deadline = Some(Instant::now() + Duration::from_secs(10));
+            _ = sigterm.recv(), if !matches!(stop, Stop::Ending { .. }) => {
+                if matches!(stop, Stop::Running) && !drain_timeout.is_zero() {
+                    // Graceful drain: refuse new calls (503), let running ones finish.
+                    tracing::info!(
+                        active = sessions.active_calls(),
+                        timeout_s = drain_timeout.as_secs(),
+                        "SIGTERM: draining; a second SIGTERM ends the calls now"
+                    );
+                    sessions.set_draining(true);
+                    stop = Stop::Draining { until: Instant::now() + drain_timeout };
+                } else {
+                    tracing::info!("SIGTERM: ending calls and closing recordings");
+                    sessions.shutdown(now(), &mut ports);
+                    stop = Stop::Ending { until: Instant::now() + Duration::from_secs(10) };
+                }
             }
         }
         pump(
@@ -428,8 +465,11 @@ async fn control_plane(
             &recorder,
             &io,
         );
-        if shutdown_deadline.is_some() {
+        if matches!(stop, Stop::Ending { .. }) {
             sip_bound = false;
+        }
+        if exit_now {
+            break;
         }
     }
     let _ = recorder.commands.send(RecorderCommand::Shutdown);

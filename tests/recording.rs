@@ -473,3 +473,80 @@ fn metrics_health_status() {
     assert!(["io_uring", "epoll"].contains(&st["dataplane"]["backend"].as_str().unwrap()));
     assert_eq!(src.bye().status, 200);
 }
+
+/// SIGTERM drains: readiness goes 503, OPTIONS and new INVITEs get 503 (with Retry-After),
+/// the running call goes on until the SRC's BYE, then the server exits 0 with the recording
+/// closed normally.
+#[test]
+fn sigterm_drains_running_calls() {
+    let mut server = Server::start(23, &[("DRAIN_TIMEOUT", "30")]);
+    let ports = TestPorts::new(23);
+    let mut src = Src::new(ports.src_sip, ports.sip, "drain@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    server.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(ports.http, "/health/ready")
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 503
+    {
+        assert!(Instant::now() < deadline, "readiness never went 503");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let options = src.request(siprec::sip::Method::Options);
+    assert_eq!(src.transact(&options).status, 503, "OPTIONS while draining");
+    let mut late = Src::new(ports.src_sip + 5, ports.sip, "late@127.0.0.1");
+    let refused = late.invite(&ct, &body);
+    assert_eq!(refused.status, 503);
+    assert!(refused.headers.get("Retry-After").is_some());
+
+    // The running call still records.
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let a = source_audio(6, 8000);
+    play(
+        &rtp,
+        audio_packets(port, 0x6666, 1, 0, d(0), &a),
+        Instant::now(),
+    );
+    assert_eq!(src.bye().status, 200);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "exit 0 once drained"
+    );
+    let dir = &wait_sessions(&server.recordings(), 1, Duration::from_secs(1))[0];
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["end_reason"], "bye");
+    let (_, _, leg) = read_wav(&dir.join("1.wav")).unwrap();
+    assert!(
+        find(&leg, &ulaw_roundtrip(&a)[..800]).is_some(),
+        "audio after SIGTERM recorded"
+    );
+}
+
+/// With DRAIN_TIMEOUT=1 a call still running after the drain window gets our BYE; the server
+/// then closes the recording and exits 0.
+#[test]
+fn drain_timeout_ends_remaining_calls() {
+    let mut server = Server::start(24, &[("DRAIN_TIMEOUT", "1")]);
+    let ports = TestPorts::new(24);
+    let mut src = Src::new(ports.src_sip, ports.sip, "drain-timeout@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    server.signal(libc::SIGTERM);
+    let bye = src
+        .wait_request(Duration::from_secs(6))
+        .expect("BYE at the end of the drain");
+    assert_eq!(bye.method, siprec::sip::Method::Bye);
+    src.answer_server_request(&bye);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let dir = &wait_sessions(&server.recordings(), 1, Duration::from_secs(1))[0];
+    let json = std::fs::read_to_string(dir.join("session.json")).unwrap();
+    assert!(json.contains("\"end_reason\": \"shutdown\""), "{json}");
+}

@@ -35,6 +35,9 @@ pub struct SipConfig {
     pub require_siprec: bool,
     /// Concurrent recording sessions before new INVITEs get 503 (`MAX_CONCURRENT_CALLS`).
     pub max_concurrent_calls: usize,
+    /// On SIGTERM, seconds running calls may go on while new ones get 503 (`DRAIN_TIMEOUT`);
+    /// then we send BYE. 0 ends calls at once. Keep systemd's TimeoutStopSec above it.
+    pub drain_timeout_s: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +131,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSip {
+    pub drain_timeout_s: Option<u32>,
     pub host: Option<String>,
     pub ports: Option<Vec<u16>>,
     pub external_ip: Option<String>,
@@ -182,6 +186,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("EXTERNAL_IP", "sip.external_ip"),
     ("SIP_REQUIRE_SIPREC", "sip.require_siprec"),
     ("MAX_CONCURRENT_CALLS", "sip.max_concurrent_calls"),
+    ("DRAIN_TIMEOUT", "sip.drain_timeout_s"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -240,6 +245,7 @@ impl Config {
             },
             require_siprec: f.sip.require_siprec.unwrap_or(false),
             max_concurrent_calls: f.sip.max_concurrent_calls.unwrap_or(1000),
+            drain_timeout_s: f.sip.drain_timeout_s.unwrap_or(120),
         };
         if sip.ports.is_empty() || sip.ports.contains(&0) {
             return Err(invalid(
@@ -394,6 +400,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "EXTERNAL_IP" => f.sip.external_ip = Some(v.to_owned()),
         "SIP_REQUIRE_SIPREC" => f.sip.require_siprec = Some(parse_bool(key, v)?),
         "MAX_CONCURRENT_CALLS" => f.sip.max_concurrent_calls = Some(parse_num(key, v, COUNT)?),
+        "DRAIN_TIMEOUT" => f.sip.drain_timeout_s = Some(parse_num(key, v, SECONDS)?),
         "HTTP_HOST" => f.http.host = Some(v.to_owned()),
         "HTTP_PORT" => f.http.port = Some(parse_num(key, v, PORT)?),
         "API_KEY" => f.http.api_key = Some(v.to_owned()),

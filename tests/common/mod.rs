@@ -115,6 +115,25 @@ impl Server {
         panic!("server not ready in 15 s; log:\n{}", self.log_text());
     }
 
+    /// Sends `signal` to the server without waiting.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits up to `timeout` for the server to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM, then wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
