@@ -3,7 +3,7 @@
 # Idempotent: already-installed packages are skipped quickly. Run as root (or via sudo).
 set -euo pipefail
 
-packages=(build-essential pkg-config sip-tester sox tshark curl ca-certificates)
+packages=(build-essential pkg-config sip-tester sox tshark curl ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -243,6 +243,41 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     result
 }
 
+/// systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram per state
+/// change to $NOTIFY_SOCKET. Silent when not run by systemd.
+struct Notifier {
+    socket: Option<(
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::SocketAddr,
+    )>,
+    /// Send WATCHDOG=1 (systemd set WATCHDOG_USEC for us).
+    watchdog: bool,
+}
+
+impl Notifier {
+    fn from_env() -> Notifier {
+        use std::os::linux::net::SocketAddrExt;
+        let socket = std::env::var("NOTIFY_SOCKET").ok().and_then(|path| {
+            let addr = match path.strip_prefix('@') {
+                Some(abs) => std::os::unix::net::SocketAddr::from_abstract_name(abs).ok()?,
+                None => std::os::unix::net::SocketAddr::from_pathname(&path).ok()?,
+            };
+            let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            Some((sock, addr))
+        });
+        let watchdog = std::env::var("WATCHDOG_USEC").is_ok_and(|v| v.parse::<u64>().is_ok());
+        Notifier { socket, watchdog }
+    }
+
+    fn send(&self, message: &str) {
+        if let Some((sock, addr)) = &self.socket {
+            if let Err(e) = sock.send_to_addr(message.as_bytes(), addr) {
+                tracing::debug!(error = %e, "sd_notify failed");
+            }
+        }
+    }
+}
+
 /// Where the process is on its way out.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -356,6 +391,11 @@ async fn control_plane(
     let mut last_session_tick = Instant::now();
     let mut stop = Stop::Running;
     let mut exit_now = false;
+    let notifier = Notifier::from_env();
+    notifier.send(&format!(
+        "READY=1\nSTATUS=recording; backend {}; 0 active calls",
+        dataplane.backend()
+    ));
     let drain_timeout = Duration::from_secs(u64::from(config.sip.drain_timeout_s));
     let mut sip_bound = true;
     loop {
@@ -403,6 +443,21 @@ async fn control_plane(
                 if last_session_tick.elapsed() >= Duration::from_secs(1) {
                     last_session_tick = Instant::now();
                     sessions.handle_tick(now, &mut ports);
+                    // The watchdog is fed only while every worker's loop is turning, so a stuck
+                    // data plane gets the service restarted.
+                    let ages = dataplane.heartbeat_ages_ns(dataplane::mono_now_ns());
+                    let alive = ages.iter().all(|&age| age < 2_000_000_000);
+                    let status = format!(
+                        "STATUS={}; backend {}; {} active calls",
+                        if matches!(stop, Stop::Running) { "recording" } else { "draining" },
+                        dataplane.backend(),
+                        sessions.active_calls()
+                    );
+                    if notifier.watchdog && alive {
+                        notifier.send(&format!("WATCHDOG=1\n{status}"));
+                    } else {
+                        notifier.send(&status);
+                    }
                 }
                 api_state.publish(Snapshot {
                     sessions: sessions.summaries(),
@@ -449,6 +504,7 @@ async fn control_plane(
                         "SIGTERM: draining; a second SIGTERM ends the calls now"
                     );
                     sessions.set_draining(true);
+                    notifier.send("STOPPING=1\nSTATUS=draining");
                     stop = Stop::Draining { until: Instant::now() + drain_timeout };
                 } else {
                     tracing::info!("SIGTERM: ending calls and closing recordings");
