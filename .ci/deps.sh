@@ -3,7 +3,8 @@
 # Idempotent: already-installed packages are skipped quickly. Run as root (or via sudo).
 set -euo pipefail
 
-packages=(build-essential pkg-config sip-tester sox tshark curl ca-certificates systemd)
+packages=(build-essential pkg-config libssl-dev python3 python3-venv sip-tester sox tshark curl
+  ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,6 +36,14 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
+fi
+# pylibsrtp (libsrtp wrapped for Python) is the independent SRTP sender of the interop tests:
+# a virtualenv inside the checkout keeps it off the system Python.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if ! "$venv/bin/python" -c 'import pylibsrtp' >/dev/null 2>&1; then
+  echo "deps: installing pylibsrtp into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'pylibsrtp==1.0.0'
 fi
 sipp_version=$( (sipp -v 2>&1 || true) | grep -o 'v[0-9][0-9.]*' | head -1)
 echo "deps: ok (SIPp ${sipp_version:-?}, $(cargo --version))"

@@ -35,6 +35,7 @@ fn params() -> StreamParams {
         held: false,
         paused: false,
         expected_source: None,
+        srtp: None,
     }
 }
 

@@ -15,3 +15,4 @@ pub mod session;
 pub mod sink;
 pub mod sip;
 pub mod siprec;
+pub mod srtp;

@@ -364,6 +364,7 @@ async fn control_plane(
         fallback_ip: default_route_ip(),
         sip_port: config.sip.ports[0],
         seed: u64::from_le_bytes(seed),
+        key_source: os_random,
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),
@@ -596,6 +597,14 @@ fn now() -> Now {
 
 /// The local address of the default route, used in SDP when nothing better is known.
 /// Connecting a UDP socket sends no packet.
+/// SRTP answer keys from the OS RNG. We never send media with them; should the RNG ever
+/// fail after start-up, the answer still goes out and the failure is logged.
+fn os_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        tracing::error!(error = %e, "OS RNG failed; SRTP answer key is not random");
+    }
+}
+
 fn default_route_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {

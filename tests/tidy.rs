@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-const SANS_IO: &[&str] = &["proto", "sip", "sdp", "siprec", "session", "media"];
+const SANS_IO: &[&str] = &["proto", "sip", "sdp", "siprec", "session", "media", "srtp"];
 const FORBIDDEN_IN_SANS_IO: &[&str] = &[
     "Instant::now",
     "SystemTime::now",

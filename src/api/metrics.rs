@@ -62,6 +62,8 @@ pub struct Metrics {
     rtp_events: IntCounterVec,
     recorder: IntCounterVec,
     dataplane: IntCounterVec,
+    srtp_auth_failures: IntCounterVec,
+    srtp_replays: IntCounterVec,
     active_calls: IntGauge,
     ports: IntGaugeVec,
     disk_free: IntGauge,
@@ -165,6 +167,18 @@ impl Metrics {
                 "Data-plane receive events (io_uring re-arms, ENOBUFS, receive errors)",
                 &["event"],
             ),
+            srtp_auth_failures: counter(
+                &r,
+                "srtp_auth_failures_total",
+                "SRTP/SRTCP packets dropped: authentication tag mismatch",
+                &[],
+            ),
+            srtp_replays: counter(
+                &r,
+                "srtp_replays_total",
+                "SRTP/SRTCP packets dropped: replayed or older than the replay window",
+                &[],
+            ),
             active_calls: gauge(&r, "active_calls", "Recording sessions in progress"),
             ports: gauge_vec(&r, "rtp_ports", "RTP port pool", &["state"]),
             disk_free: gauge(
@@ -226,9 +240,14 @@ impl Metrics {
             ("foreign_ssrc", r.foreign_ssrc),
             ("telephone_event", r.telephone_events),
             ("comfort_noise", r.comfort_noise),
+            ("srtp_auth_failure", r.srtp_auth_failures),
+            ("srtp_replay", r.srtp_replays),
+            ("srtp_malformed", r.srtp_malformed),
         ] {
             follow(&self.rtp_dropped, &[reason], n);
         }
+        follow(&self.srtp_auth_failures, &[], r.srtp_auth_failures);
+        follow(&self.srtp_replays, &[], r.srtp_replays);
         follow(&self.rtp_events, &["lost"], r.lost);
         follow(&self.rtp_events, &["out_of_order"], r.out_of_order);
         follow(&self.rtp_events, &["ssrc_change"], r.ssrc_changes);
@@ -290,7 +309,10 @@ mod tests {
         s.sip.requests.insert("INVITE".into(), 3);
         s.dataplane.packets = 100;
         s.rtp.lost = 2;
+        s.rtp.srtp_auth_failures = 4;
         let text = m.render(&s);
+        assert!(text.contains("siprec_srtp_auth_failures_total 4"), "{text}");
+        assert!(text.contains("siprec_srtp_replays_total 0"), "{text}");
         assert!(
             text.contains("siprec_sip_requests_total{method=\"INVITE\"} 3"),
             "{text}"

@@ -114,7 +114,7 @@ impl Epoll {
                 let len = (self.headers[i].msg_len as usize).min(DATAGRAM_MAX);
                 let name_len = (self.headers[i].msg_hdr.msg_namelen as usize).min(SOCKADDR_BYTES);
                 let source = socket_addr_from_raw(&self.names[i].0[..name_len]);
-                core.handle(now, slot, 0, rtcp, source, &self.buffers[i][..len]);
+                core.handle(now, slot, 0, rtcp, source, &mut self.buffers[i][..len]);
             }
             if n < self.batch {
                 return;

@@ -284,7 +284,13 @@ impl Backend for Uring {
                     match RecvMsgOut::parse(buf, &self.msghdr) {
                         Ok(out) => {
                             let source = super::socket_addr_from_raw(out.name_data());
-                            core.handle(now, slot, generation, rtcp, source, out.payload_data())
+                            // SRTP decrypts in place: re-borrow the payload mutably. The
+                            // buffer is ours until `recycle` hands it back to the kernel.
+                            let payload = out.payload_data();
+                            let off = payload.as_ptr() as usize - buf.as_ptr() as usize;
+                            let range = start + off..start + off + payload.len();
+                            let packet = &mut self.buffers[range];
+                            core.handle(now, slot, generation, rtcp, source, packet)
                         }
                         Err(()) => core.local.receive_errors += 1,
                     }

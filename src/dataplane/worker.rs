@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::media::rtp::{RtpReceiver, RtpStats, StreamParams};
 use crate::media::{MediaFrame, StreamKey};
 use crate::ring;
+use crate::srtp;
 
 use super::{mono_now_ns, Command, Report, StreamSockets};
 
@@ -32,6 +33,7 @@ pub struct WorkerCounters {
     rearms: AtomicU64,
     no_buffers: AtomicU64,
     receive_errors: AtomicU64,
+    srtp_drops: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -47,6 +49,8 @@ pub struct CounterSnapshot {
     /// io_uring: completions that found the provided-buffer ring empty (ENOBUFS).
     pub no_buffers: u64,
     pub receive_errors: u64,
+    /// SRTP/SRTCP packets that failed authentication, replay or parsing (per stream too).
+    pub srtp_drops: u64,
 }
 
 impl CounterSnapshot {
@@ -60,6 +64,7 @@ impl CounterSnapshot {
         self.rearms += o.rearms;
         self.no_buffers += o.no_buffers;
         self.receive_errors += o.receive_errors;
+        self.srtp_drops += o.srtp_drops;
     }
 }
 
@@ -76,12 +81,15 @@ impl WorkerCounters {
             rearms: l(&self.rearms),
             no_buffers: l(&self.no_buffers),
             receive_errors: l(&self.receive_errors),
+            srtp_drops: l(&self.srtp_drops),
         }
     }
 }
 
 pub(super) struct Stream {
     receiver: RtpReceiver,
+    /// RTP/SAVP streams: decrypts before `receiver` sees a packet.
+    srtp: Option<srtp::Receiver>,
     pub(super) sockets: StreamSockets,
     /// Distinguishes this stream from earlier occupants of its slot, so completions of a
     /// closed stream's receives are never attributed to a new one (io_uring).
@@ -99,6 +107,7 @@ pub(super) struct Local {
     pub rearms: u64,
     pub no_buffers: u64,
     pub receive_errors: u64,
+    pub srtp_drops: u64,
 }
 
 /// What a backend must do with sockets as streams come and go.
@@ -179,6 +188,11 @@ impl Core {
                 Command::Update { params } => {
                     if let Some(&slot) = self.by_key.get(&params.key) {
                         if let Some(s) = self.streams[slot].as_mut() {
+                            match (&params.srtp, s.srtp.as_mut()) {
+                                (Some(p), Some(r)) => r.update(p),
+                                (Some(p), None) => s.srtp = Some(srtp::Receiver::new(p)),
+                                (None, _) => s.srtp = None,
+                            }
                             s.receiver.update(params);
                         }
                     }
@@ -202,6 +216,7 @@ impl Core {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let stream = Stream {
+            srtp: params.srtp.as_ref().map(srtp::Receiver::new),
             receiver: RtpReceiver::new(params),
             sockets,
             generation,
@@ -249,7 +264,7 @@ impl Core {
         generation: u32,
         rtcp: bool,
         source: Option<std::net::SocketAddr>,
-        packet: &[u8],
+        packet: &mut [u8],
     ) {
         self.local.packets += 1;
         self.local.bytes += packet.len() as u64;
@@ -261,6 +276,25 @@ impl Core {
             self.local.unknown_socket += 1;
             return;
         }
+        let packet: &[u8] = match stream.srtp.as_mut() {
+            None => packet,
+            Some(srtp) => {
+                // RTCP muxed on the RTP port is SRTCP: PT 192–223 (RFC 5761 §4).
+                let srtcp = rtcp || packet.get(1).is_some_and(|pt| (192..=223).contains(pt));
+                let r = match srtcp {
+                    true => srtp.unprotect_rtcp(packet),
+                    false => srtp.unprotect_rtp(packet),
+                };
+                match r {
+                    Ok(n) => &packet[..n],
+                    Err(e) => {
+                        stream.receiver.count_srtp_drop(e);
+                        self.local.srtp_drops += 1;
+                        return;
+                    }
+                }
+            }
+        };
         if rtcp {
             self.local.rtcp_packets += 1;
             stream.receiver.handle_rtcp(packet);
@@ -291,6 +325,7 @@ impl Core {
         c.rearms.store(l.rearms, Ordering::Relaxed);
         c.no_buffers.store(l.no_buffers, Ordering::Relaxed);
         c.receive_errors.store(l.receive_errors, Ordering::Relaxed);
+        c.srtp_drops.store(l.srtp_drops, Ordering::Relaxed);
         if now.saturating_sub(self.last_report_ns) >= REPORT_INTERVAL_NS {
             self.last_report_ns = now;
             let streams = self

@@ -38,6 +38,8 @@ pub struct StreamParams {
     /// Where the SRC said it sends from (its offer's c= address and m= port). Packets from
     /// there win the SSRC lock over anyone who got there first; `None` when unknown.
     pub expected_source: Option<SocketAddr>,
+    /// SRTP keys when the stream is RTP/SAVP; the data plane decrypts before this receiver.
+    pub srtp: Option<crate::srtp::SrtpParams>,
 }
 
 /// Why a packet did not become audio. Each has a counter in [`RtpStats`].
@@ -85,6 +87,11 @@ pub struct RtpStats {
     /// Loss and jitter the SRC's last report block gave (about the leg it receives).
     pub rtcp_reported_fraction_lost: Option<u8>,
     pub rtcp_reported_jitter: Option<u32>,
+    /// SRTP/SRTCP packets dropped: tag mismatch, replayed or too old, or unusable
+    /// (too short, unknown MKI).
+    pub srtp_auth_failures: u64,
+    pub srtp_replays: u64,
+    pub srtp_malformed: u64,
     pub last_rx_ns: u64,
     pub ssrc: Option<u32>,
 }
@@ -109,6 +116,9 @@ impl RtpStats {
         self.paused += o.paused;
         self.rtcp_packets += o.rtcp_packets;
         self.rtcp_sender_reports += o.rtcp_sender_reports;
+        self.srtp_auth_failures += o.srtp_auth_failures;
+        self.srtp_replays += o.srtp_replays;
+        self.srtp_malformed += o.srtp_malformed;
     }
 }
 
@@ -192,6 +202,16 @@ impl RtpReceiver {
 
     pub fn stats(&self) -> &RtpStats {
         &self.stats
+    }
+
+    /// Counts an SRTP packet the data plane dropped before it reached this receiver.
+    pub fn count_srtp_drop(&mut self, e: crate::srtp::SrtpError) {
+        use crate::srtp::SrtpError;
+        match e {
+            SrtpError::AuthFailed => self.stats.srtp_auth_failures += 1,
+            SrtpError::Replay => self.stats.srtp_replays += 1,
+            SrtpError::Malformed | SrtpError::UnknownMki => self.stats.srtp_malformed += 1,
+        }
     }
 
     pub fn count_ring_full(&mut self) {
@@ -511,6 +531,7 @@ mod tests {
             held: false,
             paused: false,
             expected_source: None,
+            srtp: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use super::{Direction, SessionDescription};
+use crate::srtp::sdes::{self, Crypto};
 
 /// Codecs the recorder decodes today.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -35,12 +36,6 @@ impl Codec {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct AnswerPolicy {
-    /// RTP/SAVP(F) m-lines are rejected (port 0) until SRTP lands.
-    pub accept_srtp: bool,
-}
-
 /// An m-line we record.
 #[derive(Debug, Clone)]
 pub struct AcceptedMedia {
@@ -57,6 +52,8 @@ pub struct AcceptedMedia {
     pub remote_port: u16,
     /// Every offered PT we can decode, so a PT change mid-stream still decodes.
     pub decodable: Vec<(u8, Codec)>,
+    /// RTP/SAVP(F): the offered crypto line we use (RFC 4568), the strongest we support.
+    pub crypto: Option<Crypto>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,10 +72,7 @@ pub enum AnswerError {
 }
 
 /// Decides, per offered m-line, whether and how we record it.
-pub fn plan_answer(
-    offer: &SessionDescription,
-    policy: &AnswerPolicy,
-) -> Result<Vec<MediaPlan>, AnswerError> {
+pub fn plan_answer(offer: &SessionDescription) -> Result<Vec<MediaPlan>, AnswerError> {
     let plan: Vec<MediaPlan> = offer
         .media
         .iter()
@@ -97,12 +91,24 @@ pub fn plan_answer(
                 return reject("not audio");
             }
             let proto = m.proto.to_ascii_uppercase();
-            if proto.contains("SAVP") && !policy.accept_srtp {
-                return reject("SRTP not supported yet");
-            }
-            if !proto.starts_with("RTP/AVP") && !proto.contains("SAVP") {
-                return reject("transport not RTP/AVP");
-            }
+            // RTP/AVP(F) plain; RTP/SAVP(F) keyed by SDES. DTLS-SRTP (UDP/TLS/RTP/SAVP) and
+            // anything else is refused. A plain m-line's crypto lines (best-effort SRTP
+            // offers) are ignored: the answer stays plain.
+            let crypto = match proto.as_str() {
+                "RTP/AVP" | "RTP/AVPF" => None,
+                "RTP/SAVP" | "RTP/SAVPF" => {
+                    let lines = m
+                        .attributes
+                        .iter()
+                        .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+                        .filter_map(|a| a.value.as_deref());
+                    match sdes::choose(lines) {
+                        Some(c) => Some(c),
+                        None => return reject("no supported SRTP crypto suite"),
+                    }
+                }
+                _ => return reject("transport not RTP/AVP or RTP/SAVP"),
+            };
             let pts: Vec<u8> = m
                 .formats
                 .iter()
@@ -140,6 +146,7 @@ pub fn plan_answer(
                     remote_addr: offer.media_connection(index).map(|c| c.address.clone()),
                     remote_port: m.port,
                     decodable,
+                    crypto,
                 }),
                 reject_reason: None,
             }
@@ -158,6 +165,9 @@ pub struct AnswerParams {
     pub session_version: u64,
     /// One per plan entry; `None` renders the m-line rejected.
     pub ports: Vec<Option<u16>>,
+    /// One per plan entry: our `a=crypto` value for an SRTP m-line (see
+    /// [`crate::srtp::sdes::answer_value`]).
+    pub crypto: Vec<Option<String>>,
 }
 
 /// Prints the answer SDP (CRLF line ends).
@@ -219,6 +229,9 @@ pub fn render_answer(
                 if let Some(label) = &a.label {
                     let _ = write!(s, "a=label:{label}\r\n");
                 }
+                if let Some(crypto) = params.crypto.get(i).and_then(|c| c.as_deref()) {
+                    let _ = write!(s, "a=crypto:{crypto}\r\n");
+                }
                 if a.rtcp_mux {
                     s.push_str("a=rtcp-mux\r\n");
                 }
@@ -250,17 +263,17 @@ mod tests {
     }
 
     /// Two labelled m-lines: PCMU + telephone-event kept with fmtp, labels echoed, recvonly,
-    /// a video line and an SRTP line rejected with port 0, same order.
+    /// a video line and an SRTP line without a suite we support rejected with port 0.
     #[test]
     fn answer_shape() {
         let o = offer(
             "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
 m=audio 4000 RTP/AVP 18 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=label:1\r\na=sendonly\r\na=rtcp-mux\r\n\
 m=video 4002 RTP/AVP 96\r\n\
-m=audio 4004 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:xx\r\n\
+m=audio 4004 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:xx\r\n\
 m=audio 4006 RTP/AVP 8\r\na=label:2\r\na=inactive\r\n",
         );
-        let plan = plan_answer(&o, &AnswerPolicy { accept_srtp: false }).unwrap();
+        let plan = plan_answer(&o).unwrap();
         assert_eq!(
             plan.iter().map(|p| p.accept.is_some()).collect::<Vec<_>>(),
             [true, false, false, true]
@@ -270,6 +283,7 @@ m=audio 4006 RTP/AVP 8\r\na=label:2\r\na=inactive\r\n",
             session_id: 7,
             session_version: 1,
             ports: vec![Some(10000), None, None, Some(10002)],
+            crypto: vec![None; 4],
         };
         let a = render_answer(&o, &plan, &params);
         assert_eq!(
@@ -286,6 +300,50 @@ m=audio 10002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=label:2\r\na=inactive\r\n"
     #[test]
     fn no_usable_stream() {
         let o = offer("v=0\r\nm=audio 4000 RTP/AVP 18\r\nm=audio 0 RTP/AVP 0\r\n");
-        assert!(plan_answer(&o, &AnswerPolicy { accept_srtp: false }).is_err());
+        assert!(plan_answer(&o).is_err());
+    }
+
+    /// RTP/SAVP with several crypto lines: accepted with the strongest suite, the answer
+    /// carries the given crypto value; unsupported suites only → port 0; DTLS-SRTP refused.
+    #[test]
+    fn srtp_answer() {
+        let k30 = crate::srtp::sdes::base64_encode(&[1u8; 30]);
+        let k46 = crate::srtp::sdes::base64_encode(&[2u8; 46]);
+        let o = offer(&format!(
+            "v=0\r\nc=IN IP4 198.51.100.1\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{k30}\r\n\
+a=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:{k46}|2^31\r\na=label:1\r\n\
+m=audio 4002 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:{k30}\r\n\
+m=audio 4004 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 00\r\n"
+        ));
+        let plan = plan_answer(&o).unwrap();
+        let c = plan[0].accept.as_ref().unwrap().crypto.as_ref().unwrap();
+        assert_eq!(
+            (c.tag, c.suite),
+            (2, crate::srtp::Suite::Aes256CmHmacSha1_80)
+        );
+        assert!(plan[1].accept.is_none() && plan[2].accept.is_none());
+        let params = AnswerParams {
+            local_addr: "192.0.2.1".parse().unwrap(),
+            session_id: 1,
+            session_version: 1,
+            ports: vec![Some(10000), None, None],
+            crypto: vec![
+                Some("2 AES_256_CM_HMAC_SHA1_80 inline:KEY".into()),
+                None,
+                None,
+            ],
+        };
+        let a = render_answer(&o, &plan, &params);
+        assert!(a.contains("m=audio 10000 RTP/SAVP 0\r\n"), "{a}");
+        assert!(
+            a.contains("a=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:KEY\r\n"),
+            "{a}"
+        );
+        assert!(a.contains("m=audio 0 RTP/SAVP 0\r\nm=audio 0 UDP/TLS/RTP/SAVP 0\r\n"));
+        let none = offer(&format!(
+            "v=0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:{k30}\r\n"
+        ));
+        assert!(plan_answer(&none).is_err(), "no usable stream → 488");
     }
 }

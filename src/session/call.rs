@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
 use crate::proto::{date_ymd, rfc3339_ms};
-use crate::sdp::{self, AcceptedMedia, AnswerParams, AnswerPolicy, Codec, Direction, MediaPlan};
+use crate::sdp::{self, AcceptedMedia, AnswerParams, Codec, Direction, MediaPlan};
 use crate::sink::recorder::{sanitize_component, RecorderCommand, RecorderEvent, StreamSpec};
 use crate::sip::{Method, NameAddr, Peer, Request, Response, Transport, TsxKey};
 use crate::siprec::{self, metadata::RecordingMetadata};
@@ -59,6 +59,8 @@ pub struct StreamSummary {
     pub local_port: Option<u16>,
     pub packets: u64,
     pub lost: u64,
+    /// The SRTP crypto suite when the stream is SRTP.
+    pub srtp: Option<&'static str>,
 }
 
 /// Everything the manager decided before the call exists.
@@ -74,6 +76,13 @@ pub(super) struct CallSetup {
     pub recording_root: PathBuf,
     pub combine_legs: bool,
     pub branch_seed: u64,
+    pub key_source: fn(&mut [u8]),
+}
+
+impl CallStream {
+    fn srtp_suite(&self) -> Option<&'static str> {
+        Some(self.media.as_ref()?.crypto.as_ref()?.suite.name())
+    }
 }
 
 struct CallStream {
@@ -93,6 +102,8 @@ struct MetadataEvent {
 }
 
 pub(super) struct Call {
+    /// Fills our SRTP answer keys (the OS RNG in production).
+    key_source: fn(&mut [u8]),
     session: u64,
     session_id: String,
     call_id: String,
@@ -175,8 +186,7 @@ impl Call {
             }
             None => RecordingMetadata::default(),
         };
-        let plan =
-            sdp::plan_answer(&offer, &AnswerPolicy { accept_srtp: false }).map_err(|_| 488u16)?;
+        let plan = sdp::plan_answer(&offer).map_err(|_| 488u16)?;
 
         let mut allocated = Vec::new();
         for p in &plan {
@@ -206,6 +216,7 @@ impl Call {
             .join(date_ymd(now.unix_ms))
             .join(&session_id);
         let mut call = Call {
+            key_source: setup.key_source,
             session: setup.session,
             session_id,
             call_id: setup.call_id,
@@ -322,11 +333,23 @@ impl Call {
         plan: &[MediaPlan],
         ports: &[Option<u16>],
     ) -> String {
+        // Our own key for each SRTP m-line: we never send media, but RFC 4568 wants one.
+        let crypto = plan
+            .iter()
+            .map(|p| {
+                let c = p.accept.as_ref()?.crypto.as_ref()?;
+                let mut material = [0u8; 46];
+                let material = &mut material[..c.suite.key_len() + c.suite.salt_len()];
+                (self.key_source)(material);
+                Some(crate::srtp::sdes::answer_value(c, material))
+            })
+            .collect();
         let params = AnswerParams {
             local_addr: self.advertised_ip,
             session_id: self.sdp_session_id,
             session_version: self.sdp_version,
             ports: ports.to_vec(),
+            crypto,
         };
         sdp::render_answer(offer, plan, &params)
     }
@@ -574,8 +597,7 @@ impl Call {
             }
         };
         // Every m-line on port 0 is a valid "hold everything" offer in a re-INVITE.
-        let plan = sdp::plan_answer(&offer, &AnswerPolicy { accept_srtp: false })
-            .unwrap_or_else(|_| rejected_plan(&offer));
+        let plan = sdp::plan_answer(&offer).unwrap_or_else(|_| rejected_plan(&offer));
         let mut answer_ports = Vec::with_capacity(plan.len());
         for p in &plan {
             let index = p.index;
@@ -776,6 +798,7 @@ impl Call {
                 "clock_rate": s.media.as_ref().map(|m| m.clock_rate),
                 "telephone_event_pt": s.media.as_ref().and_then(|m| m.telephone_event_pt),
                 "local_port": s.port,
+                "srtp": s.srtp_suite(),
                 "held_at_end": s.held,
                 "ssrc": s.stats.ssrc.map(|v| format!("{v:08x}")),
                 "rtp": s.stats,
@@ -854,6 +877,7 @@ impl Call {
                     local_port: s.port,
                     packets: s.stats.packets,
                     lost: s.stats.lost,
+                    srtp: s.srtp_suite(),
                 })
                 .collect(),
         }
@@ -950,6 +974,7 @@ fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool
         held,
         paused,
         expected_source,
+        srtp: media.crypto.as_ref().map(|c| c.params.clone()),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub fallback_ip: IpAddr,
     /// Seed for tags, branches and SDP session ids (from the OS RNG in production).
     pub seed: u64,
+    /// Fills SRTP keys for our SDP answers (the OS RNG in production).
+    pub key_source: fn(&mut [u8]),
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -554,6 +556,7 @@ impl SessionManager {
             recording_root: self.config.recording_root.clone(),
             combine_legs: self.config.combine_legs,
             branch_seed: self.next_random(),
+            key_source: self.config.key_source,
         };
         match Call::accept(now, ports, setup, key, &request, &mut self.actions) {
             Ok((call, metadata_error)) => {

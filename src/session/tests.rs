@@ -21,6 +21,7 @@ fn config() -> SessionConfig {
         fallback_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         sip_port: 5060,
         seed: 42,
+        key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
     }
 }
 
