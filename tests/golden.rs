@@ -22,6 +22,8 @@ const PROFILES: &[&str] = &[
     "cisco-nbr",
     "mixed-single",
     "freeswitch",
+    "cisco-cube-srtp",
+    "oracle-sbc-srtp",
 ];
 
 fn dir(profile: &str) -> PathBuf {
@@ -187,6 +189,13 @@ fn vendor_invites_answer_as_expected() {
             .filter(|a| matches!(a, Action::OpenStream { .. }))
             .count();
         assert_eq!(opened, labels.len(), "{profile}");
+        // SRTP profiles: each stream is SRTP with the expected suite (plain ones: none).
+        let suites: Vec<Option<&str>> = summaries[0].streams.iter().map(|s| s.srtp).collect();
+        let want: Vec<Option<&str>> = match spec.get("srtp") {
+            Some(v) => v.as_array().unwrap().iter().map(|s| s.as_str()).collect(),
+            None => vec![None; suites.len()],
+        };
+        assert_eq!(suites, want, "{profile}");
     }
 }
 
