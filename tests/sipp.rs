@@ -225,3 +225,64 @@ fn sipp_basic_call_over_tcp() {
     let json = std::fs::read_to_string(sessions[0].join("session.json")).unwrap();
     assert!(json.contains("\"end_reason\": \"bye\""), "{json}");
 }
+
+/// SRTP: SIPp offers RTP/SAVP with two SDES suites, checks the answer keeps the stronger one
+/// (tag 2, _80) with a key of our own; libsrtp (pylibsrtp) sends 2 s of known audio from
+/// SIPp's media port; the WAV equals it and session.json names the suite.
+#[test]
+fn sipp_srtp_call_recorded_from_libsrtp() {
+    use siprec::media::g711;
+    let n = 28;
+    let server = Server::start(n, &[]);
+    let local = 29000 + 10 * n;
+    let media = local + 300 + 10; // SIPp binds [media_port] itself.
+    let pcm = common::source_audio(11, 160 * 100);
+    let ulaw: Vec<u8> = pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
+    let file = server.dir.path().join("srtp.ul");
+    std::fs::write(&file, ulaw).unwrap();
+    let want = common::ulaw_roundtrip(&pcm);
+    std::thread::scope(|s| {
+        let call = s.spawn(|| sipp(&server, "uac_srtp", local, &["-m", "1"]).0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            assert!(Instant::now() < deadline, "the SRTP call never showed up");
+            if let Ok((200, body)) = common::http_get(server.ports.http, "/api/sessions") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if let Some(p) = v["sessions"][0]["streams"][0]["local_port"].as_u64() {
+                    assert_eq!(
+                        v["sessions"][0]["streams"][0]["srtp"],
+                        "AES_CM_128_HMAC_SHA1_80"
+                    );
+                    break p;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".venv/bin/python");
+        assert!(python.exists(), "run .ci/deps.sh: pylibsrtp is missing");
+        let status = Command::new(python)
+            .arg(root.join("tests/tools/srtp_send.py"))
+            .args(["--to", &format!("127.0.0.1:{port}"), "--profile"])
+            .args(["AES_CM_128_HMAC_SHA1_80", "--key"])
+            .arg("BSI/XHmWs9DtCidEYX6buNXyDyxJZoOgvdr3FDFO")
+            .arg("--audio")
+            .arg(&file)
+            .args(["--from-port", &media.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(call.join().unwrap(), 0, "sipp uac_srtp failed");
+    });
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let dir = &sessions[0];
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["srtp"], "AES_CM_128_HMAC_SHA1_80");
+    assert_eq!(meta["streams"][0]["rtp"]["srtp_auth_failures"], 0);
+    let (_, _, leg) = siprec::sink::recorder::read_wav(&dir.join("1.wav")).unwrap();
+    assert!(
+        common::find(&leg, &want).is_some(),
+        "the libsrtp audio is in 1.wav"
+    );
+}

@@ -146,8 +146,11 @@ fn libsrtp_sender_every_suite() {
             let first = find(&leg, &want[..160]);
             let last = find(&leg, &want[want.len() - 160..]);
             let mid = find(&leg, &want[4800..4960]);
-            panic!("{suite}: source audio not found; leg {} samples, first packet at {first:?}, \
-                    mid at {mid:?}, last at {last:?}", leg.len())
+            panic!(
+                "{suite}: source audio not found; leg {} samples, first packet at {first:?}, \
+                    mid at {mid:?}, last at {last:?}",
+                leg.len()
+            )
         });
         assert!(at < 800, "{suite}: audio starts at sample {at}");
     }

@@ -584,7 +584,7 @@ async fn compliance_route(
             json!({
                 "gdpr": {"enabled": true, "export_dir": export_dir.display().to_string()},
                 "encryption_at_rest": false,
-                "srtp": false,
+                "srtp": true,
                 "sip_tls": false,
                 "pii_redaction": false,
             }),
