@@ -23,6 +23,21 @@ use serde_json::json;
 use siprec::media::g711;
 use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request};
+use siprec::srtp::{self, MasterKey, Options, SrtpParams, Suite};
+
+/// The key every `--srtp` stream offers (a bench, not a secret; SSRCs differ per stream).
+const BENCH_KEY: [u8; 30] = [
+    0x3b, 0x04, 0x80, 0x3d, 0xe5, 0x1e, 0xe7, 0xc9, 0x64, 0x23, 0xab, 0x5b, 0x78, 0xd2, 0x0e, 0xc6,
+    0x75, 0xad, 0x49, 0x8a, 0xfe, 0xeb, 0xb6, 0x96, 0x0b, 0x3a, 0xab, 0xe6, 0x11, 0x42,
+];
+
+fn bench_srtp() -> SrtpParams {
+    SrtpParams {
+        key: MasterKey::new(Suite::AesCm128HmacSha1_80, &BENCH_KEY, None)
+            .unwrap_or_else(|| unreachable!("30 bytes is AES_CM_128's key and salt")),
+        options: Options::default(),
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,6 +103,9 @@ struct RunArgs {
     /// Skip the floor receiver.
     #[arg(long)]
     no_floor: bool,
+    /// Offer RTP/SAVP (AES_CM_128_HMAC_SHA1_80, SDES) and send every packet as SRTP.
+    #[arg(long)]
+    srtp: bool,
     /// Write the JSON results here (default perf/results/bench-<unix>.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -131,6 +149,7 @@ fn sender(
     streams: crossbeam_channel::Receiver<Vec<TxStream>>,
     ptime: u32,
     codec_pcma: bool,
+    srtp: Option<SrtpParams>,
     shared: Arc<Shared>,
 ) {
     use std::os::fd::AsRawFd;
@@ -152,6 +171,7 @@ fn sender(
         })
         .collect();
     let mut all: Vec<TxStream> = Vec::new();
+    let mut protect: Vec<Option<srtp::Sender>> = Vec::new();
     let mut slots: Vec<Vec<usize>> = vec![Vec::new(); ptime as usize];
     const BATCH: usize = 64;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(256)).collect();
@@ -164,6 +184,7 @@ fn sender(
                 s.slot = (all.len() as u32 * 7) % ptime;
                 slots[s.slot as usize].push(all.len());
                 all.push(s);
+                protect.push(srtp.as_ref().map(srtp::Sender::new));
             }
         }
         let due = start + Duration::from_millis(tick);
@@ -182,6 +203,12 @@ fn sender(
         for &i in &slots[slot] {
             let s = &mut all[i];
             write_packet(s.pt, s.seq, s.ts, s.ssrc, frame, &mut bufs[n]);
+            if let Some(p) = protect[i].as_mut() {
+                let len = bufs[n].len();
+                bufs[n].resize(len + p.rtp_overhead(), 0);
+                let out = p.protect_rtp(&mut bufs[n], len).unwrap_or(len);
+                bufs[n].truncate(out);
+            }
             s.seq = s.seq.wrapping_add(1);
             s.ts = s.ts.wrapping_add(8 * ptime);
             addrs[n] = to_sockaddr(s.dest);
@@ -259,12 +286,29 @@ struct Call {
     failed: bool,
 }
 
-fn invite(call_id: &str, local: SocketAddr, target: SocketAddr, pt: u8, n: usize) -> Vec<u8> {
+fn invite(
+    call_id: &str,
+    local: SocketAddr,
+    target: SocketAddr,
+    pt: u8,
+    n: usize,
+    srtp: bool,
+) -> Vec<u8> {
     let codec = if pt == 8 { "PCMA" } else { "PCMU" };
+    let (proto, crypto) = match srtp {
+        false => ("RTP/AVP", String::new()),
+        true => (
+            "RTP/SAVP",
+            format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+                srtp::sdes::base64_encode(&BENCH_KEY)
+            ),
+        ),
+    };
     let sdp = format!(
         "v=0\r\no=bench {n} 1 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio 9 RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=label:1\r\na=sendonly\r\n\
-m=audio 11 RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/8000\r\na=label:2\r\na=sendonly\r\n"
+m=audio 9 {proto} {pt}\r\na=rtpmap:{pt} {codec}/8000\r\n{crypto}a=label:1\r\na=sendonly\r\n\
+m=audio 11 {proto} {pt}\r\na=rtpmap:{pt} {codec}/8000\r\n{crypto}a=label:2\r\na=sendonly\r\n"
     );
     let xml = "<?xml version=\"1.0\"?>\r\n<recording xmlns='urn:ietf:params:xml:ns:recording:1'>\
 <datamode>complete</datamode><session session_id=\"YmVuY2g=\"/>\
@@ -406,7 +450,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     let sender_thread = {
         let shared = shared.clone();
         let ptime = args.ptime;
-        std::thread::spawn(move || sender(rtp, stream_rx, ptime, pt == 8, shared))
+        let srtp = args.srtp.then(bench_srtp);
+        std::thread::spawn(move || sender(rtp, stream_rx, ptime, pt == 8, srtp, shared))
     };
     let idle = pid.and_then(proc_usage);
 
@@ -429,7 +474,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         if calls.len() < args.calls && now >= t_setup + interval * calls.len() as u32 {
             let n = calls.len();
             let call_id = format!("bench-{}-{n}@127.0.0.1", std::process::id());
-            let _ = sip.send_to(&invite(&call_id, local, target, pt, n), target);
+            let _ = sip.send_to(&invite(&call_id, local, target, pt, n, args.srtp), target);
             calls.push(Call {
                 call_id,
                 to_tag: None,
@@ -555,9 +600,10 @@ fn run(args: RunArgs) -> Result<(), String> {
     // What the server received and recorded, from session.json (spawned servers only).
     let mut received = None;
     let mut lost = None;
+    let mut srtp_drops = None;
     if let Some(s) = &spawned {
         std::thread::sleep(Duration::from_secs(2));
-        let (mut r, mut l) = (0u64, 0u64);
+        let (mut r, mut l, mut d) = (0u64, 0u64, 0u64);
         for day in std::fs::read_dir(s.dir.join("rec"))
             .into_iter()
             .flatten()
@@ -575,11 +621,15 @@ fn run(args: RunArgs) -> Result<(), String> {
                 for st in v["streams"].as_array().into_iter().flatten() {
                     r += st["rtp"]["audio_packets"].as_u64().unwrap_or(0);
                     l += st["rtp"]["lost"].as_u64().unwrap_or(0);
+                    for k in ["srtp_auth_failures", "srtp_replays", "srtp_malformed"] {
+                        d += st["rtp"][k].as_u64().unwrap_or(0);
+                    }
                 }
             }
         }
         received = Some(r);
         lost = Some(l);
+        srtp_drops = Some(d);
     }
     drop(spawned);
 
@@ -589,7 +639,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     let floor_ns = if args.no_floor || streams == 0 {
         None
     } else {
-        floor_run(floor_base, streams, args.ptime, pt, window)?
+        floor_run(floor_base, streams, args.ptime, pt, args.srtp, window)?
     };
 
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -606,6 +656,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     let result = json!({
         "calls": args.calls, "answered": answered, "failed": args.calls - answered,
         "streams": streams, "ptime_ms": args.ptime, "codec": args.codec, "backend": args.backend,
+        "srtp": args.srtp, "srtp_drops_reported_by_server": srtp_drops,
         "setup_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
         "window_s": elapsed.as_secs_f64(), "packets_sent_in_window": packets,
         "packets_per_s": packets as f64 / elapsed.as_secs_f64(),
@@ -648,6 +699,7 @@ fn floor_run(
     streams: usize,
     ptime: u32,
     pt: u8,
+    srtp: bool,
     window: Duration,
 ) -> Result<Option<f64>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -681,7 +733,8 @@ fn floor_run(
     let _ = tx.send(list);
     let sender_thread = {
         let shared = shared.clone();
-        std::thread::spawn(move || sender(rtp, rx, ptime, pt == 8, shared))
+        let srtp = srtp.then(bench_srtp);
+        std::thread::spawn(move || sender(rtp, rx, ptime, pt == 8, srtp, shared))
     };
     std::thread::sleep(Duration::from_secs(1));
     let (s0, u0) = (shared.sent.load(Ordering::Relaxed), proc_usage(pid));
