@@ -3,7 +3,10 @@
 //! drives it (cipher and HMAC contexts keyed once per stream, only the IV re-set per packet:
 //! `srtp_aes_icm_openssl_set_iv`, `HMAC_Init_ex(ctx, NULL, ...)`), i.e. what libsrtp built
 //! with OpenSSL costs. Both sides check the tag, then decrypt in place; results are read as
-//! ratios `siprec/<suite>` ÷ `openssl/<suite>`.
+//! ratios `siprec/<suite>` ÷ `openssl/<suite>`. `siprec_lanes{2,4}/<suite>` is the per-packet
+//! cost when two or four streams' packets are unprotected together
+//! (`Receiver::unprotect_rtp_lanes`), as the data plane does with the packets of one receive
+//! batch.
 //!
 //!   cargo bench --bench srtp
 
@@ -197,6 +200,36 @@ fn run<S>(
     start.elapsed()
 }
 
+/// Per-packet time of `iters` packets unprotected `N` at a time, one packet of each of `N`
+/// streams per call.
+fn lanes<const N: usize>(
+    iters: u64,
+    params: &[SrtpParams; 4],
+    packets: &[Vec<Vec<u8>>; 4],
+) -> Duration {
+    let rounds = iters.div_ceil(N as u64) as usize;
+    let fresh = || -> [Receiver; N] { std::array::from_fn(|k| Receiver::new(&params[k])) };
+    let mut rx = fresh();
+    let mut bufs = [[0u8; 2048]; N];
+    let start = Instant::now();
+    for i in 0..rounds {
+        let k = i % PACKETS;
+        if k == 0 && i > 0 {
+            rx = fresh();
+        }
+        let mut lane = 0;
+        let pkts = bufs.each_mut().map(|b| {
+            let src = &packets[lane][k];
+            lane += 1;
+            let b = &mut b[..src.len()];
+            b.copy_from_slice(src);
+            b
+        });
+        black_box(Receiver::unprotect_rtp_lanes(rx.each_mut(), pkts));
+    }
+    start.elapsed() * iters as u32 / (N * rounds) as u32
+}
+
 fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("srtp_unprotect_160");
     g.throughput(Throughput::Elements(1));
@@ -221,6 +254,22 @@ fn benches(c: &mut Criterion) {
                 let new = || OpenSslSrtp::new(&p);
                 run(iters, &protected, new(), new, |s, pkt| s.unprotect(pkt, 0))
             })
+        });
+        // Four streams' packets side by side, as a receive batch holds them: per packet.
+        let lane_params: [SrtpParams; 4] = std::array::from_fn(|k| {
+            let material = [0x5a ^ k as u8; 46];
+            SrtpParams {
+                key: MasterKey::new(suite, &material[..suite.key_len() + suite.salt_len()], None)
+                    .unwrap(),
+                options: Options::default(),
+            }
+        });
+        let lane_packets: [Vec<Vec<u8>>; 4] = lane_params.each_ref().map(|p| packets(p).1);
+        g.bench_function(format!("siprec_lanes2/{}", suite.name()), |b| {
+            b.iter_custom(|iters| lanes::<2>(iters, &lane_params, &lane_packets))
+        });
+        g.bench_function(format!("siprec_lanes4/{}", suite.name()), |b| {
+            b.iter_custom(|iters| lanes::<4>(iters, &lane_params, &lane_packets))
         });
         g.bench_function(format!("siprec/{}", suite.name()), |b| {
             b.iter_custom(|iters| {

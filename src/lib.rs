@@ -12,6 +12,7 @@ pub mod proto;
 pub mod ring;
 pub mod sdp;
 pub mod session;
+pub mod simd;
 pub mod sink;
 pub mod sip;
 pub mod siprec;

@@ -14,6 +14,8 @@ use aes::cipher::{generic_array::GenericArray, BlockEncrypt, KeyInit};
 use aes_gcm::aead::AeadInPlace;
 use sha1::digest::generic_array::GenericArray as Ga;
 
+use crate::simd::sha1 as simd;
+
 /// The crypto suites we accept (RFC 4568 §6.2, RFC 6188 §3, RFC 7714 §14.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Suite {
@@ -396,41 +398,108 @@ impl HmacSha1 {
 
     /// The MAC of `data` followed by `suffix` (the ROC, or nothing), truncated into `out`.
     fn tag(&self, data: &[u8], suffix: &[u8], out: &mut [u8]) {
+        let mut tail = [0u8; 128];
+        let msg = inner_blocks(data, suffix, &mut tail);
         let mut state = self.inner;
-        let whole = data.len() / 64 * 64;
-        for block in data[..whole].chunks_exact(64) {
+        for j in 0..msg.len() {
+            let block = msg_block(&msg, j);
             sha1::compress(&mut state, std::slice::from_ref(Ga::from_slice(block)));
         }
-        // The tail, the suffix, 0x80, zeros and the bit length: one or two blocks.
-        let mut bytes = [0u8; 128];
-        let rest = &data[whole..];
-        let n = rest.len() + suffix.len();
-        let blocks = if n + 9 <= 64 { 1 } else { 2 };
-        bytes[..rest.len()].copy_from_slice(rest);
-        bytes[rest.len()..n].copy_from_slice(suffix);
-        bytes[n] = 0x80;
-        let bits = ((64 + data.len() + suffix.len()) as u64) * 8;
-        bytes[blocks * 64 - 8..blocks * 64].copy_from_slice(&bits.to_be_bytes());
-        let tail = [
-            Ga::clone_from_slice(&bytes[..64]),
-            Ga::clone_from_slice(&bytes[64..]),
-        ];
-        sha1::compress(&mut state, &tail[..blocks]);
-        let mut block = Ga::default();
-        for (chunk, word) in block.chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        block[20] = 0x80;
-        block[62..64].copy_from_slice(&((64u16 + 20) * 8).to_be_bytes());
+        let outer = outer_block(&state);
         let mut state = self.outer;
-        sha1::compress(&mut state, std::slice::from_ref(&block));
-        let mut digest = [0u8; 20];
-        for (chunk, word) in digest.chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        let len = out.len();
-        out.copy_from_slice(&digest[..len]);
+        sha1::compress(&mut state, std::slice::from_ref(Ga::from_slice(&outer)));
+        write_tag(&state, out);
     }
+
+    /// The full 20-byte MACs of `N` messages (data, suffix) under `N` keys, their SHA-1
+    /// chains interleaved.
+    fn mac_lanes<const N: usize>(
+        keys: &[&HmacSha1; N],
+        msgs: &[(&[u8], &[u8]); N],
+        out: &mut [[u8; 20]; N],
+    ) {
+        let mut tails = [[0u8; 128]; N];
+        let mut inner = [[0u32; 5]; N];
+        let mut outer = [[0u32; 5]; N];
+        for k in 0..N {
+            inner[k] = keys[k].inner;
+            outer[k] = keys[k].outer;
+        }
+        let mut cut = [(0usize, 0usize); N];
+        for k in 0..N {
+            cut[k] = pad_tail(msgs[k].0, msgs[k].1, &mut tails[k]);
+        }
+        let blocks: [simd::Blocks; N] = std::array::from_fn(|k| simd::Blocks {
+            whole: &msgs[k].0[..cut[k].0],
+            tail: &tails[k][..cut[k].1],
+        });
+        simd::compress_lanes(&mut inner, &blocks);
+        let mut last = [[0u8; 64]; N];
+        for k in 0..N {
+            last[k] = outer_block(&inner[k]);
+        }
+        let blocks: [simd::Blocks; N] = std::array::from_fn(|k| simd::Blocks {
+            whole: &last[k],
+            tail: &[],
+        });
+        simd::compress_lanes(&mut outer, &blocks);
+        for k in 0..N {
+            write_tag(&outer[k], &mut out[k]);
+        }
+    }
+}
+
+/// Writes the inner hash's tail into `tail`: what is left of `data` after its whole blocks,
+/// the suffix, 0x80, zeros and the bit length. Returns (whole bytes of `data`, tail bytes).
+fn pad_tail(data: &[u8], suffix: &[u8], tail: &mut [u8; 128]) -> (usize, usize) {
+    let whole = data.len() / 64 * 64;
+    let rest = &data[whole..];
+    let n = rest.len() + suffix.len();
+    let blocks = if n + 9 <= 64 { 1 } else { 2 };
+    tail[..rest.len()].copy_from_slice(rest);
+    tail[rest.len()..n].copy_from_slice(suffix);
+    tail[n] = 0x80;
+    let bits = ((64 + data.len() + suffix.len()) as u64) * 8;
+    tail[blocks * 64 - 8..blocks * 64].copy_from_slice(&bits.to_be_bytes());
+    (whole, blocks * 64)
+}
+
+/// The inner hash's blocks after the key block: `data`'s whole blocks in place, then the
+/// padded tail written into `tail`.
+fn inner_blocks<'a>(data: &'a [u8], suffix: &[u8], tail: &'a mut [u8; 128]) -> simd::Blocks<'a> {
+    let (whole, tail_len) = pad_tail(data, suffix, tail);
+    simd::Blocks {
+        whole: &data[..whole],
+        tail: &tail[..tail_len],
+    }
+}
+
+fn msg_block<'a>(msg: &simd::Blocks<'a>, j: usize) -> &'a [u8] {
+    let w = msg.whole.len() / 64;
+    match j < w {
+        true => &msg.whole[j * 64..j * 64 + 64],
+        false => &msg.tail[(j - w) * 64..(j - w) * 64 + 64],
+    }
+}
+
+/// The outer hash's one block: the inner digest, 0x80, zeros, the bit length (64 + 20 bytes).
+fn outer_block(inner: &[u32; 5]) -> [u8; 64] {
+    let mut block = [0u8; 64];
+    for (chunk, word) in block.chunks_exact_mut(4).zip(inner) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    block[20] = 0x80;
+    block[62..64].copy_from_slice(&((64u16 + 20) * 8).to_be_bytes());
+    block
+}
+
+fn write_tag(state: &[u32; 5], out: &mut [u8]) {
+    let mut digest = [0u8; 20];
+    for (chunk, word) in digest.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    let len = out.len().min(20);
+    out[..len].copy_from_slice(&digest[..len]);
 }
 
 /// Constant-time comparison of two tags of equal length.
@@ -622,6 +691,19 @@ impl SsrcTable {
     }
 }
 
+/// An AES-CM SRTP packet that passed every check but its tag.
+struct Pending {
+    slot: usize,
+    state: SsrcState,
+    index: u64,
+    ssrc: u32,
+    header_len: usize,
+    /// End of the authenticated portion (header and payload).
+    end: usize,
+    /// Where the tag starts (after the MKI).
+    tag_at: usize,
+}
+
 /// The keys and replay state of one master key, for SRTP and SRTCP.
 #[derive(Clone)]
 struct Context {
@@ -655,8 +737,85 @@ impl Context {
         }
     }
 
+    /// The checks of an AES-CM packet with a tag that come before the tag (header, MKI,
+    /// replay); `None` when this context takes the one-packet path (GCM, no tag).
+    fn prepare_cm(&self, packet: &[u8]) -> Option<Result<Pending, SrtpError>> {
+        let Transform::Cm { tag_len, .. } = &self.rtp else {
+            return None;
+        };
+        if self.options.unauthenticated_srtp {
+            return None;
+        }
+        let tag_len = *tag_len;
+        Some((|| {
+            let h = rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
+            let mki_len = self.key.mki_len();
+            if packet.len() < h + tag_len + mki_len {
+                return Err(SrtpError::Malformed);
+            }
+            let seq = u16::from_be_bytes([packet[2], packet[3]]);
+            let ssrc = be32(&packet[8..12]);
+            let (slot, state) = self.rtp_ssrcs.lookup(ssrc);
+            let index = state.estimate(seq).ok_or(SrtpError::Replay)?;
+            state.check(index)?;
+            let end = packet.len() - tag_len - mki_len;
+            if !self.mki_matches(&packet[end..end + mki_len]) {
+                return Err(SrtpError::UnknownMki);
+            }
+            Ok(Pending {
+                slot,
+                state,
+                index,
+                ssrc,
+                header_len: h,
+                end,
+                tag_at: end + mki_len,
+            })
+        })())
+    }
+
+    /// After `prepare_cm`: compares `tag` (computed over `packet[..end]` and the ROC),
+    /// decrypts, and moves the replay state.
+    fn complete_cm(
+        &mut self,
+        p: &Pending,
+        packet: &mut [u8],
+        tag: &[u8],
+    ) -> Result<usize, SrtpError> {
+        if !tags_equal(tag, &packet[p.tag_at..]) {
+            return Err(SrtpError::AuthFailed);
+        }
+        if let (false, Transform::Cm { cipher, salt, .. }) =
+            (self.options.unencrypted_srtp, &self.rtp)
+        {
+            let iv = cm_iv(salt, p.ssrc, p.index);
+            aes_cm_xor(cipher, &iv, &mut packet[p.header_len..p.end]);
+        }
+        let mut state = p.state;
+        state.accept(p.index);
+        self.rtp_ssrcs.store(p.slot, state);
+        Ok(p.end)
+    }
+
+    fn cm_auth(&self) -> Option<&HmacSha1> {
+        match &self.rtp {
+            Transform::Cm { auth, .. } => Some(auth),
+            Transform::Gcm { .. } => None,
+        }
+    }
+
     /// SRTP packet → plain RTP packet in `packet[..n]`.
     fn unprotect_rtp(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
+        if let Some(prepared) = self.prepare_cm(packet) {
+            let p = prepared?;
+            let mut tag = [0u8; 10];
+            let tag = &mut tag[..packet.len() - p.tag_at];
+            let roc = ((p.index >> 16) as u32).to_be_bytes();
+            if let Some(auth) = self.cm_auth() {
+                auth.tag(&packet[..p.end], &roc, tag);
+            }
+            return self.complete_cm(&p, packet, tag);
+        }
         let h = rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
         let mki_len = self.key.mki_len();
         let unauthenticated = self.options.unauthenticated_srtp && !self.rtp_is_aead();
@@ -854,6 +1013,71 @@ impl Receiver {
     pub fn unprotect_rtp(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
         let r = self.current.unprotect_rtp(packet);
         self.finish(r, packet, false)
+    }
+
+    /// Whether `unprotect_rtp_lanes` can interleave this stream's packets (AES-CM with a tag).
+    pub fn batches(&self) -> bool {
+        self.current.cm_auth().is_some() && !self.current.options.unauthenticated_srtp
+    }
+
+    /// `unprotect_rtp` of `N` packets of `N` different streams at once: with AES-CM their
+    /// HMAC-SHA1 chains run interleaved (`simd::sha1`), which costs far less per packet than
+    /// one at a time. Results and state changes are exactly those of `N` `unprotect_rtp`
+    /// calls in lane order.
+    pub fn unprotect_rtp_lanes<const N: usize>(
+        rx: [&mut Receiver; N],
+        pkts: [&mut [u8]; N],
+    ) -> [Result<usize, SrtpError>; N] {
+        let mut pending: [Option<Pending>; N] = [const { None }; N];
+        let mut macs = [[0u8; 20]; N];
+        // Phase 1 (shared borrows): every check before the tag, then all MACs at once.
+        let ready = 'macs: {
+            let mut keys: [Option<&HmacSha1>; N] = [None; N];
+            for k in 0..N {
+                match (rx[k].current.prepare_cm(pkts[k]), rx[k].current.cm_auth()) {
+                    (Some(Ok(p)), Some(auth)) => {
+                        keys[k] = Some(auth);
+                        pending[k] = Some(p);
+                    }
+                    _ => break 'macs false,
+                }
+            }
+            let Some(first) = keys[0] else {
+                break 'macs false;
+            };
+            let mut key_refs = [first; N];
+            let mut rocs = [[0u8; 4]; N];
+            let mut ends = [0usize; N];
+            for k in 0..N {
+                match (keys[k], &pending[k]) {
+                    (Some(key), Some(p)) => {
+                        key_refs[k] = key;
+                        rocs[k] = ((p.index >> 16) as u32).to_be_bytes();
+                        ends[k] = p.end;
+                    }
+                    _ => break 'macs false,
+                }
+            }
+            let msgs: [(&[u8], &[u8]); N] =
+                std::array::from_fn(|k| (&pkts[k][..ends[k]], &rocs[k][..]));
+            HmacSha1::mac_lanes(&key_refs, &msgs, &mut macs);
+            true
+        };
+        // Phase 2 (exclusive borrows): compare, decrypt, move the state; or one at a time.
+        let mut out = [Ok(0); N];
+        for k in 0..N {
+            let pkt = &mut *pkts[k];
+            let r = &mut *rx[k];
+            out[k] = match (ready, pending[k].take()) {
+                (true, Some(p)) => {
+                    let tag_len = pkt.len() - p.tag_at;
+                    let res = r.current.complete_cm(&p, pkt, &macs[k][..tag_len]);
+                    r.finish(res, pkt, false)
+                }
+                _ => r.unprotect_rtp(pkt),
+            };
+        }
+        out
     }
 
     /// The same for an SRTCP packet.
