@@ -2,8 +2,9 @@
 //!
 //! One SHA-1 chain is latency-bound: each `sha1rnds4` waits for the previous one, and the
 //! unit sits idle in between. Independent chains interleaved fill those gaps: measured here
-//! (EPYC, SHA-NI) a block costs 34 ns alone, 20 ns per lane with two lanes, 13 ns with four. Without SHA-NI, or for the blocks
-//! one message has beyond the other, the `sha1` crate's compression runs them one at a time.
+//! (EPYC, SHA-NI) a block costs 34 ns alone, 20 ns per lane with two lanes, 13 ns with four.
+//! Without SHA-NI, or for the blocks one message has beyond the others, the `sha1` crate's
+//! compression runs them one at a time.
 
 use sha1::digest::generic_array::GenericArray;
 
