@@ -164,7 +164,8 @@ impl Metrics {
             dataplane: counter(
                 &r,
                 "dataplane_events_total",
-                "Data-plane receive events (io_uring re-arms, ENOBUFS, receive errors)",
+                "Data-plane receive events (io_uring re-arms, ENOBUFS, receive errors, \
+                 SRTP packets unprotected in lane groups)",
                 &["event"],
             ),
             srtp_auth_failures: counter(
@@ -271,6 +272,11 @@ impl Metrics {
             &self.dataplane,
             &["receive_error"],
             s.dataplane.receive_errors,
+        );
+        follow(
+            &self.dataplane,
+            &["srtp_lane_packet"],
+            s.dataplane.srtp_lane_packets,
         );
         self.active_calls.set(s.active_calls as i64);
         self.ports

@@ -11,7 +11,7 @@ use io_uring::types::{BufRingEntry, Fixed, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::mono_now_ns;
-use super::worker::{Backend, Core, Stream, WAIT_MS};
+use super::worker::{Backend, Core, Lane, Stream, WAIT_MS};
 
 /// Provided buffers per worker (a power of two, ≤ 32768). Memory: entries × BUF_BYTES.
 const BUF_ENTRIES: u16 = 4096;
@@ -46,7 +46,20 @@ pub(super) enum Taskrun {
     Plain,
 }
 
+/// SRTP datagrams of different streams handled together (their HMACs interleaved).
+const LANES: usize = 4;
+
+/// A received datagram waiting for its lane group; its buffer is not recycled yet.
+struct Held {
+    bid: u16,
+    range: std::ops::Range<usize>,
+    slot: usize,
+    source: Option<std::net::SocketAddr>,
+}
+
 pub(super) struct Uring {
+    /// Datagrams waiting for a lane group: at most `LANES`, distinct slots.
+    lanes: Vec<Held>,
     ring: IoUring,
     taskrun: Taskrun,
     /// `BUF_ENTRIES` ring entries in page-aligned anonymous memory, shared with the kernel.
@@ -144,6 +157,7 @@ impl Uring {
                 m
             }),
             rearm: Vec::with_capacity(CQE_BATCH),
+            lanes: Vec::with_capacity(LANES),
             fixed_files,
         };
         // SAFETY: the ring memory is valid, page aligned and lives as long as `u` (unmapped in
@@ -178,6 +192,51 @@ impl Uring {
         entry.set_len(BUF_BYTES as u32);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Handles the held datagrams (four, two or one at a time) and recycles their buffers.
+    fn flush_lanes(&mut self, core: &mut Core, now: u64) {
+        if self.lanes.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.lanes);
+        let base = self.buffers.as_mut_ptr();
+        let lane = |h: &Held| {
+            // SAFETY: every held range lies inside `buffers` (taken from a parsed completion
+            // of buffer `bid`, within its BUF_BYTES) and held buffers have distinct ids, so
+            // the slices don't overlap; the kernel doesn't write them until `recycle`.
+            let packet =
+                unsafe { std::slice::from_raw_parts_mut(base.add(h.range.start), h.range.len()) };
+            Lane {
+                slot: h.slot,
+                source: h.source,
+                packet,
+            }
+        };
+        let mut rest = &held[..];
+        while !rest.is_empty() {
+            match rest {
+                [a, b, c, d, ..] => {
+                    core.handle_lanes(now, [lane(a), lane(b), lane(c), lane(d)]);
+                    rest = &rest[4..];
+                }
+                [a, b, ..] => {
+                    core.handle_lanes(now, [lane(a), lane(b)]);
+                    rest = &rest[2..];
+                }
+                [a] => {
+                    let l = lane(a);
+                    core.handle(now, l.slot, 0, false, l.source, l.packet);
+                    rest = &[];
+                }
+                [] => {}
+            }
+        }
+        for h in &held {
+            self.recycle(h.bid);
+        }
+        self.lanes = held;
+        self.lanes.clear();
     }
 
     fn publish_tail(&self) {
@@ -277,6 +336,7 @@ impl Backend for Uring {
             let (generation, slot, rtcp) = decode(ud);
             let res = cqe.result();
             let flags = cqe.flags();
+            let mut continue_held = false;
             if let Some(bid) = cqueue::buffer_select(flags) {
                 if res >= 0 {
                     let start = usize::from(bid) * BUF_BYTES;
@@ -289,13 +349,32 @@ impl Backend for Uring {
                             let payload = out.payload_data();
                             let off = payload.as_ptr() as usize - buf.as_ptr() as usize;
                             let range = start + off..start + off + payload.len();
-                            let packet = &mut self.buffers[range];
-                            core.handle(now, slot, generation, rtcp, source, packet)
+                            if core.lane_eligible(slot, generation, rtcp, payload) {
+                                // Held (not recycled) until its lane group is handled.
+                                if self.lanes.iter().any(|l| l.slot == slot) {
+                                    self.flush_lanes(core, now);
+                                }
+                                self.lanes.push(Held {
+                                    bid,
+                                    range,
+                                    slot,
+                                    source,
+                                });
+                                if self.lanes.len() == LANES {
+                                    self.flush_lanes(core, now);
+                                }
+                                continue_held = true;
+                            } else {
+                                let packet = &mut self.buffers[range];
+                                core.handle(now, slot, generation, rtcp, source, packet)
+                            }
                         }
                         Err(()) => core.local.receive_errors += 1,
                     }
                 }
-                self.recycle(bid);
+                if !continue_held {
+                    self.recycle(bid);
+                }
             }
             if res < 0 {
                 match -res {
@@ -316,6 +395,7 @@ impl Backend for Uring {
                 break;
             }
         }
+        self.flush_lanes(core, now);
         self.publish_tail();
         let rearm = std::mem::take(&mut self.rearm);
         for &ud in &rearm {

@@ -34,6 +34,7 @@ pub struct WorkerCounters {
     no_buffers: AtomicU64,
     receive_errors: AtomicU64,
     srtp_drops: AtomicU64,
+    srtp_lane_packets: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -51,6 +52,8 @@ pub struct CounterSnapshot {
     pub receive_errors: u64,
     /// SRTP/SRTCP packets that failed authentication, replay or parsing (per stream too).
     pub srtp_drops: u64,
+    /// SRTP packets unprotected in lane groups (HMACs of several streams interleaved).
+    pub srtp_lane_packets: u64,
 }
 
 impl CounterSnapshot {
@@ -65,6 +68,7 @@ impl CounterSnapshot {
         self.no_buffers += o.no_buffers;
         self.receive_errors += o.receive_errors;
         self.srtp_drops += o.srtp_drops;
+        self.srtp_lane_packets += o.srtp_lane_packets;
     }
 }
 
@@ -82,6 +86,7 @@ impl WorkerCounters {
             no_buffers: l(&self.no_buffers),
             receive_errors: l(&self.receive_errors),
             srtp_drops: l(&self.srtp_drops),
+            srtp_lane_packets: l(&self.srtp_lane_packets),
         }
     }
 }
@@ -108,6 +113,7 @@ pub(super) struct Local {
     pub no_buffers: u64,
     pub receive_errors: u64,
     pub srtp_drops: u64,
+    pub srtp_lane_packets: u64,
 }
 
 /// What a backend must do with sockets as streams come and go.
@@ -118,6 +124,44 @@ pub(super) trait Backend {
     fn remove(&mut self, slot: usize, stream: &Stream);
     /// Waits up to WAIT_MS for datagrams and hands each to `core.handle`.
     fn poll(&mut self, core: &mut Core);
+}
+
+/// A datagram of a lane group (`Core::handle_lanes`).
+pub(super) struct Lane<'a> {
+    pub slot: usize,
+    pub source: Option<std::net::SocketAddr>,
+    pub packet: &'a mut [u8],
+}
+
+/// The plain RTP or RTCP of one stream after SRTP: RTCP figures, or receive, decode and hand
+/// the frame to the recorder's ring (a full ring is a counted drop).
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    stream: &mut Stream,
+    ring: &mut ring::Producer<MediaFrame>,
+    frame: &mut MediaFrame,
+    local: &mut Local,
+    now: u64,
+    rtcp: bool,
+    source: Option<std::net::SocketAddr>,
+    packet: &[u8],
+) {
+    if rtcp {
+        local.rtcp_packets += 1;
+        stream.receiver.handle_rtcp(packet);
+        return;
+    }
+    if stream
+        .receiver
+        .handle_packet_from(now, source, packet, frame)
+        .is_ok()
+    {
+        // We purposely copy the frame into the ring slot rather than box it: no allocation.
+        if ring.push(frame.clone()).is_err() {
+            stream.receiver.count_ring_full();
+            local.ring_full += 1;
+        }
+    }
 }
 
 /// Everything a worker owns that doesn't depend on how datagrams arrive.
@@ -295,20 +339,99 @@ impl Core {
                 }
             }
         };
-        if rtcp {
-            self.local.rtcp_packets += 1;
-            stream.receiver.handle_rtcp(packet);
+        deliver(
+            stream,
+            &mut self.ring,
+            &mut self.frame,
+            &mut self.local,
+            now,
+            rtcp,
+            source,
+            packet,
+        );
+    }
+
+    /// Whether a datagram can wait for a lane group (`handle_lanes`): RTP (not RTCP) of a live
+    /// stream whose SRTP is AES-CM with a tag.
+    pub(super) fn lane_eligible(
+        &self,
+        slot: usize,
+        generation: u32,
+        rtcp: bool,
+        packet: &[u8],
+    ) -> bool {
+        if rtcp || packet.get(1).is_some_and(|pt| (192..=223).contains(pt)) {
+            return false;
+        }
+        self.streams
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| {
+                (generation == 0 || s.generation == generation)
+                    && s.srtp.as_ref().is_some_and(srtp::Receiver::batches)
+            })
+    }
+
+    /// Handles one datagram of each of `N` different eligible streams: their SRTP tags are
+    /// computed together (`srtp::Receiver::unprotect_rtp_lanes`), then each goes on as in
+    /// `handle`.
+    pub(super) fn handle_lanes<const N: usize>(&mut self, now: u64, items: [Lane<'_>; N]) {
+        let mut streams: [*mut Stream; N] = [std::ptr::null_mut(); N];
+        let mut rx: [*mut srtp::Receiver; N] = [std::ptr::null_mut(); N];
+        let mut valid = true;
+        for k in 0..N {
+            let slot = items[k].slot;
+            let distinct = items[..k].iter().all(|o| o.slot != slot);
+            match self.streams.get_mut(slot).and_then(|s| s.as_mut()) {
+                Some(stream) if distinct => {
+                    streams[k] = stream;
+                    match stream.srtp.as_mut() {
+                        Some(r) => rx[k] = r,
+                        None => valid = false,
+                    }
+                }
+                _ => valid = false,
+            }
+        }
+        if !valid {
+            for d in items {
+                self.handle(now, d.slot, 0, false, d.source, d.packet);
+            }
             return;
         }
-        if stream
-            .receiver
-            .handle_packet_from(now, source, packet, &mut self.frame)
-            .is_ok()
-        {
-            // We purposely copy the frame into the ring slot rather than box it: no allocation.
-            if self.ring.push((*self.frame).clone()).is_err() {
-                stream.receiver.count_ring_full();
-                self.local.ring_full += 1;
+        let mut items = items;
+        for d in &items {
+            self.local.packets += 1;
+            self.local.bytes += d.packet.len() as u64;
+        }
+        self.local.srtp_lane_packets += N as u64;
+        let results = {
+            // SAFETY: the slots are distinct (checked above), so each pointer is a different
+            // element of `self.streams`, and each receiver is a field of a different stream:
+            // the `&mut`s don't alias. Nothing else touches `self.streams` while they live.
+            let rx: [&mut srtp::Receiver; N] = rx.map(|p| unsafe { &mut *p });
+            let packets = items.each_mut().map(|d| &mut *d.packet);
+            srtp::Receiver::unprotect_rtp_lanes(rx, packets)
+        };
+        for (k, d) in items.into_iter().enumerate() {
+            // SAFETY: as above; the receivers' borrows ended with the call, and one stream's
+            // `&mut` lives at a time.
+            let stream = unsafe { &mut *streams[k] };
+            match results[k] {
+                Ok(n) => deliver(
+                    stream,
+                    &mut self.ring,
+                    &mut self.frame,
+                    &mut self.local,
+                    now,
+                    false,
+                    d.source,
+                    &d.packet[..n],
+                ),
+                Err(e) => {
+                    stream.receiver.count_srtp_drop(e);
+                    self.local.srtp_drops += 1;
+                }
             }
         }
     }
@@ -326,6 +449,8 @@ impl Core {
         c.no_buffers.store(l.no_buffers, Ordering::Relaxed);
         c.receive_errors.store(l.receive_errors, Ordering::Relaxed);
         c.srtp_drops.store(l.srtp_drops, Ordering::Relaxed);
+        c.srtp_lane_packets
+            .store(l.srtp_lane_packets, Ordering::Relaxed);
         if now.saturating_sub(self.last_report_ns) >= REPORT_INTERVAL_NS {
             self.last_report_ns = now;
             let streams = self
