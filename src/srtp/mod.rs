@@ -279,6 +279,23 @@ fn aes_cm_xor(cipher: &Aes, iv: &[u8; 16], data: &mut [u8]) {
     }
 }
 
+/// AES counter mode for packets: `simd::aes` (all blocks in flight, AES-NI) when the CPU
+/// has it, the `aes` crate otherwise.
+#[derive(Clone)]
+struct CmCipher {
+    fast: Option<crate::simd::aes::RoundKeys>,
+    soft: Aes,
+}
+
+impl CmCipher {
+    fn xor(&self, iv: &[u8; 16], data: &mut [u8]) {
+        match &self.fast {
+            Some(fast) => fast.ctr_xor(iv, data),
+            None => aes_cm_xor(&self.soft, iv, data),
+        }
+    }
+}
+
 /// The RFC 3711 §4.3 key derivation with key_derivation_rate 0 (`r = 0`), the AES-CM PRF of
 /// the master key's size; a 96-bit master salt (GCM, RFC 7714 §11) is padded with zeros.
 pub fn derive_session_key(master: &MasterKey, label: u8, out: &mut [u8]) {
@@ -299,10 +316,12 @@ enum Gcm {
 }
 
 /// One direction-and-protocol transform (SRTP or SRTCP) with its session keys.
+// Inline for the same reason as `Aes`: one per stream, read on every packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Transform {
     Cm {
-        cipher: Aes,
+        cipher: CmCipher,
         salt: [u8; 14],
         auth: HmacSha1,
         tag_len: usize,
@@ -345,7 +364,10 @@ impl Transform {
         derive_session_key(master, la, &mut auth_key);
         let auth = HmacSha1::new(&auth_key);
         Transform::Cm {
-            cipher: Aes::new(key),
+            cipher: CmCipher {
+                fast: crate::simd::aes::RoundKeys::new(key),
+                soft: Aes::new(key),
+            },
             salt,
             auth,
             tag_len: if rtcp {
@@ -444,7 +466,7 @@ impl HmacSha1 {
         });
         simd::compress_lanes(&mut outer, &blocks);
         for k in 0..N {
-            write_tag(&outer[k], &mut out[k]);
+            out[k] = digest(&outer[k]);
         }
     }
 }
@@ -493,11 +515,16 @@ fn outer_block(inner: &[u32; 5]) -> [u8; 64] {
     block
 }
 
-fn write_tag(state: &[u32; 5], out: &mut [u8]) {
+fn digest(state: &[u32; 5]) -> [u8; 20] {
     let mut digest = [0u8; 20];
     for (chunk, word) in digest.chunks_exact_mut(4).zip(state) {
         chunk.copy_from_slice(&word.to_be_bytes());
     }
+    digest
+}
+
+fn write_tag(state: &[u32; 5], out: &mut [u8]) {
+    let digest = digest(state);
     let len = out.len().min(20);
     out[..len].copy_from_slice(&digest[..len]);
 }
@@ -789,7 +816,7 @@ impl Context {
             (self.options.unencrypted_srtp, &self.rtp)
         {
             let iv = cm_iv(salt, p.ssrc, p.index);
-            aes_cm_xor(cipher, &iv, &mut packet[p.header_len..p.end]);
+            cipher.xor(&iv, &mut packet[p.header_len..p.end]);
         }
         let mut state = p.state;
         state.accept(p.index);
@@ -851,7 +878,7 @@ impl Context {
                     }
                 }
                 if !self.options.unencrypted_srtp {
-                    aes_cm_xor(cipher, &cm_iv(salt, ssrc, index), &mut packet[h..end]);
+                    cipher.xor(&cm_iv(salt, ssrc, index), &mut packet[h..end]);
                 }
             }
             Transform::Gcm { aead, salt } => {
@@ -920,7 +947,7 @@ impl Context {
                     return Err(SrtpError::AuthFailed);
                 }
                 if encrypted {
-                    aes_cm_xor(cipher, &cm_iv(salt, ssrc, index), &mut packet[8..e_at]);
+                    cipher.xor(&cm_iv(salt, ssrc, index), &mut packet[8..e_at]);
                 }
                 e_at
             }
@@ -1183,7 +1210,7 @@ impl Sender {
                 tag_len,
             } => {
                 if !self.ctx.options.unencrypted_srtp {
-                    aes_cm_xor(cipher, &cm_iv(salt, ssrc, index), &mut buf[h..len]);
+                    cipher.xor(&cm_iv(salt, ssrc, index), &mut buf[h..len]);
                 }
                 buf[len..len + mki.len()].copy_from_slice(mki);
                 if !self.ctx.options.unauthenticated_srtp {
@@ -1222,11 +1249,7 @@ impl Sender {
             Transform::Cm {
                 cipher, salt, auth, ..
             } => {
-                aes_cm_xor(
-                    cipher,
-                    &cm_iv(salt, ssrc, u64::from(index)),
-                    &mut buf[8..len],
-                );
+                cipher.xor(&cm_iv(salt, ssrc, u64::from(index)), &mut buf[8..len]);
                 buf[len..len + 4].copy_from_slice(&word);
                 buf[len + 4..len + 4 + mki_len].copy_from_slice(mki);
                 let mut tag = [0u8; 10];

@@ -61,6 +61,12 @@ fn rfc3711_b2_keystream() {
         ks[16 * 0xFF01..16 * 0xFF02],
         hex("6A2CC3787889374FBEB4C81B17BA6C44")
     );
+    // The AES-NI path gives the same whole segment.
+    if let Some(fast) = crate::simd::aes::RoundKeys::new(&hex("2B7E151628AED2A6ABF7158809CF4F3C")) {
+        let mut ks2 = vec![0u8; 16 * 0xFF02];
+        fast.ctr_xor(&iv, &mut ks2);
+        assert!(ks2 == ks, "AES-NI keystream differs");
+    }
 }
 
 /// RFC 3711 Appendix B.3: session keys derived from master key E1F9… and salt 0EC6….
