@@ -665,3 +665,25 @@ fn four_lanes() {
     }
     assert_eq!(rx[2].stats().auth_failures, 12);
 }
+
+/// Without AES-NI the `aes` crate path runs: both give the same keystream.
+#[test]
+fn portable_and_aesni_keystreams_agree() {
+    for key in [vec![3u8; 16], vec![9u8; 32]] {
+        let soft = CmCipher {
+            fast: None,
+            soft: Aes::new(&key),
+        };
+        let fast = CmCipher {
+            fast: crate::simd::aes::RoundKeys::new(&key),
+            soft: Aes::new(&key),
+        };
+        let iv = cm_iv(&[7; 14], 0x1234, 0x0001_0002_0003);
+        for len in [0usize, 1, 15, 16, 17, 160, 161, 191, 192, 193, 400] {
+            let (mut a, mut b) = (vec![0x5au8; len], vec![0x5au8; len]);
+            soft.xor(&iv, &mut a);
+            fast.xor(&iv, &mut b);
+            assert_eq!(a, b, "key {} len {len}", key.len());
+        }
+    }
+}
