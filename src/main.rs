@@ -379,11 +379,27 @@ async fn control_plane(
         bind_ip: config.sip.host,
         sockets: HashMap::new(),
     };
+    // Call events: every live consumer subscribes to this bus; a consumer that falls more
+    // than its capacity behind loses the oldest and is told how many (broadcast lag).
+    let (events, _) = tokio::sync::broadcast::channel::<Arc<siprec::events::Event>>(4096);
+    let amqp_status = config.amqp.enabled.then(|| {
+        let status = Arc::new(siprec::events::amqp::AmqpStatus::default());
+        let _ = api_state.amqp.set(status.clone());
+        tokio::spawn(siprec::events::amqp::run(
+            config.amqp.clone(),
+            events.subscribe(),
+            status.clone(),
+        ));
+        tracing::info!(exchange = %config.amqp.exchange, "AMQP publishing enabled");
+        status
+    });
     let io = Io {
         udp,
         conns,
         sip: Default::default(),
         parse_errors,
+        events,
+        amqp: amqp_status,
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -576,6 +592,10 @@ fn pump(
                         tracing::error!(path = %path.display(), error = %e, "cannot write file");
                     }
                 }
+                Action::Event(e) => {
+                    // No subscriber (AMQP off) is fine: the event just has no audience.
+                    let _ = io.events.send(Arc::new(e));
+                }
             }
         }
         if !progressed {
@@ -652,6 +672,9 @@ impl MediaPorts for BoundPorts {
 }
 
 struct Io {
+    /// Call events to live consumers (AMQP).
+    events: tokio::sync::broadcast::Sender<Arc<siprec::events::Event>>,
+    amqp: Option<Arc<siprec::events::amqp::AmqpStatus>>,
     udp: Vec<Arc<UdpSocket>>,
     conns: TcpConns,
     /// SIP counters for /metrics (this thread only).
@@ -868,6 +891,13 @@ fn metrics_snapshot(
         disk_free_bytes: 0, // Filled at scrape time by the API.
         backend: dataplane.backend().to_owned(),
         workers: dataplane.workers() as u64,
+        amqp: io.amqp.as_ref().map(|a| siprec::api::metrics::AmqpTotals {
+            connected: a.connected.load(Relaxed),
+            confirmed: a.confirmed.load(Relaxed),
+            dropped: a.dropped.load(Relaxed),
+            buffered: a.buffered.load(Relaxed),
+            connects: a.connects.load(Relaxed),
+        }),
     }
 }
 

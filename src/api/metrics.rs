@@ -46,6 +46,17 @@ pub struct MetricsSnapshot {
     pub disk_free_bytes: u64,
     pub backend: String,
     pub workers: u64,
+    /// The AMQP publisher's state, when it runs.
+    pub amqp: Option<AmqpTotals>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct AmqpTotals {
+    pub connected: bool,
+    pub confirmed: u64,
+    pub dropped: u64,
+    pub buffered: u64,
+    pub connects: u64,
 }
 
 /// The registry and its collectors. Counters follow the snapshot: each scrape adds the
@@ -64,6 +75,9 @@ pub struct Metrics {
     dataplane: IntCounterVec,
     srtp_auth_failures: IntCounterVec,
     srtp_replays: IntCounterVec,
+    amqp_events: IntCounterVec,
+    amqp_connected: IntGauge,
+    amqp_buffered: IntGauge,
     active_calls: IntGauge,
     ports: IntGaugeVec,
     disk_free: IntGauge,
@@ -180,6 +194,23 @@ impl Metrics {
                 "SRTP/SRTCP packets dropped: replayed or older than the replay window",
                 &[],
             ),
+            amqp_events: counter(
+                &r,
+                "amqp_events_total",
+                "Call events on AMQP: confirmed by the broker, dropped (buffer overflow or lag), \
+                 connects",
+                &["event"],
+            ),
+            amqp_connected: gauge(
+                &r,
+                "amqp_connected",
+                "1 while the AMQP publisher is connected",
+            ),
+            amqp_buffered: gauge(
+                &r,
+                "amqp_buffered_events",
+                "Events waiting to be published or confirmed",
+            ),
             active_calls: gauge(&r, "active_calls", "Recording sessions in progress"),
             ports: gauge_vec(&r, "rtp_ports", "RTP port pool", &["state"]),
             disk_free: gauge(
@@ -278,6 +309,14 @@ impl Metrics {
             &["srtp_lane_packet"],
             s.dataplane.srtp_lane_packets,
         );
+        if let Some(a) = &s.amqp {
+            follow(&self.amqp_events, &["confirmed"], a.confirmed);
+            follow(&self.amqp_events, &["dropped"], a.dropped);
+            follow(&self.amqp_events, &["connect"], a.connects);
+            self.amqp_connected.set(i64::from(a.connected));
+            self.amqp_buffered
+                .set(a.buffered.min(i64::MAX as u64) as i64);
+        }
         self.active_calls.set(s.active_calls as i64);
         self.ports
             .with_label_values(&["in_use"])

@@ -116,6 +116,8 @@ pub struct ApiState {
     /// Per-client token buckets (requests per second, burst twice that; 0 = off).
     rate: RateLimiter,
     pub started: std::time::Instant,
+    /// The AMQP publisher's state when ENABLE_REALTIME_AMQP is on.
+    pub amqp: std::sync::OnceLock<Arc<crate::events::amqp::AmqpStatus>>,
 }
 
 impl ApiState {
@@ -136,6 +138,7 @@ impl ApiState {
             reload_status: Mutex::new(json!({"result": null})),
             rate: RateLimiter::new(100),
             started: std::time::Instant::now(),
+            amqp: std::sync::OnceLock::new(),
         })
     }
 
@@ -814,6 +817,24 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
         },
         format!("{alive}/{total} workers alive, backend {}", snap.backend),
     );
+    match state.amqp.get() {
+        None => check("amqp", 0, "AMQP publishing disabled".into()),
+        Some(a) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let buffered = a.buffered.load(Relaxed);
+            if a.connected.load(Relaxed) {
+                check(
+                    "amqp",
+                    0,
+                    format!("AMQP connected, {buffered} events in flight"),
+                );
+            } else {
+                let why = a.last_error().unwrap_or_else(|| "connecting".into());
+                let msg = format!("AMQP disconnected ({why}), {buffered} events buffered");
+                check("amqp", 1, msg);
+            }
+        }
+    }
     let status = ["healthy", "degraded", "unhealthy"][worst as usize];
     let uptime = state.started.elapsed().as_secs();
     let body = json!({

@@ -20,6 +20,32 @@ pub struct Config {
     pub media: MediaConfig,
     pub recording: RecordingConfig,
     pub dataplane: DataplaneConfig,
+    pub amqp: AmqpConfig,
+}
+
+/// Publishing call events to RabbitMQ (`docs/events.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AmqpConfig {
+    /// `ENABLE_REALTIME_AMQP`, default false.
+    pub enabled: bool,
+    /// `AMQP_URL`, default amqp://guest:guest@127.0.0.1:5672/%2f. Never serialized (it may
+    /// hold a password).
+    #[serde(skip_serializing)]
+    pub url: String,
+    /// Durable topic exchange declared on connect (`AMQP_EXCHANGE`, default siprec.events).
+    pub exchange: String,
+    /// Events kept while the broker is unreachable or unconfirmed (`AMQP_BUFFER_MAX`); the
+    /// oldest are dropped and counted beyond it.
+    pub buffer_max: usize,
+    /// Call lifecycle events (`PUBLISH_CALL_EVENTS`, default true).
+    pub publish_call_events: bool,
+    /// Transcript and analytics filters of the reference server (`PUBLISH_*`); they apply
+    /// once those events exist (issues 7 and 13).
+    pub publish_partial_transcripts: bool,
+    pub publish_final_transcripts: bool,
+    pub publish_sentiment_updates: bool,
+    pub publish_keyword_detections: bool,
+    pub publish_speaker_changes: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +152,23 @@ pub struct FileConfig {
     pub recording: FileRecording,
     #[serde(default)]
     pub dataplane: FileDataplane,
+    #[serde(default)]
+    pub amqp: FileAmqp,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAmqp {
+    pub enabled: Option<bool>,
+    pub url: Option<String>,
+    pub exchange: Option<String>,
+    pub buffer_max: Option<usize>,
+    pub publish_call_events: Option<bool>,
+    pub publish_partial_transcripts: Option<bool>,
+    pub publish_final_transcripts: Option<bool>,
+    pub publish_sentiment_updates: Option<bool>,
+    pub publish_keyword_detections: Option<bool>,
+    pub publish_speaker_changes: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -204,6 +247,28 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("DATAPLANE_WORKERS", "dataplane.workers"),
     ("DATAPLANE_RING_SLOTS", "dataplane.ring_slots"),
     ("DATAPLANE_BATCH_SIZE", "dataplane.batch_size"),
+    ("ENABLE_REALTIME_AMQP", "amqp.enabled"),
+    ("AMQP_URL", "amqp.url"),
+    ("AMQP_EXCHANGE", "amqp.exchange"),
+    ("AMQP_BUFFER_MAX", "amqp.buffer_max"),
+    ("PUBLISH_CALL_EVENTS", "amqp.publish_call_events"),
+    (
+        "PUBLISH_PARTIAL_TRANSCRIPTS",
+        "amqp.publish_partial_transcripts",
+    ),
+    (
+        "PUBLISH_FINAL_TRANSCRIPTS",
+        "amqp.publish_final_transcripts",
+    ),
+    (
+        "PUBLISH_SENTIMENT_UPDATES",
+        "amqp.publish_sentiment_updates",
+    ),
+    (
+        "PUBLISH_KEYWORD_DETECTIONS",
+        "amqp.publish_keyword_detections",
+    ),
+    ("PUBLISH_SPEAKER_CHANGES", "amqp.publish_speaker_changes"),
 ];
 
 impl FileConfig {
@@ -325,12 +390,46 @@ impl Config {
             let v = dataplane.workers.to_string();
             return Err(invalid("DATAPLANE_WORKERS", v, "0 (auto) to 256"));
         }
+        let a = &f.amqp;
+        let amqp = AmqpConfig {
+            enabled: a.enabled.unwrap_or(false),
+            url: a
+                .url
+                .clone()
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            exchange: a
+                .exchange
+                .clone()
+                .unwrap_or_else(|| "siprec.events".to_owned()),
+            buffer_max: a.buffer_max.unwrap_or(100_000),
+            publish_call_events: a.publish_call_events.unwrap_or(true),
+            publish_partial_transcripts: a.publish_partial_transcripts.unwrap_or(true),
+            publish_final_transcripts: a.publish_final_transcripts.unwrap_or(true),
+            publish_sentiment_updates: a.publish_sentiment_updates.unwrap_or(true),
+            publish_keyword_detections: a.publish_keyword_detections.unwrap_or(true),
+            publish_speaker_changes: a.publish_speaker_changes.unwrap_or(true),
+        };
+        if !amqp.url.starts_with("amqp://") {
+            let allowed = "an amqp:// URL (amqps:// is not supported yet)";
+            return Err(invalid("AMQP_URL", amqp.url.clone(), allowed));
+        }
+        if amqp.exchange.is_empty() || amqp.exchange.len() > 255 {
+            return Err(invalid(
+                "AMQP_EXCHANGE",
+                amqp.exchange.clone(),
+                "1 to 255 bytes",
+            ));
+        }
+        if amqp.buffer_max == 0 {
+            return Err(invalid("AMQP_BUFFER_MAX", "0", "at least 1 event"));
+        }
         Ok(Config {
             sip,
             http,
             media,
             recording,
             dataplane,
+            amqp,
         })
     }
 
@@ -438,6 +537,20 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "DATAPLANE_WORKERS" => f.dataplane.workers = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_RING_SLOTS" => f.dataplane.ring_slots = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BATCH_SIZE" => f.dataplane.batch_size = Some(parse_num(key, v, COUNT)?),
+        "ENABLE_REALTIME_AMQP" => f.amqp.enabled = Some(parse_bool(key, v)?),
+        "AMQP_URL" => f.amqp.url = Some(v.trim().to_owned()),
+        "AMQP_EXCHANGE" => f.amqp.exchange = Some(v.trim().to_owned()),
+        "AMQP_BUFFER_MAX" => f.amqp.buffer_max = Some(parse_num(key, v, COUNT)?),
+        "PUBLISH_CALL_EVENTS" => f.amqp.publish_call_events = Some(parse_bool(key, v)?),
+        "PUBLISH_PARTIAL_TRANSCRIPTS" => {
+            f.amqp.publish_partial_transcripts = Some(parse_bool(key, v)?)
+        }
+        "PUBLISH_FINAL_TRANSCRIPTS" => f.amqp.publish_final_transcripts = Some(parse_bool(key, v)?),
+        "PUBLISH_SENTIMENT_UPDATES" => f.amqp.publish_sentiment_updates = Some(parse_bool(key, v)?),
+        "PUBLISH_KEYWORD_DETECTIONS" => {
+            f.amqp.publish_keyword_detections = Some(parse_bool(key, v)?)
+        }
+        "PUBLISH_SPEAKER_CHANGES" => f.amqp.publish_speaker_changes = Some(parse_bool(key, v)?),
         _ => return Err(invalid(key, v, "a known configuration key")),
     }
     Ok(())

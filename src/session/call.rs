@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::events::{Event, EventKind};
 use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
 use crate::proto::{date_ymd, rfc3339_ms};
@@ -284,6 +285,12 @@ impl Call {
             start_ns: call.start_ns,
             streams: specs,
         }));
+        let data = json!({
+            "siprec": call.is_siprec,
+            "participants": call.participants_json(),
+            "streams": call.streams_json(),
+        });
+        actions.push_back(call.event(now, EventKind::CallStarted, data));
         tracing::info!(
             session = call.session,
             session_id = %call.session_id,
@@ -292,6 +299,32 @@ impl Call {
             "recording session started"
         );
         Ok((call, metadata_error))
+    }
+
+    /// A call event for live consumers (numbered later by the manager).
+    fn event(&self, now: Now, kind: EventKind, data: serde_json::Value) -> Action {
+        Action::Event(Event::new(
+            kind,
+            &self.call_id,
+            &self.session_id,
+            rfc3339_ms(now.unix_ms),
+            data,
+        ))
+    }
+
+    fn streams_json(&self) -> serde_json::Value {
+        json!(self
+            .streams
+            .iter()
+            .map(|s| json!({
+                "index": s.index,
+                "label": s.label,
+                "codec": s.media.as_ref().map(|m| m.codec.name()),
+                "srtp": s.srtp_suite(),
+                "held": s.held,
+                "recorded": s.port.is_some(),
+            }))
+            .collect::<Vec<_>>())
     }
 
     fn key(&self, index: u32) -> StreamKey {
@@ -450,6 +483,7 @@ impl Call {
         transcription: bool,
         actions: &mut VecDeque<Action>,
     ) {
+        let was_recording_paused = self.recording_paused();
         let since = self.pause.map(|p| (p.at_unix_ms, p.at_ns));
         let (at_unix_ms, at_ns) = since.unwrap_or((now.unix_ms, now.mono_ns));
         self.pause = (recording || transcription).then_some(Pause {
@@ -459,6 +493,14 @@ impl Call {
             at_ns,
         });
         self.push_stream_params(actions);
+        if recording != was_recording_paused {
+            let kind = match recording {
+                true => EventKind::RecordingPaused,
+                false => EventKind::RecordingResumed,
+            };
+            let data = json!({"recording": recording, "transcription": transcription});
+            actions.push_back(self.event(now, kind, data));
+        }
         tracing::info!(
             session = self.session,
             recording,
@@ -560,6 +602,11 @@ impl Call {
                             changes = changes.len(),
                             "metadata update"
                         );
+                        let data = json!({
+                            "changes": changes,
+                            "participants": self.participants_json(),
+                        });
+                        actions.push_back(self.event(now, EventKind::MetadataUpdated, data));
                         // Bounded: an SRC sending endless updates can't grow a call forever.
                         if self.metadata_history.len() < METADATA_HISTORY_MAX {
                             self.metadata_history.push(MetadataEvent {
@@ -604,6 +651,7 @@ impl Call {
             if index < self.streams.len() {
                 let key = self.key(index as u32);
                 let stream = &mut self.streams[index];
+                let was_held = stream.held;
                 match (&p.accept, stream.port) {
                     (Some(media), Some(port)) => {
                         stream.held = media.offered_direction == Direction::Inactive;
@@ -619,6 +667,16 @@ impl Call {
                         answer_ports.push(None);
                     }
                     (_, None) => answer_ports.push(None),
+                }
+                let stream = &self.streams[index];
+                if stream.port.is_some() && stream.held != was_held {
+                    let kind = if stream.held {
+                        EventKind::Hold
+                    } else {
+                        EventKind::Resume
+                    };
+                    let data = json!({"stream": stream.index, "label": stream.label});
+                    actions.push_back(self.event(now, kind, data));
                 }
             } else {
                 // A stream added by this offer: own file; mixed.wav's channels are fixed.
@@ -653,7 +711,15 @@ impl Call {
                     }));
                 }
                 answer_ports.push(stream.port);
+                let data = json!({
+                    "stream": stream.index,
+                    "label": stream.label,
+                    "codec": stream.media.as_ref().map(|m| m.codec.name()),
+                    "srtp": stream.srtp_suite(),
+                    "recorded": stream.port.is_some(),
+                });
                 self.streams.push(stream);
+                actions.push_back(self.event(now, EventKind::StreamAdded, data));
             }
         }
         self.sdp_version += 1;
@@ -705,6 +771,9 @@ impl Call {
             session: self.session,
             end_ns: now.mono_ns,
         }));
+        let duration_s = now.mono_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        let data = json!({"reason": reason, "duration_s": (duration_s * 1000.0).round() / 1000.0});
+        actions.push_back(self.event(now, EventKind::CallEnded, data));
         tracing::info!(session = self.session, reason, "recording session ending");
     }
 

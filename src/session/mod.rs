@@ -110,6 +110,8 @@ pub enum Action {
         path: PathBuf,
         bytes: Vec<u8>,
     },
+    /// A call event for live consumers, numbered in the order actions are handed out.
+    Event(crate::events::Event),
 }
 
 /// Process-wide counters for /health and (later) metrics.
@@ -137,6 +139,9 @@ pub struct SessionManager {
     actions: VecDeque<Action>,
     next_session: u64,
     rng: u64,
+    /// Identifies this server run in event ids; `event_seq` numbers its events.
+    instance: u64,
+    event_seq: u64,
     draining: bool,
     counters: SessionCounters,
     /// RTP counters of the streams of calls already forgotten (metrics stay monotonic).
@@ -146,7 +151,7 @@ pub struct SessionManager {
 impl SessionManager {
     pub fn new(config: SessionConfig) -> SessionManager {
         let rng = config.seed | 1;
-        SessionManager {
+        let mut m = SessionManager {
             config,
             calls: HashMap::new(),
             by_invite: HashMap::new(),
@@ -154,10 +159,14 @@ impl SessionManager {
             actions: VecDeque::new(),
             next_session: 1,
             rng,
+            instance: 0,
+            event_seq: 0,
             draining: false,
             counters: SessionCounters::default(),
             closed_rtp: RtpStats::default(),
-        }
+        };
+        m.instance = m.next_random();
+        m
     }
 
     // --- getters ---
@@ -415,7 +424,13 @@ impl SessionManager {
     // --- poll ---
 
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let mut action = self.actions.pop_front()?;
+        if let Action::Event(e) = &mut action {
+            self.event_seq += 1;
+            e.seq = self.event_seq;
+            e.id = format!("{:016x}-{}", self.instance, self.event_seq);
+        }
+        Some(action)
     }
 
     // --- internals ---

@@ -497,3 +497,66 @@ fn recording_failure_ends_call() {
     assert_eq!(pool.in_use(), 0);
     assert!(m.is_idle());
 }
+
+fn events(actions: &[Action]) -> Vec<&crate::events::Event> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Call events: started (with streams and parties), hold per stream, resume, ended with the
+/// reason; numbered 1, 2, 3… in the order they are handed out, one instance prefix.
+#[test]
+fn call_events_in_order() {
+    use crate::events::EventKind as K;
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let body = sdp("sendonly", 4000);
+    let first = invite("ev", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(0), &mut pool, keys.event(first));
+    let actions = drain(&mut m);
+    let tag = response_of(&actions).to_tag().unwrap();
+    let started = events(&actions);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].kind, K::CallStarted);
+    assert_eq!(started[0].data["streams"].as_array().unwrap().len(), 2);
+    assert_eq!(started[0].routing_key(), "siprec.call_started.ev");
+    let mut all: Vec<crate::events::Event> = started.into_iter().cloned().collect();
+    for (cseq, dir) in [(2, "inactive"), (3, "sendonly")] {
+        let r = invite("ev", cseq, Some(&tag), &sdp(dir, 4000), "application/sdp");
+        m.handle_tsx_event(now(1000 * cseq as u64), &mut pool, keys.event(r));
+        all.extend(events(&drain(&mut m)).into_iter().cloned());
+    }
+    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
+    bye.headers
+        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
+    bye.headers
+        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
+    bye.headers.push("Call-ID", "ev");
+    bye.headers.push("CSeq", "4 BYE");
+    m.handle_tsx_event(now(5000), &mut pool, keys.event(bye));
+    all.extend(events(&drain(&mut m)).into_iter().cloned());
+    let kinds: Vec<K> = all.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            K::CallStarted,
+            K::Hold,
+            K::Hold,
+            K::Resume,
+            K::Resume,
+            K::CallEnded
+        ]
+    );
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    let prefix = all[0].id.split('-').next().unwrap().to_owned();
+    assert!(all.iter().all(|e| e.id.starts_with(&prefix) && e.v == 1));
+    assert_eq!(all[5].data["reason"], "bye");
+    assert_eq!(all[5].data["duration_s"], 5.0);
+}

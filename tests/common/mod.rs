@@ -13,8 +13,9 @@ use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request, Response};
 
 /// Ports of one test, disjoint from every other test's so nextest can run them in parallel.
-/// `n` < 30. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999), all below
-/// the ephemeral range; SIPp tests use 29000+10n and 29300+10n for their own SIP and media.
+/// `n` < 40. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999; slots 30–39
+/// use 30000+200(n-30)), all below the ephemeral range; SIPp tests use 29000+10n and
+/// 29300+10n for their own SIP and media.
 pub struct TestPorts {
     pub sip: u16,
     pub http: u16,
@@ -26,12 +27,18 @@ pub struct TestPorts {
 
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
-        assert!(n < 30);
+        assert!(n < 40);
+        // Slots 30–39 take their RTP ranges from 30000 (29000–29599 belongs to SIPp).
+        let rtp_min = if n < 30 {
+            23000 + 200 * n
+        } else {
+            30000 + 200 * (n - 30)
+        };
         TestPorts {
             sip: 21000 + 10 * n,
             http: 22000 + n,
-            rtp_min: 23000 + 200 * n,
-            rtp_max: 23000 + 200 * n + 199,
+            rtp_min,
+            rtp_max: rtp_min + 199,
             src_sip: 21000 + 10 * n + 1,
             src_rtp: 21000 + 10 * n + 2,
         }

@@ -1,0 +1,318 @@
+//! Call events on AMQP against the RabbitMQ running on 127.0.0.1:5672 (guest/guest): a
+//! consumer bound to the exchange gets every event of a scripted call, in order; then the
+//! broker connection is cut mid-call through a TCP proxy and restored, and nothing is lost.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+const BROKER: &str = "127.0.0.1:5672";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A queue of our own bound to `exchange` with `siprec.#`.
+async fn consumer(exchange: &str) -> (Connection, Channel, String) {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let conn = Connection::connect(&format!("amqp://guest:guest@{BROKER}/%2f"), props)
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange,
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let name = q.name().to_string();
+    ch.queue_bind(
+        &name,
+        exchange,
+        "siprec.#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    (conn, ch, name)
+}
+
+/// Messages from `queue` until one of type `until` (or the timeout): (routing key, JSON).
+async fn collect(
+    ch: &Channel,
+    queue: &str,
+    until: &str,
+    timeout: Duration,
+) -> Vec<(String, serde_json::Value)> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let got = ch
+            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        match got {
+            Some(m) => {
+                let v: serde_json::Value = serde_json::from_slice(&m.delivery.data).unwrap();
+                assert_eq!(
+                    *m.delivery.properties.delivery_mode(),
+                    Some(2),
+                    "persistent"
+                );
+                let key = m.delivery.routing_key.to_string();
+                let done = v["type"] == until;
+                out.push((key, v));
+                if done {
+                    break;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    out
+}
+
+fn hold_body(src_rtp: u16, direction: &str) -> (String, String) {
+    siprec_body(2, direction, src_rtp)
+}
+
+/// Types of `events` with duplicates (same id, at-least-once) removed.
+fn types(events: &[(String, serde_json::Value)]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|(_, v)| seen.insert(v["id"].as_str().unwrap_or("").to_owned()))
+        .map(|(_, v)| v["type"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// A call with hold and resume: every lifecycle event arrives once, in order, with the
+/// routing key `siprec.<event>.<call-id>`, a versioned schema and increasing ids.
+#[test]
+fn call_events_arrive_in_order() {
+    let rt = runtime();
+    let exchange = format!("siprec-test-{}-a", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(consumer(&exchange));
+    let server = Server::start(
+        30,
+        &[
+            ("ENABLE_REALTIME_AMQP", "true"),
+            ("AMQP_EXCHANGE", exchange.as_str()),
+        ],
+    );
+    let ports = TestPorts::new(30);
+    let mut src = Src::new(ports.src_sip, ports.sip, "events-1@127.0.0.1");
+    let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let (ct, body) = hold_body(ports.src_rtp, "inactive");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    assert_eq!(src.bye().status, 200);
+    let events = rt.block_on(collect(&ch, &queue, "call_ended", Duration::from_secs(10)));
+    assert_eq!(
+        types(&events),
+        [
+            "call_started",
+            "hold",
+            "hold",
+            "resume",
+            "resume",
+            "call_ended"
+        ],
+        "{}",
+        server.log_text()
+    );
+    let mut last = 0;
+    for (key, v) in &events {
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["call_id"], "events-1@127.0.0.1");
+        assert_eq!(
+            *key,
+            format!("siprec.{}.events-1@127.0.0.1", v["type"].as_str().unwrap())
+        );
+        let seq = v["seq"].as_u64().unwrap();
+        assert!(seq > last, "ids increase");
+        last = seq;
+    }
+    let started = &events[0].1["data"];
+    assert_eq!(started["streams"].as_array().unwrap().len(), 2);
+    assert_eq!(started["participants"][0]["aor"], "sip:alice@example.com");
+    assert_eq!(events[1].1["data"]["stream"], 0);
+    assert_eq!(events.last().unwrap().1["data"]["reason"], "bye");
+    let (_, health) = http_get(ports.http, "/health").unwrap();
+    let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(h["checks"]["amqp"]["status"], "healthy", "{h}");
+    let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+    assert!(metrics.contains("siprec_amqp_connected 1"), "{metrics}");
+}
+
+/// A TCP proxy to the broker that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c2, conns2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(BROKER) else {
+                    continue;
+                };
+                let mut list = conns2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The broker connection is cut mid-call (through the proxy) while the call goes on hold
+/// and resumes, then restored: every event arrives, in order, none missing (duplicates of
+/// unconfirmed events are allowed and carry the same id); /health said degraded meanwhile.
+#[test]
+fn broker_outage_loses_nothing() {
+    let rt = runtime();
+    let exchange = format!("siprec-test-{}-b", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(consumer(&exchange));
+    let proxy = Proxy::start();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let server = Server::start(
+        31,
+        &[
+            ("ENABLE_REALTIME_AMQP", "true"),
+            ("AMQP_EXCHANGE", exchange.as_str()),
+            ("AMQP_URL", url.as_str()),
+        ],
+    );
+    let ports = TestPorts::new(31);
+    let mut src = Src::new(ports.src_sip, ports.sip, "events-2@127.0.0.1");
+    let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let first = rt.block_on(collect(
+        &ch,
+        &queue,
+        "call_started",
+        Duration::from_secs(10),
+    ));
+    assert_eq!(types(&first), ["call_started"], "{}", server.log_text());
+
+    proxy.cut();
+    let (ct, body) = hold_body(ports.src_rtp, "inactive");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    // The publisher notices within its 1 s health tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut degraded = false;
+    while Instant::now() < deadline && !degraded {
+        let (_, health) = http_get(ports.http, "/health").unwrap();
+        let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+        degraded = h["checks"]["amqp"]["status"] == "degraded";
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(degraded, "/health shows AMQP degraded during the outage");
+    assert_eq!(src.bye().status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.restore();
+
+    let rest = rt.block_on(collect(&ch, &queue, "call_ended", Duration::from_secs(20)));
+    let mut all = first;
+    all.extend(rest);
+    assert_eq!(
+        types(&all),
+        [
+            "call_started",
+            "hold",
+            "hold",
+            "resume",
+            "resume",
+            "call_ended"
+        ],
+        "{}",
+        server.log_text()
+    );
+    let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("siprec_amqp_events_total{event=\"dropped\"} 0"),
+        "{metrics}"
+    );
+}
