@@ -382,6 +382,12 @@ async fn control_plane(
     // Call events: every live consumer subscribes to this bus; a consumer that falls more
     // than its capacity behind loses the oldest and is told how many (broadcast lag).
     let (events, _) = tokio::sync::broadcast::channel::<Arc<siprec::events::Event>>(4096);
+    api_state.set_ws(api::ws::WsHub {
+        events: events.clone(),
+        clients: Arc::default(),
+        max_clients: config.http.ws_max_clients,
+        slow_client: config.http.ws_slow_client,
+    });
     let amqp_status = config.amqp.enabled.then(|| {
         let status = Arc::new(siprec::events::amqp::AmqpStatus::default());
         let _ = api_state.amqp.set(status.clone());

@@ -20,6 +20,7 @@ use crate::session::CallSummary;
 
 pub mod gdpr;
 pub mod metrics;
+pub mod ws;
 
 pub use metrics::{Metrics, MetricsSnapshot, RecorderTotals, SipCounters};
 
@@ -75,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/compliance/gdpr/export"),
     ("POST", "/api/compliance/gdpr/erase"),
     ("DELETE", "/api/compliance/gdpr/erase"),
+    ("GET", "/ws/transcriptions"),
+    ("GET", "/ws/analytics"),
 ];
 
 /// Largest request body we read (JSON documents are small).
@@ -118,6 +121,8 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// The AMQP publisher's state when ENABLE_REALTIME_AMQP is on.
     pub amqp: std::sync::OnceLock<Arc<crate::events::amqp::AmqpStatus>>,
+    /// The event bus and client limits behind `/ws/*`.
+    ws: std::sync::OnceLock<ws::WsHub>,
 }
 
 impl ApiState {
@@ -139,7 +144,20 @@ impl ApiState {
             rate: RateLimiter::new(100),
             started: std::time::Instant::now(),
             amqp: std::sync::OnceLock::new(),
+            ws: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts serving `/ws/*` from this event bus.
+    pub fn set_ws(&self, hub: ws::WsHub) {
+        let _ = self.ws.set(hub);
+    }
+
+    fn api_key(&self) -> Option<String> {
+        self.api_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Requests per second per client address (0 disables the limit).
@@ -271,7 +289,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .max_buf_size(64 * 1024)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                .with_upgrades();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(300), conn).await;
         });
     }
@@ -294,6 +313,13 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     if path.starts_with("/api/compliance") {
         return compliance_route(state, req, &path, &query).await;
+    }
+    if method == Method::GET && (path == "/ws/transcriptions" || path == "/ws/analytics") {
+        let feed = match path.as_str() {
+            "/ws/analytics" => ws::Feed::Analytics,
+            _ => ws::Feed::Transcriptions,
+        };
+        return ws::upgrade(state.ws.get().cloned(), state.api_key(), feed, req);
     }
     let (path, query, method) = (path.as_str(), query.as_str(), &method);
     let known = |p: &str| ROUTES.iter().any(|(_, route)| *route == p);

@@ -77,6 +77,11 @@ pub struct HttpConfig {
     /// Requests per second per client address (`HTTP_RATE_LIMIT`, burst twice that); beyond
     /// it 429 with Retry-After. 0 disables.
     pub rate_limit_per_s: u32,
+    /// WebSocket clients at once on `/ws/*` (`WS_MAX_CLIENTS`); more are refused (1013).
+    pub ws_max_clients: usize,
+    /// A WebSocket client that falls behind: `drop_oldest` (a `gap` message) or `disconnect`
+    /// (`WS_SLOW_CLIENT`).
+    pub ws_slow_client: crate::api::ws::SlowClient,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,6 +190,8 @@ pub struct FileSip {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHttp {
+    pub ws_max_clients: Option<usize>,
+    pub ws_slow_client: Option<crate::api::ws::SlowClient>,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub api_key: Option<String>,
@@ -234,6 +241,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_s"),
+    ("WS_MAX_CLIENTS", "http.ws_max_clients"),
+    ("WS_SLOW_CLIENT", "http.ws_slow_client"),
     ("RTP_PORT_MIN", "media.rtp_port_min"),
     ("RTP_PORT_MAX", "media.rtp_port_max"),
     ("RTP_TIMEOUT", "media.rtp_timeout_s"),
@@ -327,6 +336,11 @@ impl Config {
             port: f.http.port.unwrap_or(8080),
             api_key: f.http.api_key.clone().filter(|k| !k.is_empty()),
             rate_limit_per_s: f.http.rate_limit_per_s.unwrap_or(100),
+            ws_max_clients: f.http.ws_max_clients.unwrap_or(1000),
+            ws_slow_client: f
+                .http
+                .ws_slow_client
+                .unwrap_or(crate::api::ws::SlowClient::DropOldest),
         };
         if http.port == 0 {
             return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
@@ -504,6 +518,15 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "HTTP_PORT" => f.http.port = Some(parse_num(key, v, PORT)?),
         "API_KEY" => f.http.api_key = Some(v.to_owned()),
         "HTTP_RATE_LIMIT" => f.http.rate_limit_per_s = Some(parse_num(key, v, COUNT)?),
+        "WS_MAX_CLIENTS" => f.http.ws_max_clients = Some(parse_num(key, v, COUNT)?),
+        "WS_SLOW_CLIENT" => {
+            use crate::api::ws::SlowClient;
+            f.http.ws_slow_client = Some(match v.trim() {
+                "drop_oldest" => SlowClient::DropOldest,
+                "disconnect" => SlowClient::Disconnect,
+                _ => return Err(invalid(key, v, "drop_oldest or disconnect")),
+            });
+        }
         "RTP_PORT_MIN" => f.media.rtp_port_min = Some(parse_num(key, v, PORT)?),
         "RTP_PORT_MAX" => f.media.rtp_port_max = Some(parse_num(key, v, PORT)?),
         "RTP_TIMEOUT" => {

@@ -1,0 +1,197 @@
+//! `/ws/transcriptions` and `/ws/analytics` over real WebSocket clients (tokio-tungstenite):
+//! call events with and without a `call_id` filter, token auth with API_KEY, a malformed
+//! client frame, a plain HTTP GET, and 200 concurrent clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(port: u16, path: &str) -> Client {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next JSON text message (pings skipped), or None on close/timeout.
+async fn next_json(ws: &mut Client, timeout: Duration) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match m {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Types of the messages until `until` (included) or the timeout.
+async fn types_until(ws: &mut Client, until: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(v) = next_json(ws, Duration::from_secs(5)).await {
+        let t = v["type"].as_str().unwrap_or("").to_owned();
+        out.push(t.clone());
+        if t == until {
+            break;
+        }
+    }
+    out
+}
+
+fn call(ports: &TestPorts, call_id: &str) {
+    let mut src = Src::new(ports.src_sip, ports.sip, call_id);
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    assert_eq!(src.bye().status, 200);
+}
+
+/// Filters, feeds, many clients: every client gets `connected`, then exactly the events of
+/// the calls it asked for, in order.
+#[test]
+fn events_reach_every_client_with_filters() {
+    let rt = runtime();
+    let server = Server::start(32, &[("HTTP_RATE_LIMIT", "0")]);
+    let ports = TestPorts::new(32);
+    rt.block_on(async {
+        let mut all = connect(ports.http, "/ws/transcriptions").await;
+        let mut mine = connect(
+            ports.http,
+            "/ws/analytics?call_id=ws-2@127.0.0.1&session_id=me",
+        )
+        .await;
+        let hello = next_json(&mut mine, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(hello["type"], "connected");
+        assert_eq!(hello["feed"], "analytics");
+        assert_eq!(hello["session_id"], "me");
+        assert_eq!(
+            next_json(&mut all, Duration::from_secs(5)).await.unwrap()["type"],
+            "connected"
+        );
+        let mut crowd = Vec::new();
+        for _ in 0..200 {
+            let mut c = connect(ports.http, "/ws/transcriptions").await;
+            assert_eq!(
+                next_json(&mut c, Duration::from_secs(5)).await.unwrap()["type"],
+                "connected"
+            );
+            crowd.push(c);
+        }
+        let p = TestPorts::new(32);
+        tokio::task::spawn_blocking(move || {
+            call(&p, "ws-1@127.0.0.1");
+            call(&p, "ws-2@127.0.0.1");
+        })
+        .await
+        .unwrap();
+        let seen = types_until(&mut all, "call_ended").await;
+        assert_eq!(
+            seen,
+            ["call_started", "call_ended"],
+            "first call, unfiltered"
+        );
+        let next = next_json(&mut all, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            (next["type"].as_str(), next["call_id"].as_str()),
+            (Some("call_started"), Some("ws-2@127.0.0.1"))
+        );
+        let filtered = next_json(&mut mine, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            filtered["call_id"], "ws-2@127.0.0.1",
+            "the filter skips ws-1"
+        );
+        assert_eq!(filtered["type"], "call_started");
+        for c in crowd.iter_mut() {
+            let v = next_json(c, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(
+                (v["type"].as_str(), v["call_id"].as_str()),
+                (Some("call_started"), Some("ws-1@127.0.0.1"))
+            );
+        }
+        // A client-level ping is answered.
+        mine.send(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap();
+        let mut got_pong = false;
+        while let Some(v) = next_json(&mut mine, Duration::from_secs(5)).await {
+            if v["type"] == "pong" {
+                got_pong = true;
+                break;
+            }
+        }
+        assert!(got_pong);
+    });
+    drop(server);
+}
+
+/// API_KEY set: no token → error message and close 1008; the right token (query or Bearer)
+/// is served. A malformed client frame gets an error and close 1007. A plain GET gets 426.
+#[test]
+fn auth_malformed_frames_and_plain_http() {
+    let rt = runtime();
+    let _server = Server::start(33, &[("API_KEY", "sekret")]);
+    let ports = TestPorts::new(33);
+    rt.block_on(async {
+        let mut anon = connect(ports.http, "/ws/transcriptions").await;
+        let err = next_json(&mut anon, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(err["type"], "error");
+        assert!(err["message"].as_str().unwrap().contains("token"));
+        let close = tokio::time::timeout(Duration::from_secs(5), anon.next())
+            .await
+            .unwrap();
+        match close {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
+            other => panic!("expected close 1008, got {other:?}"),
+        }
+
+        let mut ok = connect(ports.http, "/ws/transcriptions?token=sekret").await;
+        assert_eq!(
+            next_json(&mut ok, Duration::from_secs(5)).await.unwrap()["type"],
+            "connected"
+        );
+        ok.send(Message::Text("not json".into())).await.unwrap();
+        let err = next_json(&mut ok, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(err["type"], "error");
+        match tokio::time::timeout(Duration::from_secs(5), ok.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1007),
+            other => panic!("expected close 1007, got {other:?}"),
+        }
+
+        let url = format!("ws://127.0.0.1:{}/ws/analytics", ports.http);
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        req.headers_mut()
+            .insert("Authorization", "Bearer sekret".parse().unwrap());
+        let (mut bearer, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(
+            next_json(&mut bearer, Duration::from_secs(5))
+                .await
+                .unwrap()["type"],
+            "connected"
+        );
+    });
+    let (status, body) = http_get(ports.http, "/ws/transcriptions").unwrap();
+    assert_eq!(status, 426, "{body}");
+    assert!(body.contains("websocket_required"));
+}
