@@ -195,3 +195,84 @@ fn auth_malformed_frames_and_plain_http() {
     assert_eq!(status, 426, "{body}");
     assert!(body.contains("websocket_required"));
 }
+
+/// Talk analytics from the recorded audio: leg 1 talks 0–1 s, leg 2 1.2–2.2 s, then quiet.
+/// `/ws/analytics` gets speaker changes (leg 1, then leg 2) and a final snapshot whose talk
+/// times, dead air and talk ratio match; session.json keeps the same figures.
+#[test]
+fn talk_analytics_from_audio() {
+    let rt = runtime();
+    let server = Server::start(34, &[("HTTP_RATE_LIMIT", "0")]);
+    let ports = TestPorts::new(34);
+    rt.block_on(async {
+        let mut ws = connect(ports.http, "/ws/analytics?call_id=talk@127.0.0.1").await;
+        assert_eq!(
+            next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+            "connected"
+        );
+        let p = TestPorts::new(34);
+        tokio::task::spawn_blocking(move || {
+            let mut src = Src::new(p.src_sip, p.sip, "talk@127.0.0.1");
+            let (ct, body) = siprec_body(2, "sendonly", p.src_rtp);
+            let ok = src.invite(&ct, &body);
+            assert_eq!(ok.status, 200);
+            src.ack();
+            let rtp_ports = answer_ports(&String::from_utf8_lossy(&ok.body));
+            let sock = std::net::UdpSocket::bind(("127.0.0.1", p.src_rtp)).unwrap();
+            let a = source_audio(1, 8000);
+            let b = source_audio(2, 8000);
+            let mut plan = audio_packets(rtp_ports[0], 0x1111, 1, 0, Duration::ZERO, &a);
+            plan.extend(audio_packets(
+                rtp_ports[1],
+                0x2222,
+                1,
+                0,
+                Duration::from_millis(1200),
+                &b,
+            ));
+            plan.sort_by_key(|s| s.at);
+            let t0 = std::time::Instant::now();
+            play(&sock, plan, t0);
+            std::thread::sleep(Duration::from_millis(3000).saturating_sub(t0.elapsed()));
+            assert_eq!(src.bye().status, 200);
+        })
+        .await
+        .unwrap();
+        let mut speakers = Vec::new();
+        let snapshot = loop {
+            let v = next_json(&mut ws, Duration::from_secs(10))
+                .await
+                .expect("final snapshot");
+            match v["type"].as_str() {
+                Some("speaker_change") => speakers.push(v["data"]["stream"].as_u64()),
+                Some("snapshot") if v["data"]["final"] == true => break v,
+                _ => {}
+            }
+        };
+        assert_eq!(
+            speakers.iter().flatten().copied().collect::<Vec<_>>(),
+            [0, 1],
+            "{speakers:?}"
+        );
+        let d = &snapshot["data"];
+        let talk = |i: usize| d["talk_time"][i]["seconds"].as_f64().unwrap();
+        // 1 s of audio each, plus the 0.2 s hangover after the last word.
+        assert!((1.0..=1.4).contains(&talk(0)), "{d}");
+        assert!((1.0..=1.4).contains(&talk(1)), "{d}");
+        let ratio = d["agent_metrics"]["talk_ratio"].as_f64().unwrap();
+        assert!((0.4..=0.6).contains(&ratio), "{d}");
+        let dead = d["agent_metrics"]["dead_air_seconds"].as_f64().unwrap();
+        assert!(
+            (0.4..=1.2).contains(&dead),
+            "quiet after 2.4 s until the BYE: {d}"
+        );
+        assert_eq!(
+            d["talk_time"][0]["participants"][0],
+            "sip:alice@example.com"
+        );
+    });
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["analytics"]["final"], true, "{meta}");
+}

@@ -41,10 +41,14 @@ impl Feed {
         }
     }
 
-    /// Call lifecycle goes to both feeds (clients learn when calls start and end);
-    /// transcript and analytics events will each go to their own.
+    /// Call lifecycle and speaker changes go to both feeds; analytics snapshots to
+    /// `/ws/analytics`; transcripts (with STT) will go to `/ws/transcriptions`.
     fn wants(self, kind: EventKind) -> bool {
-        kind.is_lifecycle()
+        match kind {
+            EventKind::Snapshot => self == Feed::Analytics,
+            EventKind::SpeakerChange => true,
+            k => k.is_lifecycle(),
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct AmqpConfig {
     pub publish_sentiment_updates: bool,
     pub publish_keyword_detections: bool,
     pub publish_speaker_changes: bool,
+    /// Talk-time `snapshot` events (`PUBLISH_ANALYTICS`, default true).
+    pub publish_analytics: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +176,7 @@ pub struct FileAmqp {
     pub publish_sentiment_updates: Option<bool>,
     pub publish_keyword_detections: Option<bool>,
     pub publish_speaker_changes: Option<bool>,
+    pub publish_analytics: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -278,6 +281,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
         "amqp.publish_keyword_detections",
     ),
     ("PUBLISH_SPEAKER_CHANGES", "amqp.publish_speaker_changes"),
+    ("PUBLISH_ANALYTICS", "amqp.publish_analytics"),
 ];
 
 impl FileConfig {
@@ -422,6 +426,7 @@ impl Config {
             publish_sentiment_updates: a.publish_sentiment_updates.unwrap_or(true),
             publish_keyword_detections: a.publish_keyword_detections.unwrap_or(true),
             publish_speaker_changes: a.publish_speaker_changes.unwrap_or(true),
+            publish_analytics: a.publish_analytics.unwrap_or(true),
         };
         if !amqp.url.starts_with("amqp://") {
             let allowed = "an amqp:// URL (amqps:// is not supported yet)";
@@ -574,6 +579,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
             f.amqp.publish_keyword_detections = Some(parse_bool(key, v)?)
         }
         "PUBLISH_SPEAKER_CHANGES" => f.amqp.publish_speaker_changes = Some(parse_bool(key, v)?),
+        "PUBLISH_ANALYTICS" => f.amqp.publish_analytics = Some(parse_bool(key, v)?),
         _ => return Err(invalid(key, v, "a known configuration key")),
     }
     Ok(())

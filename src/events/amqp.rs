@@ -75,7 +75,12 @@ struct Publisher {
 
 impl Publisher {
     fn wanted(&self, kind: EventKind) -> bool {
-        kind == EventKind::Gap || (kind.is_lifecycle() && self.config.publish_call_events)
+        match kind {
+            EventKind::Gap => true,
+            EventKind::SpeakerChange => self.config.publish_speaker_changes,
+            EventKind::Snapshot => self.config.publish_analytics,
+            k => k.is_lifecycle() && self.config.publish_call_events,
+        }
     }
 
     fn push(&mut self, event: &Event) {

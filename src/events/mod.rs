@@ -20,6 +20,10 @@ pub enum EventKind {
     MetadataUpdated,
     RecordingPaused,
     RecordingResumed,
+    /// One talker took the floor alone (or it went quiet), from the recorded audio.
+    SpeakerChange,
+    /// Talk time, dead air, overtalk so far (every 5 s of call time, and a final one).
+    Snapshot,
     /// A consumer fell behind and lost events; `data.lost` says how many.
     Gap,
 }
@@ -35,13 +39,18 @@ impl EventKind {
             EventKind::MetadataUpdated => "metadata_updated",
             EventKind::RecordingPaused => "recording_paused",
             EventKind::RecordingResumed => "recording_resumed",
+            EventKind::SpeakerChange => "speaker_change",
+            EventKind::Snapshot => "snapshot",
             EventKind::Gap => "gap",
         }
     }
 
     /// Call lifecycle events: published by default (`PUBLISH_CALL_EVENTS`).
     pub fn is_lifecycle(self) -> bool {
-        !matches!(self, EventKind::Gap)
+        !matches!(
+            self,
+            EventKind::Gap | EventKind::SpeakerChange | EventKind::Snapshot
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! No I/O. No clock.
 
+pub mod activity;
 pub mod frame;
 pub mod g711;
 pub mod rtcp;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::events::{Event, EventKind};
+use crate::media::activity::{ActivityTotals, SpeakerChange, WINDOW_MS};
 use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
 use crate::proto::{date_ymd, rfc3339_ms};
@@ -103,6 +104,8 @@ struct MetadataEvent {
 }
 
 pub(super) struct Call {
+    /// The final talk-time analytics, for session.json.
+    analytics: Option<serde_json::Value>,
     /// Fills our SRTP answer keys (the OS RNG in production).
     key_source: fn(&mut [u8]),
     session: u64,
@@ -217,6 +220,7 @@ impl Call {
             .join(date_ymd(now.unix_ms))
             .join(&session_id);
         let mut call = Call {
+            analytics: None,
             key_source: setup.key_source,
             session: setup.session,
             session_id,
@@ -299,6 +303,77 @@ impl Call {
             "recording session started"
         );
         Ok((call, metadata_error))
+    }
+
+    /// Talk time, dead air and speaker changes from the recorder: `speaker_change` events and
+    /// an analytics `snapshot` (the last one, `final`, also goes into session.json).
+    pub(super) fn handle_activity(
+        &mut self,
+        now: Now,
+        totals: ActivityTotals,
+        changes: Vec<SpeakerChange>,
+        final_: bool,
+        actions: &mut VecDeque<Action>,
+    ) {
+        let secs = |windows: u64| (windows * WINDOW_MS) as f64 / 1000.0;
+        for c in changes {
+            let stream = c.stream.and_then(|i| self.streams.get(i as usize));
+            let data = json!({
+                "at_s": secs(c.window),
+                "stream": c.stream,
+                "label": stream.and_then(|s| s.label.clone()),
+                "participants": stream.map(|s| self.stream_participants(s)),
+            });
+            actions.push_back(self.event(now, EventKind::SpeakerChange, data));
+        }
+        let talk_total: u64 = totals.talk.iter().map(|t| t.1).sum();
+        let talk_time: Vec<serde_json::Value> = totals
+            .talk
+            .iter()
+            .map(|&(index, windows)| {
+                let stream = self.streams.get(index as usize);
+                json!({
+                    "stream": index,
+                    "label": stream.and_then(|s| s.label.clone()),
+                    "participants": stream.map(|s| self.stream_participants(s)),
+                    "seconds": secs(windows),
+                    "share": if talk_total > 0 { windows as f64 / talk_total as f64 } else { 0.0 },
+                })
+            })
+            .collect();
+        let first_share = totals
+            .talk
+            .first()
+            .filter(|_| talk_total > 0)
+            .map_or(0.0, |t| t.1 as f64 / talk_total as f64);
+        let data = json!({
+            "final": final_,
+            "duration_s": secs(totals.windows),
+            "talk_time": talk_time,
+            "overtalk_seconds": secs(totals.overtalk),
+            "agent_metrics": {
+                "talk_ratio": (first_share * 1000.0).round() / 1000.0,
+                "dead_air_seconds": secs(totals.dead_air),
+            },
+        });
+        if final_ {
+            self.analytics = Some(data.clone());
+        }
+        actions.push_back(self.event(now, EventKind::Snapshot, data));
+    }
+
+    fn stream_participants(&self, stream: &CallStream) -> Vec<String> {
+        stream
+            .label
+            .as_deref()
+            .map(|l| {
+                self.metadata
+                    .participants_sending(l)
+                    .iter()
+                    .map(|p| p.aor.clone().unwrap_or_else(|| p.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A call event for live consumers (numbered later by the manager).
@@ -831,6 +906,7 @@ impl Call {
                 ..
             } => (files, streams, error),
             RecorderEvent::SessionFailed { error, .. } => (Vec::new(), Vec::new(), Some(error)),
+            RecorderEvent::Activity { .. } => return false,
         };
         if let Some(e) = &error {
             tracing::error!(session = self.session, error = %e, "recording failed");
@@ -875,6 +951,7 @@ impl Call {
                     .iter().map(|p| p.id.clone()).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
             "files": files,
+            "analytics": self.analytics,
             "recorder": record_stats,
             "metadata": self.metadata,
             "metadata_history": self.metadata_history,

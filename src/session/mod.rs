@@ -265,6 +265,7 @@ impl SessionManager {
         let session = match &event {
             RecorderEvent::SessionClosed { session, .. } => *session,
             RecorderEvent::SessionFailed { session, .. } => *session,
+            RecorderEvent::Activity { session, .. } => *session,
         };
         let Some(call_id) = self.by_session.get(&session).cloned() else {
             return;
@@ -272,6 +273,16 @@ impl SessionManager {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        if let RecorderEvent::Activity {
+            totals,
+            changes,
+            final_,
+            ..
+        } = event
+        {
+            call.handle_activity(now, totals, changes, final_, &mut self.actions);
+            return;
+        }
         if matches!(event, RecorderEvent::SessionFailed { .. }) && call.is_active() {
             self.counters.calls_recording_failed += 1;
             call.terminate(now, ports, "recording_failed", &mut self.actions, true);

@@ -36,6 +36,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tracing::{info, warn};
 
+use crate::media::activity::{ActivityTotals, CallActivity, SpeakerChange};
 use crate::media::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
 use crate::ring::Consumer;
 
@@ -147,6 +148,14 @@ pub enum RecorderEvent {
     /// The recording session could not start or hit a write error while recording. Its files
     /// were closed with headers valid for what is on disk; later commands for it are ignored.
     SessionFailed { session: u64, error: String },
+    /// Talk time, dead air, overtalk and speaker changes so far: every 5 s of call time, and
+    /// once more (`final_`) just before `SessionClosed`.
+    Activity {
+        session: u64,
+        totals: ActivityTotals,
+        changes: Vec<SpeakerChange>,
+        final_: bool,
+    },
 }
 
 /// The control plane's end of the recorder.
@@ -435,10 +444,16 @@ impl<C: MonotonicClock> Recorder<C> {
     fn commit_all(&mut self, now: u64) {
         let target = now.saturating_sub(self.commit_delay_ns);
         let mut failed = Vec::new();
+        let mut reports = Vec::new();
         for (id, recording) in self.sessions.iter_mut() {
             if let Err(e) = recording.commit_to(target) {
                 failed.push((*id, e));
+            } else if let Some(report) = recording.activity_report(false) {
+                reports.push(report);
             }
+        }
+        for report in reports {
+            self.emit(report);
         }
         self.fail_all(failed);
     }
@@ -473,6 +488,9 @@ impl<C: MonotonicClock> Recorder<C> {
         recording.end_ns = Some(end_ns);
         let session = recording.id;
         let mut error = recording.commit_to(end_ns).err();
+        if let Some(report) = recording.activity_report(true) {
+            self.emit(report);
+        }
         let streams = recording.stats();
         let (files, close_error) = recording.close_files(self.config.fsync);
         error = error.or(close_error);
@@ -540,6 +558,10 @@ struct RecordingSession {
     committed_ns: u64,
     streams: Vec<StreamRecording>,
     mixed: Option<MixedRecording>,
+    /// Who talks when, from the committed audio.
+    activity: CallActivity,
+    /// Windows covered by the last `Activity` report.
+    reported_windows: u64,
 }
 
 struct StreamRecording {
@@ -579,6 +601,8 @@ impl RecordingSession {
             committed_ns: start_ns,
             streams: Vec::with_capacity(specs.len()),
             mixed: None,
+            activity: CallActivity::new(),
+            reported_windows: 0,
         };
         let mut mix_rate = None;
         for spec in specs {
@@ -625,7 +649,7 @@ impl RecordingSession {
             self.start_ns,
             stream.timeline.sample_rate(),
         );
-        commit_solo(stream, upto.max(0) as u64)
+        commit_solo(stream, upto.max(0) as u64, &mut self.activity)
     }
 
     fn add_stream_inner(
@@ -653,6 +677,7 @@ impl RecordingSession {
         let path = self.unique_path(spec);
         let writer = WavWriter::create(&path, 1, spec.sample_rate)?;
         let capacity = StreamTimeline::capacity_for(spec.sample_rate, commit_delay_ms);
+        self.activity.add_stream(spec.index, spec.sample_rate);
         self.streams.push(StreamRecording {
             index: spec.index,
             timeline: StreamTimeline::new(self.start_ns, spec.sample_rate, capacity),
@@ -688,14 +713,29 @@ impl RecordingSession {
         self.committed_ns = target_ns;
         if let Some(mixed) = &mut self.mixed {
             let upto = position_at(target_ns, self.start_ns, mixed.sample_rate).max(0) as u64;
-            commit_mixed(&mut self.streams, mixed, upto)?;
+            commit_mixed(&mut self.streams, mixed, upto, &mut self.activity)?;
         }
         for stream in self.streams.iter_mut().filter(|s| !s.in_mix) {
             let rate = stream.timeline.sample_rate();
             let upto = position_at(target_ns, self.start_ns, rate).max(0) as u64;
-            commit_solo(stream, upto)?;
+            commit_solo(stream, upto, &mut self.activity)?;
         }
         Ok(())
+    }
+
+    /// An `Activity` report when `final_` or another `ACTIVITY_REPORT_WINDOWS` are analysed.
+    fn activity_report(&mut self, final_: bool) -> Option<RecorderEvent> {
+        let totals = self.activity.totals();
+        if !final_ && totals.windows < self.reported_windows + ACTIVITY_REPORT_WINDOWS {
+            return None;
+        }
+        self.reported_windows = totals.windows;
+        Some(RecorderEvent::Activity {
+            session: self.id,
+            totals,
+            changes: self.activity.take_changes(),
+            final_,
+        })
     }
 
     fn checkpoint(&mut self, sync: bool) -> Result<(), RecorderError> {
@@ -766,12 +806,20 @@ impl RecordingSession {
 }
 
 /// Commits a stream that is not in the mix straight into its file.
-fn commit_solo(stream: &mut StreamRecording, upto: u64) -> Result<(), RecorderError> {
+fn commit_solo(
+    stream: &mut StreamRecording,
+    upto: u64,
+    activity: &mut CallActivity,
+) -> Result<(), RecorderError> {
     let StreamRecording {
-        timeline, writer, ..
+        timeline,
+        writer,
+        index,
+        ..
     } = stream;
     let mut result = Ok(());
     timeline.commit(upto, |samples| {
+        activity.feed(*index, samples);
         if result.is_ok() {
             result = writer.write_interleaved(samples);
         }
@@ -785,6 +833,7 @@ fn commit_mixed(
     streams: &mut [StreamRecording],
     mixed: &mut MixedRecording,
     upto: u64,
+    activity: &mut CallActivity,
 ) -> Result<(), RecorderError> {
     loop {
         let from = streams[mixed.members[0]].timeline.committed();
@@ -797,6 +846,7 @@ fn commit_mixed(
                 timeline,
                 writer,
                 chunk,
+                index,
                 ..
             } = &mut streams[m];
             debug_assert_eq!(
@@ -806,6 +856,7 @@ fn commit_mixed(
             );
             chunk.clear();
             timeline.commit(next, |samples| chunk.extend_from_slice(samples));
+            activity.feed(*index, chunk);
             writer.write_interleaved(chunk)?;
         }
         let frames = (next - from) as usize;
@@ -824,6 +875,9 @@ fn commit_mixed(
 
 /// Name of the multichannel file in a recording session's directory.
 const MIXED_FILE_NAME: &str = "mixed.wav";
+
+/// Analysed windows between two `Activity` reports (5 s of call time).
+const ACTIVITY_REPORT_WINDOWS: u64 = 5000 / crate::media::activity::WINDOW_MS;
 
 /// Sample frames per lockstep commit of the mix (0.5 s at 8 kHz).
 const MIX_CHUNK_FRAMES: usize = 4096;
@@ -931,11 +985,18 @@ mod tests {
             self.handle.commands.send(command).unwrap();
         }
 
+        /// The next event other than an `Activity` report.
         fn next_event(&self) -> RecorderEvent {
-            self.handle
-                .events
-                .recv_timeout(EVENT_TIMEOUT)
-                .expect("recorder event")
+            loop {
+                let e = self
+                    .handle
+                    .events
+                    .recv_timeout(EVENT_TIMEOUT)
+                    .expect("recorder event");
+                if !matches!(e, RecorderEvent::Activity { .. }) {
+                    return e;
+                }
+            }
         }
 
         fn shutdown(self) {
