@@ -365,6 +365,7 @@ async fn control_plane(
         sip_port: config.sip.ports[0],
         seed: u64::from_le_bytes(seed),
         key_source: os_random,
+        require_srtp: config.media.srtp_required,
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),
@@ -399,6 +400,11 @@ async fn control_plane(
         tracing::info!(exchange = %config.amqp.exchange, "AMQP publishing enabled");
         status
     });
+    let acl =
+        siprec::sip::acl::Acl::parse(&config.sip.allowed_networks.join(",")).unwrap_or_default();
+    if !acl.is_open() {
+        tracing::info!(networks = ?config.sip.allowed_networks, "SIP source ACL active");
+    }
     let io = Io {
         udp,
         conns,
@@ -427,8 +433,12 @@ async fn control_plane(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             Some(inbound) = rx.recv() => {
-                io.count_inbound(&inbound.message);
-                tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
+                if acl.allows(inbound.peer.addr.ip()) {
+                    io.count_inbound(&inbound.message);
+                    tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
+                } else {
+                    io.deny(inbound, config.sip.acl_action);
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 tsx.handle_timeout(Instant::now());
@@ -703,6 +713,24 @@ impl Io {
         let mut c = self.sip.borrow().clone();
         c.parse_errors = self.parse_errors.load(std::sync::atomic::Ordering::Relaxed);
         c
+    }
+
+    /// A message from a source outside SIP_ALLOWED_NETWORKS: counted, and a request other
+    /// than ACK gets a stateless 403 unless the action is `drop`.
+    fn deny(&self, inbound: Inbound, action: siprec::config::AclAction) {
+        self.sip.borrow_mut().acl_denied += 1;
+        tracing::debug!(source = %inbound.peer.addr, "SIP from a source the ACL denies");
+        if let (siprec::config::AclAction::Reject, Message::Request(req)) =
+            (action, &inbound.message)
+        {
+            if req.method != sip::Method::Ack {
+                let mut resp = sip::Response::from_request(req, 403, "Forbidden");
+                resp.set_to_tag("acl");
+                let mut out = Vec::new();
+                resp.encode(&mut out);
+                self.transmit(inbound.peer, &out);
+            }
+        }
     }
 
     fn transmit(&self, peer: Peer, payload: &[u8]) {

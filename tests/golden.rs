@@ -45,6 +45,7 @@ fn config() -> SessionConfig {
         sip_port: 5060,
         seed: 7,
         key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
+        require_srtp: false,
     }
 }
 

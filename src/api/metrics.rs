@@ -20,6 +20,8 @@ pub struct SipCounters {
     pub responses: BTreeMap<u16, u64>,
     /// Datagrams or stream messages that did not parse (answered 4xx/5xx when possible).
     pub parse_errors: u64,
+    /// Messages from sources outside SIP_ALLOWED_NETWORKS (answered 403 or dropped).
+    pub acl_denied: u64,
 }
 
 /// Recorder totals at the time of the snapshot.
@@ -141,7 +143,7 @@ impl Metrics {
             sip_parse_errors: counter(
                 &r,
                 "sip_messages_dropped_total",
-                "SIP messages that did not parse",
+                "SIP messages dropped or refused: unparsable, or from a source the ACL denies",
                 &["reason"],
             ),
             calls: counter(
@@ -238,6 +240,7 @@ impl Metrics {
             follow(&self.sip_responses, &[&code.to_string()], *n);
         }
         follow(&self.sip_parse_errors, &["unparsable"], s.sip.parse_errors);
+        follow(&self.sip_parse_errors, &["acl"], s.sip.acl_denied);
         let c = &s.calls;
         for (outcome, n) in [
             ("accepted", c.calls_total),

@@ -66,6 +66,17 @@ pub struct SipConfig {
     /// On SIGTERM, seconds running calls may go on while new ones get 503 (`DRAIN_TIMEOUT`);
     /// then we send BYE. 0 ends calls at once. Keep systemd's TimeoutStopSec above it.
     pub drain_timeout_s: u32,
+    /// Source networks allowed to send SIP (`SIP_ALLOWED_NETWORKS`, CIDR list); empty: all.
+    pub allowed_networks: Vec<String>,
+    /// What others get (`SIP_ACL_ACTION`): `reject` (403 to requests) or `drop` (silence).
+    pub acl_action: AclAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclAction {
+    Reject,
+    Drop,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +110,9 @@ pub struct MediaConfig {
     pub port_cooldown_s: u32,
     /// Longest recording in seconds before we send BYE (0 = unlimited).
     pub max_call_duration_s: u32,
+    /// Refuse plain RTP: only RTP/SAVP(F) m-lines are recorded; an offer without one gets
+    /// 488 (`SRTP_REQUIRED`, default false).
+    pub srtp_required: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +202,8 @@ pub struct FileSip {
     pub external_ip: Option<String>,
     pub require_siprec: Option<bool>,
     pub max_concurrent_calls: Option<usize>,
+    pub allowed_networks: Option<Vec<String>>,
+    pub acl_action: Option<AclAction>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -209,6 +225,7 @@ pub struct FileMedia {
     pub rtp_timeout_s: Option<u32>,
     pub port_cooldown_s: Option<u32>,
     pub max_call_duration_s: Option<u32>,
+    pub srtp_required: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -240,6 +257,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("SIP_REQUIRE_SIPREC", "sip.require_siprec"),
     ("MAX_CONCURRENT_CALLS", "sip.max_concurrent_calls"),
     ("DRAIN_TIMEOUT", "sip.drain_timeout_s"),
+    ("SIP_ALLOWED_NETWORKS", "sip.allowed_networks"),
+    ("SIP_ACL_ACTION", "sip.acl_action"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -251,6 +270,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("RTP_TIMEOUT", "media.rtp_timeout_s"),
     ("RTP_PORT_COOLDOWN", "media.port_cooldown_s"),
     ("MAX_CALL_DURATION", "media.max_call_duration_s"),
+    ("SRTP_REQUIRED", "media.srtp_required"),
     ("RECORDING_DIR", "recording.dir"),
     ("RECORDING_COMBINE_LEGS", "recording.combine_legs"),
     ("RECORDING_FSYNC", "recording.fsync"),
@@ -324,6 +344,8 @@ impl Config {
             require_siprec: f.sip.require_siprec.unwrap_or(false),
             max_concurrent_calls: f.sip.max_concurrent_calls.unwrap_or(1000),
             drain_timeout_s: f.sip.drain_timeout_s.unwrap_or(120),
+            allowed_networks: f.sip.allowed_networks.clone().unwrap_or_default(),
+            acl_action: f.sip.acl_action.unwrap_or(AclAction::Reject),
         };
         if sip.ports.is_empty() || sip.ports.contains(&0) {
             return Err(invalid(
@@ -355,6 +377,7 @@ impl Config {
             rtp_timeout_s: f.media.rtp_timeout_s.unwrap_or(30),
             port_cooldown_s: f.media.port_cooldown_s.unwrap_or(5),
             max_call_duration_s: f.media.max_call_duration_s.unwrap_or(4 * 3600),
+            srtp_required: f.media.srtp_required.unwrap_or(false),
         };
         if media.rtp_port_min < 1024 || media.rtp_port_min % 2 != 0 {
             let v = media.rtp_port_min.to_string();
@@ -373,6 +396,11 @@ impl Config {
                 let allowed = "SIP ports outside RTP_PORT_MIN..RTP_PORT_MAX";
                 return Err(invalid("PORTS", port.to_string(), allowed));
             }
+        }
+        let networks = sip.allowed_networks.join(",");
+        if let Err(item) = crate::sip::acl::Acl::parse(&networks) {
+            let allowed = format!("CIDR blocks such as 10.0.0.0/8 or 2001:db8::/32 (bad: {item})");
+            return Err(invalid("SIP_ALLOWED_NETWORKS", networks, allowed));
         }
         let recording = RecordingConfig {
             dir: f
@@ -519,6 +547,21 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "SIP_REQUIRE_SIPREC" => f.sip.require_siprec = Some(parse_bool(key, v)?),
         "MAX_CONCURRENT_CALLS" => f.sip.max_concurrent_calls = Some(parse_num(key, v, COUNT)?),
         "DRAIN_TIMEOUT" => f.sip.drain_timeout_s = Some(parse_num(key, v, SECONDS)?),
+        "SIP_ALLOWED_NETWORKS" => {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            f.sip.allowed_networks = Some(list);
+        }
+        "SIP_ACL_ACTION" => {
+            f.sip.acl_action = Some(match v.trim() {
+                "reject" => AclAction::Reject,
+                "drop" => AclAction::Drop,
+                _ => return Err(invalid(key, v, "reject or drop")),
+            });
+        }
         "HTTP_HOST" => f.http.host = Some(v.to_owned()),
         "HTTP_PORT" => f.http.port = Some(parse_num(key, v, PORT)?),
         "API_KEY" => f.http.api_key = Some(v.to_owned()),
@@ -540,6 +583,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         }
         "RTP_PORT_COOLDOWN" => f.media.port_cooldown_s = Some(parse_num(key, v, SECONDS)?),
         "MAX_CALL_DURATION" => f.media.max_call_duration_s = Some(parse_num(key, v, SECONDS)?),
+        "SRTP_REQUIRED" => f.media.srtp_required = Some(parse_bool(key, v)?),
         "RECORDING_DIR" => f.recording.dir = Some(PathBuf::from(v)),
         "RECORDING_COMBINE_LEGS" => f.recording.combine_legs = Some(parse_bool(key, v)?),
         "RECORDING_FSYNC" => {

@@ -36,6 +36,13 @@ impl Codec {
     }
 }
 
+/// What the operator allows in an offer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerPolicy {
+    /// Only RTP/SAVP(F) m-lines are recorded (`SRTP_REQUIRED`); plain ones get port 0.
+    pub require_srtp: bool,
+}
+
 /// An m-line we record.
 #[derive(Debug, Clone)]
 pub struct AcceptedMedia {
@@ -72,7 +79,10 @@ pub enum AnswerError {
 }
 
 /// Decides, per offered m-line, whether and how we record it.
-pub fn plan_answer(offer: &SessionDescription) -> Result<Vec<MediaPlan>, AnswerError> {
+pub fn plan_answer(
+    offer: &SessionDescription,
+    policy: AnswerPolicy,
+) -> Result<Vec<MediaPlan>, AnswerError> {
     let plan: Vec<MediaPlan> = offer
         .media
         .iter()
@@ -95,6 +105,9 @@ pub fn plan_answer(offer: &SessionDescription) -> Result<Vec<MediaPlan>, AnswerE
             // anything else is refused. A plain m-line's crypto lines (best-effort SRTP
             // offers) are ignored: the answer stays plain.
             let crypto = match proto.as_str() {
+                "RTP/AVP" | "RTP/AVPF" if policy.require_srtp => {
+                    return reject("plain RTP refused: SRTP is required")
+                }
                 "RTP/AVP" | "RTP/AVPF" => None,
                 "RTP/SAVP" | "RTP/SAVPF" => {
                     let lines = m
@@ -273,7 +286,7 @@ m=video 4002 RTP/AVP 96\r\n\
 m=audio 4004 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:xx\r\n\
 m=audio 4006 RTP/AVP 8\r\na=label:2\r\na=inactive\r\n",
         );
-        let plan = plan_answer(&o).unwrap();
+        let plan = plan_answer(&o, AnswerPolicy::default()).unwrap();
         assert_eq!(
             plan.iter().map(|p| p.accept.is_some()).collect::<Vec<_>>(),
             [true, false, false, true]
@@ -300,7 +313,7 @@ m=audio 10002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=label:2\r\na=inactive\r\n"
     #[test]
     fn no_usable_stream() {
         let o = offer("v=0\r\nm=audio 4000 RTP/AVP 18\r\nm=audio 0 RTP/AVP 0\r\n");
-        assert!(plan_answer(&o).is_err());
+        assert!(plan_answer(&o, AnswerPolicy::default()).is_err());
     }
 
     /// RTP/SAVP with several crypto lines: accepted with the strongest suite, the answer
@@ -316,7 +329,7 @@ a=crypto:2 AES_256_CM_HMAC_SHA1_80 inline:{k46}|2^31\r\na=label:1\r\n\
 m=audio 4002 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:{k30}\r\n\
 m=audio 4004 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 00\r\n"
         ));
-        let plan = plan_answer(&o).unwrap();
+        let plan = plan_answer(&o, AnswerPolicy::default()).unwrap();
         let c = plan[0].accept.as_ref().unwrap().crypto.as_ref().unwrap();
         assert_eq!(
             (c.tag, c.suite),
@@ -344,6 +357,19 @@ m=audio 4004 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:sha-256 00\r\n"
         let none = offer(&format!(
             "v=0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:{k30}\r\n"
         ));
-        assert!(plan_answer(&none).is_err(), "no usable stream → 488");
+        assert!(
+            plan_answer(&none, AnswerPolicy::default()).is_err(),
+            "no usable stream → 488"
+        );
+        // SRTP required: the plain m-line of a mixed offer is refused; a plain offer → 488.
+        let strict = AnswerPolicy { require_srtp: true };
+        let mixed = offer(&format!(
+            "v=0\r\nm=audio 4000 RTP/AVP 0\r\nm=audio 4002 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{k30}\r\n"
+        ));
+        let plan = plan_answer(&mixed, strict).unwrap();
+        assert!(plan[0].accept.is_none() && plan[1].accept.is_some());
+        let plain = offer("v=0\r\nm=audio 4000 RTP/AVP 0\r\n");
+        assert!(plan_answer(&plain, strict).is_err());
     }
 }

@@ -7,7 +7,8 @@
 mod answer;
 
 pub use answer::{
-    plan_answer, render_answer, AcceptedMedia, AnswerError, AnswerParams, Codec, MediaPlan,
+    plan_answer, render_answer, AcceptedMedia, AnswerError, AnswerParams, AnswerPolicy, Codec,
+    MediaPlan,
 };
 
 const MAX_BYTES: usize = 65536;

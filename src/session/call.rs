@@ -12,7 +12,7 @@ use crate::media::activity::{ActivityTotals, SpeakerChange, WINDOW_MS};
 use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
 use crate::proto::{date_ymd, rfc3339_ms};
-use crate::sdp::{self, AcceptedMedia, AnswerParams, Codec, Direction, MediaPlan};
+use crate::sdp::{self, AcceptedMedia, AnswerParams, AnswerPolicy, Codec, Direction, MediaPlan};
 use crate::sink::recorder::{sanitize_component, RecorderCommand, RecorderEvent, StreamSpec};
 use crate::sip::{Method, NameAddr, Peer, Request, Response, Transport, TsxKey};
 use crate::siprec::{self, metadata::RecordingMetadata};
@@ -79,6 +79,7 @@ pub(super) struct CallSetup {
     pub combine_legs: bool,
     pub branch_seed: u64,
     pub key_source: fn(&mut [u8]),
+    pub require_srtp: bool,
 }
 
 impl CallStream {
@@ -104,6 +105,8 @@ struct MetadataEvent {
 }
 
 pub(super) struct Call {
+    /// Only SRTP m-lines are recorded (re-INVITEs too).
+    require_srtp: bool,
     /// The final talk-time analytics, for session.json.
     analytics: Option<serde_json::Value>,
     /// Fills our SRTP answer keys (the OS RNG in production).
@@ -190,7 +193,10 @@ impl Call {
             }
             None => RecordingMetadata::default(),
         };
-        let plan = sdp::plan_answer(&offer).map_err(|_| 488u16)?;
+        let policy = AnswerPolicy {
+            require_srtp: setup.require_srtp,
+        };
+        let plan = sdp::plan_answer(&offer, policy).map_err(|_| 488u16)?;
 
         let mut allocated = Vec::new();
         for p in &plan {
@@ -220,6 +226,7 @@ impl Call {
             .join(date_ymd(now.unix_ms))
             .join(&session_id);
         let mut call = Call {
+            require_srtp: setup.require_srtp,
             analytics: None,
             key_source: setup.key_source,
             session: setup.session,
@@ -719,7 +726,10 @@ impl Call {
             }
         };
         // Every m-line on port 0 is a valid "hold everything" offer in a re-INVITE.
-        let plan = sdp::plan_answer(&offer).unwrap_or_else(|_| rejected_plan(&offer));
+        let policy = AnswerPolicy {
+            require_srtp: self.require_srtp,
+        };
+        let plan = sdp::plan_answer(&offer, policy).unwrap_or_else(|_| rejected_plan(&offer));
         let mut answer_ports = Vec::with_capacity(plan.len());
         for p in &plan {
             let index = p.index;

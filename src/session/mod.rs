@@ -47,6 +47,8 @@ pub struct SessionConfig {
     pub seed: u64,
     /// Fills SRTP keys for our SDP answers (the OS RNG in production).
     pub key_source: fn(&mut [u8]),
+    /// Record only SRTP m-lines (`SRTP_REQUIRED`).
+    pub require_srtp: bool,
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -583,6 +585,7 @@ impl SessionManager {
             combine_legs: self.config.combine_legs,
             branch_seed: self.next_random(),
             key_source: self.config.key_source,
+            require_srtp: self.config.require_srtp,
         };
         match Call::accept(now, ports, setup, key, &request, &mut self.actions) {
             Ok((call, metadata_error)) => {
