@@ -105,7 +105,7 @@ Content-Type: multipart/mixed;boundary=BOUNDARY\r\nContent-Length: {}\r\n\r\n{in
     let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
     let dropped = metrics
         .lines()
-        .find(|l| l.starts_with("siprec_sip_messages_dropped_total"))
+        .find(|l| l.starts_with("siprec_sip_messages_dropped_total{reason=\"unparsable\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
