@@ -16,10 +16,22 @@ use super::g711;
 pub enum PayloadKind {
     Pcmu,
     Pcma,
+    /// Linear 16-bit big-endian PCM (RFC 3551 L16), mono.
+    L16,
     /// RFC 4733 telephone-event: never reaches the audio; the gap it covers stays silence.
     TelephoneEvent,
     /// RFC 3389 comfort noise: the gap stays silence.
     ComfortNoise,
+}
+
+/// Decodes a payload into samples.
+type Decoder = fn(&[u8], &mut [i16]);
+
+/// L16: big-endian 16-bit samples.
+fn decode_l16(payload: &[u8], out: &mut [i16]) {
+    for (o, b) in out.iter_mut().zip(payload.chunks_exact(2)) {
+        *o = i16::from_be_bytes([b[0], b[1]]);
+    }
 }
 
 /// Parameters captured when a stream is opened or updated (never read from global config).
@@ -267,9 +279,11 @@ impl RtpReceiver {
         let ext_ts = self.extend_timestamp(header.timestamp);
         self.update_jitter(now_ns, ext_ts);
         let payload = &packet[header.payload_start..header.payload_end];
-        let decode: fn(&[u8], &mut [i16]) = match kind {
-            PayloadKind::Pcmu => g711::decode_ulaw,
-            PayloadKind::Pcma => g711::decode_alaw,
+        // (decoder, bytes per sample)
+        let (decode, width): (Decoder, usize) = match kind {
+            PayloadKind::Pcmu => (g711::decode_ulaw, 1),
+            PayloadKind::Pcma => (g711::decode_alaw, 1),
+            PayloadKind::L16 => (decode_l16, 2),
             PayloadKind::TelephoneEvent => {
                 self.stats.telephone_events += 1;
                 return Err(Drop::TelephoneEvent);
@@ -279,7 +293,7 @@ impl RtpReceiver {
                 return Err(Drop::ComfortNoise);
             }
         };
-        if payload.is_empty() {
+        if payload.len() < width {
             self.stats.malformed += 1;
             return Err(Drop::Malformed);
         }
@@ -287,10 +301,11 @@ impl RtpReceiver {
             self.stats.paused += 1;
             return Err(Drop::Paused);
         }
-        // Longer payloads (> 120 ms of G.711) are cut at FRAME_SAMPLES_MAX: such ptimes are
-        // outside RFC 3551's recommendations and no vendor we know sends them.
-        let n = payload.len().min(FRAME_SAMPLES_MAX);
-        decode(&payload[..n], &mut frame.samples[..n]);
+        // Longer payloads (> 120 ms of G.711, > 20 ms of 48 kHz L16) are cut at
+        // FRAME_SAMPLES_MAX: outside RFC 3551's recommendations, and no vendor we know sends
+        // them. An odd trailing L16 byte is ignored.
+        let n = (payload.len() / width).min(FRAME_SAMPLES_MAX);
+        decode(&payload[..n * width], &mut frame.samples[..n]);
         frame.key = self.params.key;
         frame.arrival_ns = now_ns;
         frame.ext_ts = ext_ts;

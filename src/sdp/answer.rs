@@ -13,6 +13,8 @@ use crate::srtp::sdes::{self, Crypto};
 pub enum Codec {
     Pcmu,
     Pcma,
+    /// Linear 16-bit PCM, mono, big-endian (RFC 3551 §4.5.11), at its clock rate.
+    L16(u32),
 }
 
 impl Codec {
@@ -20,17 +22,23 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::L16(_) => "L16",
         }
     }
 
     pub fn clock_rate(&self) -> u32 {
-        8000
+        match self {
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::L16(rate) => *rate,
+        }
     }
 
-    fn from_rtpmap(encoding: &str, rate: u32) -> Option<Codec> {
-        match (encoding.to_ascii_uppercase().as_str(), rate) {
-            ("PCMU", 8000) => Some(Codec::Pcmu),
-            ("PCMA", 8000) => Some(Codec::Pcma),
+    fn from_rtpmap(encoding: &str, rate: u32, channels: Option<u16>) -> Option<Codec> {
+        match (encoding.to_ascii_uppercase().as_str(), rate, channels) {
+            ("PCMU", 8000, None | Some(1)) => Some(Codec::Pcmu),
+            ("PCMA", 8000, None | Some(1)) => Some(Codec::Pcma),
+            // Mono only; 20 ms at 48 kHz is the largest frame we carry.
+            ("L16", 8000 | 16000 | 32000 | 44100 | 48000, None | Some(1)) => Some(Codec::L16(rate)),
             _ => None,
         }
     }
@@ -132,7 +140,7 @@ pub fn plan_answer(
                 .iter()
                 .filter_map(|&pt| {
                     let map = m.rtpmap(pt)?;
-                    Codec::from_rtpmap(&map.encoding, map.clock_rate).map(|c| (pt, c))
+                    Codec::from_rtpmap(&map.encoding, map.clock_rate, map.channels).map(|c| (pt, c))
                 })
                 .collect();
             let Some(&(pt, codec)) = decodable.first() else {
@@ -140,8 +148,9 @@ pub fn plan_answer(
             };
             let te = pts.iter().find_map(|&p| {
                 let map = m.rtpmap(p)?;
-                (map.encoding.eq_ignore_ascii_case("telephone-event") && map.clock_rate == 8000)
-                    .then_some((p, map.clock_rate))
+                (map.encoding.eq_ignore_ascii_case("telephone-event")
+                    && map.clock_rate == codec.clock_rate())
+                .then_some((p, map.clock_rate))
             });
             MediaPlan {
                 index,

@@ -1092,20 +1092,23 @@ pub(super) fn advertised_ip(config: &SessionConfig, request: &Request, _peer: Pe
 
 /// Data-plane parameters of an accepted stream: the PT table from its SDP.
 fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool) -> StreamParams {
+    let kind = |codec: Codec| match codec {
+        Codec::Pcmu => PayloadKind::Pcmu,
+        Codec::Pcma => PayloadKind::Pcma,
+        Codec::L16(_) => PayloadKind::L16,
+    };
     let mut payload_types = [None; 128];
+    // A PT switch mid-stream must keep the rate: the stream's file and timeline have one.
     for &(pt, codec) in &media.decodable {
+        if codec.clock_rate() != media.codec.clock_rate() {
+            continue;
+        }
         if let Some(slot) = payload_types.get_mut(pt as usize) {
-            *slot = Some(match codec {
-                Codec::Pcmu => PayloadKind::Pcmu,
-                Codec::Pcma => PayloadKind::Pcma,
-            });
+            *slot = Some(kind(codec));
         }
     }
     if let Some(slot) = payload_types.get_mut(media.pt as usize) {
-        *slot = Some(match media.codec {
-            Codec::Pcmu => PayloadKind::Pcmu,
-            Codec::Pcma => PayloadKind::Pcma,
-        });
+        *slot = Some(kind(media.codec));
     }
     if let Some(te) = media.telephone_event_pt {
         if let Some(slot) = payload_types.get_mut(te as usize) {
