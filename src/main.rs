@@ -468,6 +468,9 @@ async fn control_plane(
                         dataplane::Report::Closed { key, stats } => {
                             sessions.handle_stream_stats(key, stats)
                         }
+                        dataplane::Report::Dtmf { key, digit } => {
+                            sessions.handle_dtmf(now, key, digit)
+                        }
                     }
                 }
                 while let Ok(event) = recorder.events.try_recv() {

@@ -169,6 +169,14 @@ fn two_legs_late_start_dtmf_hold_resume() {
             .unwrap()
             >= 10
     );
+    // The digit itself: "5" on leg 1 at ~0.8 s, 10 × 20 ms long (its E packet says 1600).
+    let dtmf = meta["dtmf"].as_array().unwrap();
+    assert_eq!(dtmf.len(), 1, "{dtmf:?}");
+    assert_eq!(dtmf[0]["digit"], "5");
+    assert_eq!(dtmf[0]["stream"], 0);
+    assert_eq!(dtmf[0]["duration_ms"], 200);
+    let at = dtmf[0]["at_s"].as_f64().unwrap();
+    assert!((0.75..1.0).contains(&at), "{at}");
     let rtp0 = &meta["streams"][0]["rtp"];
     assert_eq!(rtp0["rtcp_sender_reports"], 1, "{rtp0}");
     assert_eq!(rtp0["rtcp_sender_packet_count"], 40, "{rtp0}");

@@ -96,6 +96,11 @@ pub enum Report {
     },
     /// A closed stream's final counters.
     Closed { key: StreamKey, stats: RtpStats },
+    /// A DTMF digit (RFC 4733) completed on a stream; sent when its end packet arrives.
+    Dtmf {
+        key: StreamKey,
+        digit: crate::media::rtp::Dtmf,
+    },
 }
 
 /// The control plane's handle on the running workers.

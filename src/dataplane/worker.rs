@@ -138,6 +138,7 @@ pub(super) struct Lane<'a> {
 #[allow(clippy::too_many_arguments)]
 fn deliver(
     stream: &mut Stream,
+    reports: &crossbeam_channel::Sender<Report>,
     ring: &mut ring::Producer<MediaFrame>,
     frame: &mut MediaFrame,
     local: &mut Local,
@@ -151,16 +152,26 @@ fn deliver(
         stream.receiver.handle_rtcp(packet);
         return;
     }
-    if stream
+    match stream
         .receiver
         .handle_packet_from(now, source, packet, frame)
-        .is_ok()
     {
-        // We purposely copy the frame into the ring slot rather than box it: no allocation.
-        if ring.push(frame.clone()).is_err() {
-            stream.receiver.count_ring_full();
-            local.ring_full += 1;
+        Ok(()) => {
+            // We purposely copy the frame into the ring slot rather than box it: no
+            // allocation.
+            if ring.push(frame.clone()).is_err() {
+                stream.receiver.count_ring_full();
+                local.ring_full += 1;
+            }
         }
+        Err(crate::media::rtp::Drop::TelephoneEvent) => {
+            while let Some(digit) = stream.receiver.take_digit() {
+                let key = stream.receiver.params().key;
+                // A full report channel loses the digit's event, never audio.
+                let _ = reports.try_send(Report::Dtmf { key, digit });
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -341,6 +352,7 @@ impl Core {
         };
         deliver(
             stream,
+            &self.reports,
             &mut self.ring,
             &mut self.frame,
             &mut self.local,
@@ -420,6 +432,7 @@ impl Core {
             match results[k] {
                 Ok(n) => deliver(
                     stream,
+                    &self.reports,
                     &mut self.ring,
                     &mut self.frame,
                     &mut self.local,

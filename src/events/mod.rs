@@ -20,6 +20,8 @@ pub enum EventKind {
     MetadataUpdated,
     RecordingPaused,
     RecordingResumed,
+    /// A DTMF digit (RFC 4733 telephone-event) on a stream.
+    Dtmf,
     /// One talker took the floor alone (or it went quiet), from the recorded audio.
     SpeakerChange,
     /// Talk time, dead air, overtalk so far (every 5 s of call time, and a final one).
@@ -39,6 +41,7 @@ impl EventKind {
             EventKind::MetadataUpdated => "metadata_updated",
             EventKind::RecordingPaused => "recording_paused",
             EventKind::RecordingResumed => "recording_resumed",
+            EventKind::Dtmf => "dtmf",
             EventKind::SpeakerChange => "speaker_change",
             EventKind::Snapshot => "snapshot",
             EventKind::Gap => "gap",

@@ -165,6 +165,35 @@ pub struct RtpReceiver {
     /// Jitter estimator state: last transit time and the running estimate, in RTP units.
     transit: Option<i64>,
     jitter: f64,
+    /// The RFC 4733 event in progress: its RTP timestamp, event code, first arrival, and
+    /// whether it was already reported (its end packet is sent three times).
+    dtmf: Option<(u32, u8, u64, bool)>,
+    /// Completed digits waiting for the data plane to report them (at most two per packet;
+    /// a few slots, allocated once).
+    digits: std::collections::VecDeque<Dtmf>,
+}
+
+/// A DTMF digit received as an RFC 4733 telephone-event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtmf {
+    /// `0`–`9`, `*`, `#`, `A`–`D`.
+    pub digit: char,
+    /// Arrival of its first packet (monotonic ns).
+    pub start_ns: u64,
+    pub duration_ms: u32,
+}
+
+/// Digits held between two reports by the data plane (it drains them after every packet).
+const DIGITS_QUEUED: usize = 4;
+
+fn dtmf_char(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
+    }
 }
 
 impl RtpReceiver {
@@ -182,7 +211,61 @@ impl RtpReceiver {
             stats: RtpStats::default(),
             transit: None,
             jitter: 0.0,
+            dtmf: None,
+            digits: std::collections::VecDeque::with_capacity(DIGITS_QUEUED),
         }
+    }
+
+    /// RFC 4733 §2.3: one event per RTP timestamp, its packets repeated with a growing
+    /// duration, the last ones (E bit) up to three times. A digit is complete at its first E
+    /// packet, or when the next event starts without one having arrived.
+    fn track_dtmf(&mut self, now_ns: u64, ts: u32, payload: &[u8]) {
+        let [event, flags, d0, d1, ..] = *payload else {
+            return;
+        };
+        let end = flags & 0x80 != 0;
+        let duration = u32::from(u16::from_be_bytes([d0, d1]));
+        let rate = self.params.sample_rate.max(1);
+        let ms = |units: u32| (u64::from(units) * 1000 / u64::from(rate)) as u32;
+        match self.dtmf {
+            Some((cur, _, _, reported)) if cur == ts => {
+                if end && !reported {
+                    if let Some((_, code, start, _)) = self.dtmf {
+                        self.complete_digit(code, start, ms(duration));
+                    }
+                    self.dtmf = Some((ts, event, self.dtmf.map_or(now_ns, |d| d.2), true));
+                }
+            }
+            previous => {
+                if let Some((_, code, start, false)) = previous {
+                    // Its end packets were lost: report it with what we know.
+                    self.complete_digit(code, start, 0);
+                }
+                self.dtmf = Some((ts, event, now_ns, end));
+                if end {
+                    self.complete_digit(event, now_ns, ms(duration));
+                }
+            }
+        }
+    }
+
+    fn complete_digit(&mut self, event: u8, start_ns: u64, duration_ms: u32) {
+        if let Some(digit) = dtmf_char(event) {
+            if self.digits.len() == DIGITS_QUEUED {
+                self.digits.pop_front();
+            }
+            self.digits.push_back(Dtmf {
+                digit,
+                start_ns,
+                duration_ms,
+            });
+        }
+    }
+
+    /// A digit completed by the last packets, oldest first (the data plane reports them at
+    /// once).
+    pub fn take_digit(&mut self) -> Option<Dtmf> {
+        self.digits.pop_front()
     }
 
     /// Handles an RTCP packet for this stream (its port + 1, or muxed on the RTP port).
@@ -286,6 +369,7 @@ impl RtpReceiver {
             PayloadKind::L16 => (decode_l16, 2),
             PayloadKind::TelephoneEvent => {
                 self.stats.telephone_events += 1;
+                self.track_dtmf(now_ns, header.timestamp, payload);
                 return Err(Drop::TelephoneEvent);
             }
             PayloadKind::ComfortNoise => {
@@ -745,5 +829,46 @@ mod tests {
         for n in 0..p.len() {
             let _ = parse_header(&p[..n]);
         }
+    }
+
+    /// RFC 4733: one digit per event timestamp, reported at its first E packet with its
+    /// duration (the repeated E packets are not new digits); a digit whose E packets were
+    /// lost is reported when the next one starts.
+    #[test]
+    fn dtmf_digits() {
+        let mut p = params();
+        p.payload_types[101] = Some(PayloadKind::TelephoneEvent);
+        let mut r = RtpReceiver::new(p);
+        let mut frame = MediaFrame::empty();
+        let mut seq = 0u16;
+        let mut send = |r: &mut RtpReceiver, at_ms: u64, ts: u32, payload: [u8; 4]| {
+            let mut pkt = Vec::new();
+            write_packet(101, seq, ts, 9, &payload, &mut pkt);
+            seq += 1;
+            let _ = r.handle_packet(at_ms * 1_000_000, &pkt, &mut frame);
+            std::iter::from_fn(|| r.take_digit()).collect::<Vec<_>>()
+        };
+        let mut digits = Vec::new();
+        // '#' (11): 5 packets, then E three times with duration 800 (100 ms).
+        for i in 0..5u16 {
+            let d = 160 * (i + 1);
+            digits.extend(send(
+                &mut r,
+                1000 + 20 * i as u64,
+                8000,
+                [11, 10, (d >> 8) as u8, d as u8],
+            ));
+        }
+        for _ in 0..3 {
+            digits.extend(send(&mut r, 1100, 8000, [11, 0x8a, 0x03, 0x20]));
+        }
+        // '7': its E packets are lost; then 'A' (12) arrives with a single E packet.
+        digits.extend(send(&mut r, 2000, 16000, [7, 10, 0, 160]));
+        digits.extend(send(&mut r, 3000, 24000, [12, 0x8a, 0x01, 0x40]));
+        let got: Vec<(char, u64, u32)> = digits
+            .iter()
+            .map(|d| (d.digit, d.start_ns / 1_000_000, d.duration_ms))
+            .collect();
+        assert_eq!(got, [('#', 1000, 100), ('7', 2000, 0), ('A', 3000, 40)]);
     }
 }

@@ -19,6 +19,9 @@ use crate::siprec::{self, metadata::RecordingMetadata};
 
 use super::{Action, MediaPorts, Now, SessionConfig, SessionCounters};
 
+/// DTMF digits kept per call for session.json (later ones still become events).
+const DTMF_MAX: usize = 1000;
+
 /// Metadata updates kept per call for session.json; later ones are applied but not listed.
 const METADATA_HISTORY_MAX: usize = 1000;
 
@@ -105,6 +108,8 @@ struct MetadataEvent {
 }
 
 pub(super) struct Call {
+    /// DTMF digits received (bounded), for session.json.
+    dtmf: Vec<serde_json::Value>,
     /// Only SRTP m-lines are recorded (re-INVITEs too).
     require_srtp: bool,
     /// The final talk-time analytics, for session.json.
@@ -226,6 +231,7 @@ impl Call {
             .join(date_ymd(now.unix_ms))
             .join(&session_id);
         let mut call = Call {
+            dtmf: Vec::new(),
             require_srtp: setup.require_srtp,
             analytics: None,
             key_source: setup.key_source,
@@ -310,6 +316,30 @@ impl Call {
             "recording session started"
         );
         Ok((call, metadata_error))
+    }
+
+    /// A DTMF digit on stream `index`: kept for session.json and sent as an event.
+    pub(super) fn handle_dtmf(
+        &mut self,
+        now: Now,
+        index: u32,
+        digit: crate::media::rtp::Dtmf,
+        actions: &mut VecDeque<Action>,
+    ) {
+        let stream = self.streams.get(index as usize);
+        let at_s = digit.start_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        let data = json!({
+            "digit": digit.digit.to_string(),
+            "stream": index,
+            "label": stream.and_then(|s| s.label.clone()),
+            "participants": stream.map(|s| self.stream_participants(s)),
+            "at_s": (at_s * 1000.0).round() / 1000.0,
+            "duration_ms": digit.duration_ms,
+        });
+        if self.dtmf.len() < DTMF_MAX {
+            self.dtmf.push(data.clone());
+        }
+        actions.push_back(self.event(now, EventKind::Dtmf, data));
     }
 
     /// Talk time, dead air and speaker changes from the recorder: `speaker_change` events and
@@ -962,6 +992,7 @@ impl Call {
             })).collect::<Vec<_>>(),
             "files": files,
             "analytics": self.analytics,
+            "dtmf": self.dtmf,
             "recorder": record_stats,
             "metadata": self.metadata,
             "metadata_history": self.metadata_history,

@@ -298,6 +298,18 @@ impl SessionManager {
         }
     }
 
+    /// A DTMF digit the data plane decoded on stream `key`: into session.json and an event.
+    pub fn handle_dtmf(&mut self, now: Now, key: StreamKey, digit: crate::media::rtp::Dtmf) {
+        let Some(call) = self
+            .by_session
+            .get(&key.session)
+            .and_then(|id| self.calls.get_mut(id))
+        else {
+            return;
+        };
+        call.handle_dtmf(now, key.stream, digit, &mut self.actions);
+    }
+
     /// Periodic work: RTP timeout and duration cap (we send BYE).
     pub fn handle_tick(&mut self, now: Now, ports: &mut dyn MediaPorts) {
         let timeout = self.config.rtp_timeout_ns;
