@@ -20,6 +20,7 @@ use siprec::session::{
     self, ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager,
 };
 use siprec::sink::recorder::{self, RecorderCommand, RecorderConfig};
+use siprec::sip::pike::{Pike, Verdict};
 use siprec::sip::{self, Message, Peer, TransactionLayer, Transport, TsxConfig};
 
 #[global_allocator]
@@ -405,6 +406,7 @@ async fn control_plane(
     if !acl.is_open() {
         tracing::info!(networks = ?config.sip.allowed_networks, "SIP source ACL active");
     }
+    let mut pike = Pike::new(config.sip.flood_limit, config.sip.flood_block_s);
     let io = Io {
         udp,
         conns,
@@ -433,11 +435,18 @@ async fn control_plane(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             Some(inbound) = rx.recv() => {
-                if acl.allows(inbound.peer.addr.ip()) {
+                let ip = inbound.peer.addr.ip();
+                if !acl.allows(ip) {
+                    io.deny(inbound, config.sip.acl_action);
+                } else if let Verdict::Block { new } = pike.check(ip, dataplane::mono_now_ns()) {
+                    io.sip.borrow_mut().flood_dropped += 1;
+                    if new {
+                        let secs = config.sip.flood_block_s;
+                        tracing::warn!(source = %ip, block_s = secs, "SIP flood: source blocked");
+                    }
+                } else {
                     io.count_inbound(&inbound.message);
                     tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
-                } else {
-                    io.deny(inbound, config.sip.acl_action);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -478,6 +487,7 @@ async fn control_plane(
                 }
                 if last_session_tick.elapsed() >= Duration::from_secs(1) {
                     last_session_tick = Instant::now();
+                    pike.forget_idle(dataplane::mono_now_ns());
                     sessions.handle_tick(now, &mut ports);
                     // The watchdog is fed only while every worker's loop is turning, so a stuck
                     // data plane gets the service restarted.

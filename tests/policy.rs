@@ -74,16 +74,52 @@ fn acl_rejects_or_drops_unknown_sources() {
     ));
 }
 
-/// A source inside the allowed networks is served as usual.
+/// A source inside the allowed networks is served as usual; when it floods (more than
+/// SIP_FLOOD_LIMIT messages in a second) it is blocked, unanswered, for SIP_FLOOD_BLOCK
+/// seconds, counted, and served again afterwards.
 #[test]
-fn acl_allows_listed_sources() {
-    let _server = Server::start(37, &[("SIP_ALLOWED_NETWORKS", "10.0.0.0/8,127.0.0.0/8")]);
+fn acl_allows_listed_sources_and_floods_are_blocked() {
+    let _server = Server::start(
+        37,
+        &[
+            ("SIP_ALLOWED_NETWORKS", "10.0.0.0/8,127.0.0.0/8"),
+            ("SIP_FLOOD_LIMIT", "30"),
+            ("SIP_FLOOD_BLOCK", "2"),
+        ],
+    );
     let ports = TestPorts::new(37);
     let mut src = Src::new(ports.src_sip, ports.sip, "acl-3@127.0.0.1");
     let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
     assert_eq!(src.invite(&ct, &body).status, 200);
     src.ack();
     assert_eq!(src.bye().status, 200);
+
+    for _ in 0..60 {
+        let r = src.request(sip::Method::Options);
+        src.send(&r);
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_millis(800);
+    while std::time::Instant::now() < deadline {
+        if let Ok((n, _)) = src.sock.recv_from(&mut buf) {
+            if matches!(sip::parse_datagram(&buf[..n]), Ok(Message::Response(_))) {
+                answered += 1;
+            }
+        }
+    }
+    assert!(
+        answered < 40,
+        "a flood is cut off: {answered} of 60 answered"
+    );
+    assert!(answered >= 20, "up to the limit is served: {answered}");
+    assert!(metrics_show(
+        ports.http,
+        "siprec_sip_messages_dropped_total{reason=\"flood\"}"
+    ));
+    std::thread::sleep(Duration::from_millis(2300));
+    let r = src.request(sip::Method::Options);
+    assert_eq!(src.transact(&r).status, 200, "served again after the block");
 }
 
 /// SRTP_REQUIRED: a plain RTP offer gets 488; an RTP/SAVP offer is recorded, and in a mixed

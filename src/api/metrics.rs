@@ -22,6 +22,8 @@ pub struct SipCounters {
     pub parse_errors: u64,
     /// Messages from sources outside SIP_ALLOWED_NETWORKS (answered 403 or dropped).
     pub acl_denied: u64,
+    /// Messages dropped from sources blocked for flooding (SIP_FLOOD_LIMIT).
+    pub flood_dropped: u64,
 }
 
 /// Recorder totals at the time of the snapshot.
@@ -143,7 +145,8 @@ impl Metrics {
             sip_parse_errors: counter(
                 &r,
                 "sip_messages_dropped_total",
-                "SIP messages dropped or refused: unparsable, or from a source the ACL denies",
+                "SIP messages dropped or refused: unparsable, from a source the ACL denies, or \
+                 from a source blocked for flooding",
                 &["reason"],
             ),
             calls: counter(
@@ -241,6 +244,7 @@ impl Metrics {
         }
         follow(&self.sip_parse_errors, &["unparsable"], s.sip.parse_errors);
         follow(&self.sip_parse_errors, &["acl"], s.sip.acl_denied);
+        follow(&self.sip_parse_errors, &["flood"], s.sip.flood_dropped);
         let c = &s.calls;
         for (outcome, n) in [
             ("accepted", c.calls_total),

@@ -70,6 +70,11 @@ pub struct SipConfig {
     pub allowed_networks: Vec<String>,
     /// What others get (`SIP_ACL_ACTION`): `reject` (403 to requests) or `drop` (silence).
     pub acl_action: AclAction,
+    /// SIP messages per second one source may send (`SIP_FLOOD_LIMIT`; 0 = no limit, the
+    /// default: SBCs legitimately send hundreds of calls a second).
+    pub flood_limit: u32,
+    /// Seconds a flooding source stays blocked (`SIP_FLOOD_BLOCK`, default 60).
+    pub flood_block_s: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +209,8 @@ pub struct FileSip {
     pub max_concurrent_calls: Option<usize>,
     pub allowed_networks: Option<Vec<String>>,
     pub acl_action: Option<AclAction>,
+    pub flood_limit: Option<u32>,
+    pub flood_block_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -259,6 +266,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("DRAIN_TIMEOUT", "sip.drain_timeout_s"),
     ("SIP_ALLOWED_NETWORKS", "sip.allowed_networks"),
     ("SIP_ACL_ACTION", "sip.acl_action"),
+    ("SIP_FLOOD_LIMIT", "sip.flood_limit"),
+    ("SIP_FLOOD_BLOCK", "sip.flood_block_s"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -346,6 +355,8 @@ impl Config {
             drain_timeout_s: f.sip.drain_timeout_s.unwrap_or(120),
             allowed_networks: f.sip.allowed_networks.clone().unwrap_or_default(),
             acl_action: f.sip.acl_action.unwrap_or(AclAction::Reject),
+            flood_limit: f.sip.flood_limit.unwrap_or(0),
+            flood_block_s: f.sip.flood_block_s.unwrap_or(60),
         };
         if sip.ports.is_empty() || sip.ports.contains(&0) {
             return Err(invalid(
@@ -555,6 +566,8 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
                 .collect();
             f.sip.allowed_networks = Some(list);
         }
+        "SIP_FLOOD_LIMIT" => f.sip.flood_limit = Some(parse_num(key, v, COUNT)?),
+        "SIP_FLOOD_BLOCK" => f.sip.flood_block_s = Some(parse_num(key, v, SECONDS)?),
         "SIP_ACL_ACTION" => {
             f.sip.acl_action = Some(match v.trim() {
                 "reject" => AclAction::Reject,

@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod msg;
+pub mod pike;
 pub mod transaction;
 
 pub use msg::*;
