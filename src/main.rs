@@ -945,6 +945,7 @@ fn metrics_snapshot(
             buffered: a.buffered.load(Relaxed),
             connects: a.connects.load(Relaxed),
         }),
+        ws_clients: 0, // Filled at scrape time by the API.
     }
 }
 

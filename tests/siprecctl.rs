@@ -121,4 +121,42 @@ fn siprecctl_drives_the_api() {
     assert_eq!(code, 1, "second erase: 404");
     let (code, _) = ctl(1, &["status"]);
     assert_eq!(code, 2, "unreachable server");
+
+    // `events` follows one call's events live (the API key is its token).
+    let follower = Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+        .env_clear()
+        .args([
+            "--url",
+            &format!("127.0.0.1:{}", ports.http),
+            "--api-key",
+            "k",
+        ])
+        .args([
+            "--json",
+            "events",
+            "--call-id",
+            "ctl2@127.0.0.1",
+            "--count",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(src);
+    let mut src = Src::new(ports.src_sip, ports.sip, "ctl2@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    assert_eq!(src.bye().status, 200);
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["call_started", "call_ended"]);
+    let (code, out) = ctl(ports.http, &["events", "--count", "1"]);
+    assert_eq!(code, 1, "no token: refused: {out}");
 }

@@ -125,6 +125,18 @@ fn events_reach_every_client_with_filters() {
                 (Some("call_started"), Some("ws-1@127.0.0.1"))
             );
         }
+        let (_, health) = http_get(ports.http, "/health").unwrap();
+        let h: serde_json::Value = serde_json::from_str(&health).unwrap();
+        assert_eq!(h["checks"]["websocket"]["status"], "healthy", "{h}");
+        assert!(h["checks"]["websocket"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("202 of"));
+        let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+        assert!(
+            metrics.contains("siprec_websocket_clients 202"),
+            "{metrics}"
+        );
         // A client-level ping is answered.
         mine.send(Message::Text(r#"{"type":"ping"}"#.into()))
             .await

@@ -52,6 +52,8 @@ pub struct MetricsSnapshot {
     pub workers: u64,
     /// The AMQP publisher's state, when it runs.
     pub amqp: Option<AmqpTotals>,
+    /// WebSocket clients connected to `/ws/*` (filled at scrape time by the API).
+    pub ws_clients: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -81,6 +83,7 @@ pub struct Metrics {
     srtp_replays: IntCounterVec,
     amqp_events: IntCounterVec,
     amqp_connected: IntGauge,
+    ws_clients: IntGauge,
     amqp_buffered: IntGauge,
     active_calls: IntGauge,
     ports: IntGaugeVec,
@@ -216,6 +219,7 @@ impl Metrics {
                 "amqp_buffered_events",
                 "Events waiting to be published or confirmed",
             ),
+            ws_clients: gauge(&r, "websocket_clients", "Clients connected to /ws/*"),
             active_calls: gauge(&r, "active_calls", "Recording sessions in progress"),
             ports: gauge_vec(&r, "rtp_ports", "RTP port pool", &["state"]),
             disk_free: gauge(
@@ -324,6 +328,8 @@ impl Metrics {
             self.amqp_buffered
                 .set(a.buffered.min(i64::MAX as u64) as i64);
         }
+        self.ws_clients
+            .set(s.ws_clients.min(i64::MAX as u64) as i64);
         self.active_calls.set(s.active_calls as i64);
         self.ports
             .with_label_values(&["in_use"])

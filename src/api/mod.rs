@@ -330,6 +330,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         (&Method::GET, "/metrics/simple") => {
             let mut m = state.read().metrics;
             m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
+            m.ws_clients = ws_clients(state);
             json_response(StatusCode::OK, serde_json::to_value(&m).unwrap_or_default())
         }
         (&Method::GET, "/health/live") => json_response(
@@ -766,9 +767,16 @@ async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Fu
     Ok((flag("pause_recording")?, flag("pause_transcription")?))
 }
 
+fn ws_clients(state: &ApiState) -> u64 {
+    state.ws.get().map_or(0, |h| {
+        h.clients.load(std::sync::atomic::Ordering::Relaxed) as u64
+    })
+}
+
 fn prometheus_text(state: &ApiState) -> Response<Full<Bytes>> {
     let mut m = state.read().metrics;
     m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
+    m.ws_clients = ws_clients(state);
     let text = state.metrics.render(&m);
     Response::builder()
         .status(StatusCode::OK)
@@ -843,6 +851,18 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
         },
         format!("{alive}/{total} workers alive, backend {}", snap.backend),
     );
+    match state.ws.get() {
+        None => check("websocket", 1, "WebSocket hub not running".into()),
+        Some(h) => {
+            let n = h.clients.load(std::sync::atomic::Ordering::Relaxed);
+            let level = if n >= h.max_clients { 1 } else { 0 };
+            check(
+                "websocket",
+                level,
+                format!("{n} of {} clients", h.max_clients),
+            );
+        }
+    }
     match state.amqp.get() {
         None => check("amqp", 0, "AMQP publishing disabled".into()),
         Some(a) => {

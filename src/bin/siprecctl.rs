@@ -76,6 +76,19 @@ enum Command {
         #[command(subcommand)]
         action: GdprAction,
     },
+    /// Follow live call events (WebSocket /ws/transcriptions, or /ws/analytics), one line
+    /// each; the API key, when given, is the token.
+    Events {
+        /// Only this call's events.
+        #[arg(long)]
+        call_id: Option<String>,
+        /// The analytics feed (adds talk-time snapshots).
+        #[arg(long)]
+        analytics: bool,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +123,31 @@ enum SessionsAction {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Events {
+        call_id,
+        analytics,
+        count,
+    } = &cli.command
+    {
+        let addr = cli
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let feed = if *analytics {
+            "analytics"
+        } else {
+            "transcriptions"
+        };
+        std::process::exit(follow_events(
+            &addr,
+            feed,
+            call_id.as_deref(),
+            cli.api_key.as_deref(),
+            *count,
+            cli.json,
+        ));
+    }
     let id = |s: &str| encode(s);
     let (method, path, body): (&str, String, Option<String>) = match &cli.command {
         Command::Status => ("GET", "/status".into(), None),
@@ -160,6 +198,7 @@ fn main() {
                 ("POST", "/api/config/validate".into(), Some(body))
             }
         },
+        Command::Events { .. } => unreachable!("handled above"),
         Command::Gdpr { action } => {
             let (route, call_id) = match action {
                 GdprAction::Export { call_id } => ("export", call_id),
@@ -300,6 +339,75 @@ fn request(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Prints events from `/ws/<feed>` until `count` of them or the server closes; the exit code.
+fn follow_events(
+    addr: &str,
+    feed: &str,
+    call_id: Option<&str>,
+    token: Option<&str>,
+    count: Option<usize>,
+    json: bool,
+) -> i32 {
+    use tokio_tungstenite::tungstenite::{client, Message};
+    let mut query = Vec::new();
+    if let Some(c) = call_id {
+        query.push(format!("call_id={}", encode(c)));
+    }
+    if let Some(t) = token {
+        query.push(format!("token={}", encode(t)));
+    }
+    let url = format!("ws://{addr}/ws/{feed}?{}", query.join("&"));
+    let stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("siprecctl: cannot reach {addr}: {e}");
+            return 2;
+        }
+    };
+    let mut ws = match client(url.as_str(), stream) {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            eprintln!("siprecctl: WebSocket handshake failed: {e}");
+            return 2;
+        }
+    };
+    let mut seen = 0;
+    loop {
+        let text = match ws.read() {
+            Ok(Message::Text(t)) => t.to_string(),
+            Ok(Message::Close(_)) | Err(_) => return 0,
+            Ok(_) => continue,
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("connected") => continue,
+            Some("error") => {
+                eprintln!("siprecctl: {}", v["message"].as_str().unwrap_or("refused"));
+                return 1;
+            }
+            _ => {}
+        }
+        if json {
+            println!("{text}");
+        } else {
+            println!(
+                "{} {:<17} {} {}",
+                v["timestamp"].as_str().unwrap_or(""),
+                v["type"].as_str().unwrap_or(""),
+                v["call_id"].as_str().unwrap_or(""),
+                v["data"]
+            );
+        }
+        seen += 1;
+        if count.is_some_and(|n| seen >= n) {
+            let _ = ws.close(None);
+            return 0;
+        }
+    }
 }
 
 fn encode(s: &str) -> String {
