@@ -367,6 +367,7 @@ async fn control_plane(
         seed: u64::from_le_bytes(seed),
         key_source: os_random,
         require_srtp: config.media.srtp_required,
+        max_calls_per_source: config.sip.max_calls_per_source,
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),

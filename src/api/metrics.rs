@@ -256,6 +256,7 @@ impl Metrics {
             ("rejected_no_ports", c.calls_rejected_ports),
             ("rejected_sdp", c.calls_rejected_sdp),
             ("rejected_not_siprec", c.calls_rejected_not_siprec),
+            ("rejected_source_limit", c.calls_rejected_source_limit),
             ("cancelled", c.calls_cancelled),
             ("ended_rtp_timeout", c.calls_rtp_timeout),
             ("ended_duration_cap", c.calls_duration_cap),

@@ -129,11 +129,7 @@ fn main() {
         count,
     } = &cli.command
     {
-        let addr = cli
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let addr = api_addr(&cli.url);
         let feed = if *analytics {
             "analytics"
         } else {
@@ -213,11 +209,7 @@ fn main() {
             (None, false) => usage("resume needs a Call-ID or --all"),
         },
     };
-    let addr = cli
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let addr = api_addr(&cli.url);
     match request(
         &addr,
         method,
@@ -408,6 +400,13 @@ fn follow_events(
             return 0;
         }
     }
+}
+
+/// `host:port` from `--url` (a bare address or an http:// URL).
+fn api_addr(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 fn encode(s: &str) -> String {

@@ -75,6 +75,8 @@ pub struct SipConfig {
     pub flood_limit: u32,
     /// Seconds a flooding source stays blocked (`SIP_FLOOD_BLOCK`, default 60).
     pub flood_block_s: u32,
+    /// Concurrent calls per source address (`SIP_MAX_CALLS_PER_SOURCE`; 0 = no limit).
+    pub max_calls_per_source: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +213,7 @@ pub struct FileSip {
     pub acl_action: Option<AclAction>,
     pub flood_limit: Option<u32>,
     pub flood_block_s: Option<u32>,
+    pub max_calls_per_source: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -268,6 +271,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("SIP_ACL_ACTION", "sip.acl_action"),
     ("SIP_FLOOD_LIMIT", "sip.flood_limit"),
     ("SIP_FLOOD_BLOCK", "sip.flood_block_s"),
+    ("SIP_MAX_CALLS_PER_SOURCE", "sip.max_calls_per_source"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -357,6 +361,7 @@ impl Config {
             acl_action: f.sip.acl_action.unwrap_or(AclAction::Reject),
             flood_limit: f.sip.flood_limit.unwrap_or(0),
             flood_block_s: f.sip.flood_block_s.unwrap_or(60),
+            max_calls_per_source: f.sip.max_calls_per_source.unwrap_or(0),
         };
         if sip.ports.is_empty() || sip.ports.contains(&0) {
             return Err(invalid(
@@ -568,6 +573,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         }
         "SIP_FLOOD_LIMIT" => f.sip.flood_limit = Some(parse_num(key, v, COUNT)?),
         "SIP_FLOOD_BLOCK" => f.sip.flood_block_s = Some(parse_num(key, v, SECONDS)?),
+        "SIP_MAX_CALLS_PER_SOURCE" => f.sip.max_calls_per_source = Some(parse_num(key, v, COUNT)?),
         "SIP_ACL_ACTION" => {
             f.sip.acl_action = Some(match v.trim() {
                 "reject" => AclAction::Reject,

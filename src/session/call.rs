@@ -550,6 +550,11 @@ impl Call {
         self.state != CallState::Ending
     }
 
+    /// The address the SRC signals from.
+    pub(super) fn source_ip(&self) -> IpAddr {
+        self.peer.addr.ip()
+    }
+
     /// True when `request` belongs to this dialog (remote tag and our tag match).
     pub(super) fn matches(&self, request: &Request) -> bool {
         let from_tag = request.from().and_then(|f| f.tag().map(str::to_owned));

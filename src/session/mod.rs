@@ -49,6 +49,9 @@ pub struct SessionConfig {
     pub key_source: fn(&mut [u8]),
     /// Record only SRTP m-lines (`SRTP_REQUIRED`).
     pub require_srtp: bool,
+    /// Concurrent calls one source address may have (`SIP_MAX_CALLS_PER_SOURCE`; 0 = no
+    /// limit): one misbehaving peer can't take the whole capacity.
+    pub max_calls_per_source: usize,
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -124,6 +127,8 @@ pub struct SessionCounters {
     pub calls_rejected_ports: u64,
     pub calls_rejected_sdp: u64,
     pub calls_rejected_not_siprec: u64,
+    /// INVITEs refused because their source already had SIP_MAX_CALLS_PER_SOURCE calls.
+    pub calls_rejected_source_limit: u64,
     pub calls_cancelled: u64,
     pub calls_rtp_timeout: u64,
     pub calls_duration_cap: u64,
@@ -575,6 +580,19 @@ impl SessionManager {
         if self.draining || self.at_capacity() {
             self.counters.calls_rejected_capacity += 1;
             return reject(&mut self.actions, 503, true);
+        }
+        let limit = self.config.max_calls_per_source;
+        if limit > 0 {
+            let ip = peer.addr.ip();
+            let from_source = self
+                .calls
+                .values()
+                .filter(|c| c.is_active() && c.source_ip() == ip)
+                .count();
+            if from_source >= limit {
+                self.counters.calls_rejected_source_limit += 1;
+                return reject(&mut self.actions, 503, true);
+            }
         }
         let is_siprec = call::is_siprec(&request);
         if self.config.require_siprec && !is_siprec {

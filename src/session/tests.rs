@@ -23,6 +23,7 @@ fn config() -> SessionConfig {
         seed: 42,
         key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
         require_srtp: false,
+        max_calls_per_source: 0,
     }
 }
 
@@ -560,4 +561,40 @@ fn call_events_in_order() {
     assert!(all.iter().all(|e| e.id.starts_with(&prefix) && e.v == 1));
     assert_eq!(all[5].data["reason"], "bye");
     assert_eq!(all[5].data["duration_s"], 5.0);
+}
+
+/// SIP_MAX_CALLS_PER_SOURCE: a source at its limit gets 503 + Retry-After for one more call,
+/// counted; a call ending frees its place.
+#[test]
+fn per_source_call_limit() {
+    let mut m = SessionManager::new(SessionConfig {
+        max_calls_per_source: 1,
+        max_concurrent_calls: 10,
+        ..config()
+    });
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let body = sdp("sendonly", 4000);
+    let first = invite("src-1", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(0), &mut pool, keys.event(first));
+    let tag = response_of(&drain(&mut m)).to_tag().unwrap();
+    let second = invite("src-2", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(10), &mut pool, keys.event(second));
+    let resp = drain(&mut m);
+    let resp = response_of(&resp);
+    assert_eq!(resp.status, 503);
+    assert!(resp.headers.get("Retry-After").is_some());
+    assert_eq!(m.counters().calls_rejected_source_limit, 1);
+    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
+    bye.headers
+        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
+    bye.headers
+        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
+    bye.headers.push("Call-ID", "src-1");
+    bye.headers.push("CSeq", "2 BYE");
+    m.handle_tsx_event(now(20), &mut pool, keys.event(bye));
+    drain(&mut m);
+    let third = invite("src-3", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(30), &mut pool, keys.event(third));
+    assert_eq!(response_of(&drain(&mut m)).status, 200);
 }
