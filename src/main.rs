@@ -222,6 +222,7 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         workers,
         batch_size: config.dataplane.batch_size,
         cores,
+        sqpoll: config.dataplane.sqpoll,
     };
     let dataplane = Dataplane::start(settings, producers).context("cannot start data plane")?;
     let budget =

@@ -144,6 +144,9 @@ pub struct DataplaneConfig {
     pub ring_slots: usize,
     /// Datagrams received per recvmmsg call.
     pub batch_size: usize,
+    /// io_uring: a kernel thread per worker polls its submission queue (`DATAPLANE_SQPOLL`,
+    /// default false). Costs a busy kernel thread while traffic flows; saves submit calls.
+    pub sqpoll: bool,
 }
 
 /// A configuration value that cannot be used, with everything needed to fix it.
@@ -254,6 +257,7 @@ pub struct FileDataplane {
     pub workers: Option<usize>,
     pub ring_slots: Option<usize>,
     pub batch_size: Option<usize>,
+    pub sqpoll: Option<bool>,
 }
 
 /// One override from the environment or a CLI flag: the env-style key and its text.
@@ -292,6 +296,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("DATAPLANE_WORKERS", "dataplane.workers"),
     ("DATAPLANE_RING_SLOTS", "dataplane.ring_slots"),
     ("DATAPLANE_BATCH_SIZE", "dataplane.batch_size"),
+    ("DATAPLANE_SQPOLL", "dataplane.sqpoll"),
     ("ENABLE_REALTIME_AMQP", "amqp.enabled"),
     ("AMQP_URL", "amqp.url"),
     ("AMQP_EXCHANGE", "amqp.exchange"),
@@ -439,6 +444,7 @@ impl Config {
             workers: f.dataplane.workers.unwrap_or(0),
             ring_slots: f.dataplane.ring_slots.unwrap_or(4096),
             batch_size: f.dataplane.batch_size.unwrap_or(32),
+            sqpoll: f.dataplane.sqpoll.unwrap_or(false),
         };
         if !(16..=1 << 20).contains(&dataplane.ring_slots) {
             let v = dataplane.ring_slots.to_string();
@@ -628,6 +634,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "DATAPLANE_WORKERS" => f.dataplane.workers = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_RING_SLOTS" => f.dataplane.ring_slots = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BATCH_SIZE" => f.dataplane.batch_size = Some(parse_num(key, v, COUNT)?),
+        "DATAPLANE_SQPOLL" => f.dataplane.sqpoll = Some(parse_bool(key, v)?),
         "ENABLE_REALTIME_AMQP" => f.amqp.enabled = Some(parse_bool(key, v)?),
         "AMQP_URL" => f.amqp.url = Some(v.trim().to_owned()),
         "AMQP_EXCHANGE" => f.amqp.exchange = Some(v.trim().to_owned()),

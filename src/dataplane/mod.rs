@@ -68,6 +68,8 @@ pub struct DataplaneSettings {
     pub batch_size: usize,
     /// CPU to pin each worker to; `None` leaves placement to the kernel.
     pub cores: Vec<Option<usize>>,
+    /// io_uring: a kernel thread polls each worker's submission queue (`DATAPLANE_SQPOLL`).
+    pub sqpoll: bool,
 }
 
 /// Commands from the control plane to one worker.
@@ -163,10 +165,14 @@ impl Dataplane {
                 counters.clone(),
             );
             let batch = settings.batch_size;
+            let sqpoll = settings.sqpoll;
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("rx-{index}"))
-                .spawn(move || run_worker(index, core_id, use_uring, batch, core, ready_tx))?;
+                .spawn(move || {
+                    let uring = use_uring.then_some(sqpoll);
+                    run_worker(index, core_id, uring, batch, core, ready_tx)
+                })?;
             match ready_rx.recv() {
                 Ok(Ok(name)) => backend_name = name,
                 Ok(Err(e)) => return Err(e),
@@ -292,7 +298,8 @@ pub(crate) fn socket_addr_from_raw(bytes: &[u8]) -> Option<SocketAddr> {
 fn run_worker(
     index: usize,
     core_id: Option<usize>,
-    use_uring: bool,
+    // io_uring (with SQPOLL or not), or epoll.
+    uring: Option<bool>,
     batch: usize,
     core: worker::Core,
     ready: std::sync::mpsc::Sender<std::io::Result<&'static str>>,
@@ -302,10 +309,10 @@ fn run_worker(
             tracing::warn!(worker = index, core = id, "could not pin worker");
         }
     }
-    if use_uring {
-        match uring::Uring::new() {
+    if let Some(sqpoll) = uring {
+        match uring::Uring::new(sqpoll) {
             Ok(mut u) => {
-                tracing::debug!(worker = index, taskrun = ?u.taskrun(), "io_uring worker");
+                tracing::info!(worker = index, taskrun = ?u.taskrun(), "io_uring worker ready");
                 let _ = ready.send(Ok("io_uring"));
                 return core.run(&mut u);
             }

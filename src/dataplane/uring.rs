@@ -44,7 +44,13 @@ pub(super) enum Taskrun {
     Defer,
     Coop,
     Plain,
+    /// A kernel thread polls the submission queue (`DATAPLANE_SQPOLL`).
+    SqPoll,
 }
+
+/// How long the SQPOLL thread spins without work before it sleeps (then the next submit
+/// wakes it).
+const SQPOLL_IDLE_MS: u32 = 100;
 
 /// SRTP datagrams of different streams handled together (their HMACs interleaved).
 const LANES: usize = 4;
@@ -94,28 +100,54 @@ fn decode(user_data: u64) -> (u32, usize, bool) {
 }
 
 impl Uring {
-    /// Builds the ring on the calling thread (SINGLE_ISSUER ties it to its creator).
-    pub(super) fn new() -> std::io::Result<Uring> {
+    /// Builds the ring on the calling thread (SINGLE_ISSUER ties it to its creator). With
+    /// `sqpoll` a kernel thread polls the submission queue; where the kernel refuses it
+    /// (unprivileged, old kernel) the ring is built without and a warning says so.
+    pub(super) fn new(sqpoll: bool) -> std::io::Result<Uring> {
         let cq = SQ_ENTRIES * 8;
-        let (ring, taskrun) = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(cq)
-            .build(SQ_ENTRIES)
-        {
-            Ok(r) => (r, Taskrun::Defer),
-            Err(_) => match IoUring::builder()
-                .setup_coop_taskrun()
+        let polled = sqpoll
+            .then(|| {
+                IoUring::builder()
+                    .setup_sqpoll(SQPOLL_IDLE_MS)
+                    .setup_cqsize(cq)
+                    .build(SQ_ENTRIES)
+                    .map_err(|e| tracing::warn!(error = %e, "SQPOLL refused; without it"))
+                    .ok()
+            })
+            .flatten();
+        let (ring, taskrun) = match polled {
+            Some(r) => (r, Taskrun::SqPoll),
+            None => Self::build_plain(cq)?,
+        };
+        Self::finish(ring, taskrun)
+    }
+
+    /// The ring without SQPOLL: DEFER_TASKRUN, else COOP_TASKRUN, else plain.
+    fn build_plain(cq: u32) -> std::io::Result<(IoUring, Taskrun)> {
+        Ok(
+            match IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
                 .setup_cqsize(cq)
                 .build(SQ_ENTRIES)
             {
-                Ok(r) => (r, Taskrun::Coop),
-                Err(_) => (
-                    IoUring::builder().setup_cqsize(cq).build(SQ_ENTRIES)?,
-                    Taskrun::Plain,
-                ),
+                Ok(r) => (r, Taskrun::Defer),
+                Err(_) => match IoUring::builder()
+                    .setup_coop_taskrun()
+                    .setup_cqsize(cq)
+                    .build(SQ_ENTRIES)
+                {
+                    Ok(r) => (r, Taskrun::Coop),
+                    Err(_) => (
+                        IoUring::builder().setup_cqsize(cq).build(SQ_ENTRIES)?,
+                        Taskrun::Plain,
+                    ),
+                },
             },
-        };
+        )
+    }
+
+    fn finish(ring: IoUring, taskrun: Taskrun) -> std::io::Result<Uring> {
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::RecvMsgMulti::CODE) {
@@ -456,5 +488,5 @@ pub fn raise_nofile_limit() -> u64 {
 /// Whether io_uring with multishot recvmsg and provided-buffer rings works here; the error
 /// says why not (for the one start-up log line).
 pub(super) fn probe() -> std::io::Result<Taskrun> {
-    Uring::new().map(|u| u.taskrun())
+    Uring::new(false).map(|u| u.taskrun())
 }
