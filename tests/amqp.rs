@@ -316,3 +316,33 @@ fn broker_outage_loses_nothing() {
         "{metrics}"
     );
 }
+
+/// Filters: with PUBLISH_CALL_EVENTS=false and PUBLISH_SPEAKER_CHANGES=false only the
+/// analytics snapshots of a call are published.
+#[test]
+fn publish_filters_are_honoured() {
+    let rt = runtime();
+    let exchange = format!("siprec-test-{}-c", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(consumer(&exchange));
+    let server = Server::start(
+        40,
+        &[
+            ("ENABLE_REALTIME_AMQP", "true"),
+            ("AMQP_EXCHANGE", exchange.as_str()),
+            ("PUBLISH_CALL_EVENTS", "false"),
+            ("PUBLISH_SPEAKER_CHANGES", "false"),
+        ],
+    );
+    let ports = TestPorts::new(40);
+    let mut src = Src::new(ports.src_sip, ports.sip, "events-3@127.0.0.1");
+    let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+    assert_eq!(src.invite(&ct, &body).status, 200);
+    src.ack();
+    assert_eq!(src.bye().status, 200);
+    let events = rt.block_on(collect(&ch, &queue, "snapshot", Duration::from_secs(10)));
+    assert_eq!(types(&events), ["snapshot"], "{}", server.log_text());
+    assert_eq!(events[0].1["data"]["final"], true);
+    // Nothing else follows.
+    let more = rt.block_on(collect(&ch, &queue, "-", Duration::from_millis(800)));
+    assert!(more.is_empty(), "{more:?}");
+}

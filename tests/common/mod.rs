@@ -13,7 +13,7 @@ use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request, Response};
 
 /// Ports of one test, disjoint from every other test's so nextest can run them in parallel.
-/// `n` < 40. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999; slots 30–39
+/// `n` < 43. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999; slots 30–42
 /// use 30000+200(n-30)), all below the ephemeral range; SIPp tests use 29000+10n and
 /// 29300+10n for their own SIP and media.
 pub struct TestPorts {
@@ -27,8 +27,11 @@ pub struct TestPorts {
 
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
-        assert!(n < 40);
-        // Slots 30–39 take their RTP ranges from 30000 (29000–29599 belongs to SIPp).
+        assert!(
+            n < 43,
+            "slot {n}: RTP ranges of 43 and up reach the ephemeral range (32768)"
+        );
+        // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp).
         let rtp_min = if n < 30 {
             23000 + 200 * n
         } else {
