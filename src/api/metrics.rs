@@ -137,6 +137,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        // The recorder's file-operation latencies are observed where they happen (a
+        // process-wide histogram); every registry shows them.
+        let io = crate::sink::recorder::IO_LATENCY.vec.clone();
+        let _ = r.register(Box::new(io));
         Metrics {
             sip_requests: counter(
                 &r,

@@ -21,6 +21,7 @@ mod error;
 mod fsutil;
 pub mod timeline;
 mod wav;
+pub use wav::IO_LATENCY;
 
 pub use error::RecorderError;
 pub use fsutil::{sanitize_component, write_atomic};

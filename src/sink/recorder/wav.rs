@@ -29,6 +29,44 @@ pub struct WavInfo {
 /// Appends interleaved 16-bit PCM to a new WAV file, keeping its header valid for what is on
 /// disk. Buffered: call `patch_header` (or `checkpoint`) periodically, `finish` at the end.
 /// Dropping it without `finish` still flushes and patches, best effort.
+/// How long the recorder's file operations take (`siprec_recorder_io_seconds{op}`): `write`
+/// (a buffer of up to 16 KiB to the page cache), `sync` (fdatasync) and `header` (the size
+/// patch). Process-wide; registered into the API's Prometheus registry at start-up.
+pub struct IoLatency {
+    pub vec: prometheus::HistogramVec,
+    write: prometheus::Histogram,
+    sync: prometheus::Histogram,
+    header: prometheus::Histogram,
+}
+
+pub static IO_LATENCY: std::sync::LazyLock<IoLatency> = std::sync::LazyLock::new(|| {
+    // 10 µs … 1 s: page-cache writes sit at the low end, fdatasync on a loaded disk high.
+    let buckets = vec![
+        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+    ];
+    let opts = prometheus::HistogramOpts::new(
+        "recorder_io_seconds",
+        "Recorder file operations: write (buffer to page cache), sync (fdatasync), header",
+    )
+    .namespace("siprec")
+    .buckets(buckets);
+    let vec = prometheus::HistogramVec::new(opts, &["op"])
+        .unwrap_or_else(|e| unreachable!("static histogram options are valid: {e}"));
+    IoLatency {
+        write: vec.with_label_values(&["write"]),
+        sync: vec.with_label_values(&["sync"]),
+        header: vec.with_label_values(&["header"]),
+        vec,
+    }
+});
+
+fn timed<T>(h: &prometheus::Histogram, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    h.observe(start.elapsed().as_secs_f64());
+    out
+}
+
 pub struct WavWriter {
     file: File,
     path: PathBuf,
@@ -149,8 +187,7 @@ impl WavWriter {
 
     /// Fdatasyncs what was written to the file so far (not the buffer; patch first).
     pub fn sync(&mut self) -> Result<(), RecorderError> {
-        self.file
-            .sync_data()
+        timed(&IO_LATENCY.sync, || self.file.sync_data())
             .map_err(|e| RecorderError::io("fdatasync", &self.path, e))
     }
 
@@ -176,7 +213,10 @@ impl WavWriter {
             return Ok(());
         }
         let offset = HEADER_BYTES + self.data_bytes_on_disk;
-        match self.file.write_all_at(&self.buffer, offset) {
+        let written = timed(&IO_LATENCY.write, || {
+            self.file.write_all_at(&self.buffer, offset)
+        });
+        match written {
             Ok(()) => {
                 self.data_bytes_on_disk += self.buffer.len() as u64;
                 self.buffer.clear();
@@ -209,8 +249,7 @@ impl WavWriter {
         };
         // Data size first: if the RIFF size write fails, readers that trust the data chunk
         // still see a size that is on disk.
-        patch(40, data32)?;
-        patch(4, riff)?;
+        timed(&IO_LATENCY.header, || patch(40, data32).and_then(|()| patch(4, riff)))?;
         self.data_bytes_in_header = data;
         Ok(())
     }
