@@ -459,7 +459,10 @@ fn metrics_health_status() {
     assert!(text.contains("# TYPE siprec_rtp_packets_received_total counter"));
     // The recorder's header patches (every second) are timed in the I/O histogram.
     assert!(text.contains("# TYPE siprec_recorder_io_seconds histogram"));
-    assert!(value("siprec_recorder_io_seconds_count{op=\"header\"}") >= 1, "{text}");
+    assert!(
+        value("siprec_recorder_io_seconds_count{op=\"header\"}") >= 1,
+        "{text}"
+    );
 
     let (status, simple) = http_get(ports.http, "/metrics/simple").unwrap();
     assert_eq!(status, 200);

@@ -249,7 +249,9 @@ impl WavWriter {
         };
         // Data size first: if the RIFF size write fails, readers that trust the data chunk
         // still see a size that is on disk.
-        timed(&IO_LATENCY.header, || patch(40, data32).and_then(|()| patch(4, riff)))?;
+        timed(&IO_LATENCY.header, || {
+            patch(40, data32).and_then(|()| patch(4, riff))
+        })?;
         self.data_bytes_in_header = data;
         Ok(())
     }
