@@ -15,7 +15,7 @@ pub struct Blocks<'a> {
     pub tail: &'a [u8],
 }
 
-impl Blocks<'_> {
+impl<'a> Blocks<'a> {
     pub fn len(&self) -> usize {
         (self.whole.len() + self.tail.len()) / 64
     }
@@ -24,7 +24,8 @@ impl Blocks<'_> {
         self.len() == 0
     }
 
-    fn block(&self, j: usize) -> &[u8] {
+    /// Block `j` (0 ≤ j < `len()`), whole blocks first.
+    pub fn block(&self, j: usize) -> &'a [u8] {
         let w = self.whole.len() / 64;
         if j < w {
             &self.whole[j * 64..j * 64 + 64]

@@ -424,7 +424,7 @@ impl HmacSha1 {
         let msg = inner_blocks(data, suffix, &mut tail);
         let mut state = self.inner;
         for j in 0..msg.len() {
-            let block = msg_block(&msg, j);
+            let block = msg.block(j);
             sha1::compress(&mut state, std::slice::from_ref(Ga::from_slice(block)));
         }
         let outer = outer_block(&state);
@@ -493,14 +493,6 @@ fn inner_blocks<'a>(data: &'a [u8], suffix: &[u8], tail: &'a mut [u8; 128]) -> s
     simd::Blocks {
         whole: &data[..whole],
         tail: &tail[..tail_len],
-    }
-}
-
-fn msg_block<'a>(msg: &simd::Blocks<'a>, j: usize) -> &'a [u8] {
-    let w = msg.whole.len() / 64;
-    match j < w {
-        true => &msg.whole[j * 64..j * 64 + 64],
-        false => &msg.tail[(j - w) * 64..(j - w) * 64 + 64],
     }
 }
 
