@@ -113,6 +113,18 @@ m=audio {} RTP/AVP 8\r\na=label:2\r\na={direction}\r\n",
     )
 }
 
+/// The SRC's BYE for its dialog `call_id` (our tag `tag`).
+fn bye_request(call_id: &str, tag: &str, cseq: u32) -> Request {
+    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
+    bye.headers
+        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
+    bye.headers
+        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
+    bye.headers.push("Call-ID", call_id);
+    bye.headers.push("CSeq", format!("{cseq} BYE"));
+    bye
+}
+
 fn drain(m: &mut SessionManager) -> Vec<Action> {
     std::iter::from_fn(|| m.poll_action()).collect()
 }
@@ -234,13 +246,7 @@ fn reinvite_hold_then_bye() {
     m.handle_tick(now(60_000), &mut pool);
     assert!(drain(&mut m).is_empty());
 
-    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
-    bye.headers
-        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
-    bye.headers
-        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
-    bye.headers.push("Call-ID", "c2");
-    bye.headers.push("CSeq", "3 BYE");
+    let bye = bye_request("c2", &tag, 3);
     m.handle_tsx_event(now(61_000), &mut pool, keys.event(bye));
     let actions = drain(&mut m);
     assert_eq!(response_of(&actions).status, 200);
@@ -534,13 +540,7 @@ fn call_events_in_order() {
         m.handle_tsx_event(now(1000 * cseq as u64), &mut pool, keys.event(r));
         all.extend(events(&drain(&mut m)).into_iter().cloned());
     }
-    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
-    bye.headers
-        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
-    bye.headers
-        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
-    bye.headers.push("Call-ID", "ev");
-    bye.headers.push("CSeq", "4 BYE");
+    let bye = bye_request("ev", &tag, 4);
     m.handle_tsx_event(now(5000), &mut pool, keys.event(bye));
     all.extend(events(&drain(&mut m)).into_iter().cloned());
     let kinds: Vec<K> = all.iter().map(|e| e.kind).collect();
@@ -585,13 +585,7 @@ fn per_source_call_limit() {
     assert_eq!(resp.status, 503);
     assert!(resp.headers.get("Retry-After").is_some());
     assert_eq!(m.counters().calls_rejected_source_limit, 1);
-    let mut bye = Request::new(Method::Bye, "sip:siprec@192.0.2.1:5060");
-    bye.headers
-        .push("From", "<sip:src@198.51.100.7>;tag=srctag");
-    bye.headers
-        .push("To", format!("<sip:srs@192.0.2.1>;tag={tag}"));
-    bye.headers.push("Call-ID", "src-1");
-    bye.headers.push("CSeq", "2 BYE");
+    let bye = bye_request("src-1", &tag, 2);
     m.handle_tsx_event(now(20), &mut pool, keys.event(bye));
     drain(&mut m);
     let third = invite("src-3", 1, None, &body, "application/sdp");
