@@ -34,6 +34,7 @@ fn params() -> StreamParams {
         sample_rate: 8000,
         held: false,
         paused: false,
+        transcribe: false,
         expected_source: None,
         srtp: None,
     }

@@ -20,6 +20,7 @@ use siprec::session::{
     self, ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager,
 };
 use siprec::sink::recorder::{self, RecorderCommand, RecorderConfig};
+use siprec::sink::stt::{self, SttCommand, SttHandle};
 use siprec::sip::pike::{Pike, Verdict};
 use siprec::sip::{self, Message, Peer, TransactionLayer, Transport, TsxConfig};
 
@@ -217,6 +218,12 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
             .context("cannot start the recorder thread")?;
+    let (stt, stt_producers) = start_stt(&config, workers);
+    let outputs = producers
+        .into_iter()
+        .zip(stt_producers)
+        .map(|(recorder, stt)| dataplane::Outputs { recorder, stt })
+        .collect();
     let settings = DataplaneSettings {
         backend: config.dataplane.backend,
         workers,
@@ -224,9 +231,13 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         cores,
         sqpoll: config.dataplane.sqpoll,
     };
-    let dataplane = Dataplane::start(settings, producers).context("cannot start data plane")?;
-    let budget =
-        dataplane::memory_budget_bytes(workers, config.dataplane.ring_slots, dataplane.backend());
+    let dataplane = Dataplane::start(settings, outputs).context("cannot start data plane")?;
+    let budget = dataplane::memory_budget_bytes(
+        workers,
+        config.dataplane.ring_slots,
+        dataplane.backend(),
+        stt.is_some(),
+    );
     tracing::info!(
         workers,
         backend = dataplane.backend(),
@@ -238,11 +249,79 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot build the control-plane runtime")?;
-    let result = runtime.block_on(control_plane(config, source, dataplane, recorder));
+    let result = runtime.block_on(control_plane(config, source, dataplane, recorder, &stt));
     if let Err(e) = recorder_thread.join() {
         tracing::error!(?e, "recorder thread panicked");
     }
+    if let Some(stt) = stt {
+        stt.shutdown();
+    }
     result
+}
+
+/// Starts live transcription when a provider is configured and usable, with one STT ring per
+/// data-plane worker. A missing or broken model is logged (with the command that installs
+/// it) and the server records without transcription.
+fn start_stt(
+    config: &Config,
+    workers: usize,
+) -> (
+    Option<SttHandle>,
+    Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>,
+) {
+    let none = || (0..workers).map(|_| None).collect();
+    if config.stt.provider == config::SttProvider::None {
+        tracing::info!("live transcription off (STT_PROVIDER=none)");
+        return (None, none());
+    }
+    let threads = match config.stt.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        n => n,
+    };
+    let model =
+        match stt::engine::WhisperModel::load(&config.stt.model, &config.stt.language, threads) {
+            Ok(model) => model,
+            Err(e) => {
+                tracing::error!(error = %e, "live transcription unavailable; recording continues");
+                return (None, none());
+            }
+        };
+    let mut producers = Vec::with_capacity(workers);
+    let mut consumers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (p, c) = siprec::ring::channel(config.dataplane.ring_slots);
+        producers.push(Some(p));
+        consumers.push(c);
+    }
+    let stt_config = stt::SttConfig {
+        segmenter: stt::segment::SegmenterConfig {
+            sample_rate: 8000,
+            partial_interval_ms: config.stt.partial_interval_ms,
+            end_silence_ms: config.stt.end_silence_ms,
+            max_utterance_ms: config.stt.max_utterance_s * 1000,
+            min_speech_ms: 200,
+        },
+        workers: config.stt.workers,
+        queue_max: config.stt.queue_max,
+    };
+    let make = || -> Result<Box<dyn stt::engine::Engine>, stt::engine::EngineError> {
+        Ok(Box::new(model.engine()?))
+    };
+    match stt::spawn(stt_config, consumers, recorder::SystemMonotonicClock, make) {
+        Ok(handle) => {
+            tracing::info!(
+                model = %config.stt.model.display(),
+                workers = config.stt.workers,
+                threads,
+                "live transcription on (embedded whisper.cpp)"
+            );
+            (Some(handle), producers)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "live transcription unavailable; recording continues");
+            (None, none())
+        }
+    }
 }
 
 /// systemd's notify protocol (sd_notify(3)) without libsystemd: one datagram per state
@@ -307,6 +386,7 @@ async fn control_plane(
     source: ConfigSource,
     mut dataplane: Dataplane,
     recorder: recorder::RecorderHandle,
+    stt: &Option<SttHandle>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Inbound>(4096);
     let parse_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -369,6 +449,7 @@ async fn control_plane(
         key_source: os_random,
         require_srtp: config.media.srtp_required,
         max_calls_per_source: config.sip.max_calls_per_source,
+        transcribe: stt.is_some(),
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),
@@ -416,6 +497,7 @@ async fn control_plane(
         parse_errors,
         events,
         amqp: amqp_status,
+        stt: stt.as_ref().map(|s| s.commands.clone()),
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -487,6 +569,11 @@ async fn control_plane(
                 while let Ok(event) = recorder.events.try_recv() {
                     sessions.handle_recorder_event(now, &mut ports, event);
                 }
+                if let Some(stt) = stt {
+                    while let Ok(result) = stt.results.try_recv() {
+                        sessions.handle_stt(now, result);
+                    }
+                }
                 if last_session_tick.elapsed() >= Duration::from_secs(1) {
                     last_session_tick = Instant::now();
                     pike.forget_idle(dataplane::mono_now_ns());
@@ -533,8 +620,10 @@ async fn control_plane(
                     }
                     Stop::Draining { .. } => {}
                     Stop::Ending { until } => {
-                        // Leave after this turn's pump, which writes the last session.json.
-                        exit_now = sessions.is_idle() || Instant::now() >= until;
+                        // Leave after this turn's pump, which writes the last session.json
+                        // (and the last transcripts, if STT finishes them in time).
+                        let idle = sessions.is_idle() && sessions.transcripts_pending() == 0;
+                        exit_now = idle || Instant::now() >= until;
                     }
                 }
             }
@@ -614,6 +703,11 @@ fn pump(
                 Action::UpdateStream { port, params } => dataplane.update(port, params),
                 Action::CloseStream { port, key } => dataplane.close(port, key),
                 Action::Recorder(cmd) => {
+                    if let Some(stt) = &io.stt {
+                        if let Some(c) = stt_command(&cmd) {
+                            let _ = stt.send(c);
+                        }
+                    }
                     if recorder.commands.send(cmd).is_err() {
                         tracing::error!("recorder thread is gone");
                     }
@@ -633,6 +727,32 @@ fn pump(
             break;
         }
     }
+}
+
+/// What live transcription must hear of a recorder command: the same sessions and streams.
+fn stt_command(cmd: &RecorderCommand) -> Option<SttCommand> {
+    Some(match cmd {
+        RecorderCommand::StartSession {
+            session,
+            start_ns,
+            streams,
+            ..
+        } => SttCommand::StartSession {
+            session: *session,
+            start_ns: *start_ns,
+            streams: streams.iter().map(|s| (s.index, s.sample_rate)).collect(),
+        },
+        RecorderCommand::AddStream { session, spec } => SttCommand::AddStream {
+            session: *session,
+            index: spec.index,
+            sample_rate: spec.sample_rate,
+        },
+        RecorderCommand::StopSession { session, end_ns } => SttCommand::StopSession {
+            session: *session,
+            end_ns: *end_ns,
+        },
+        RecorderCommand::Shutdown => return None,
+    })
 }
 
 fn now() -> Now {
@@ -706,6 +826,8 @@ struct Io {
     /// Call events to live consumers (AMQP).
     events: tokio::sync::broadcast::Sender<Arc<siprec::events::Event>>,
     amqp: Option<Arc<siprec::events::amqp::AmqpStatus>>,
+    /// Commands to live transcription, when it runs.
+    stt: Option<crossbeam_channel::Sender<SttCommand>>,
     udp: Vec<Arc<UdpSocket>>,
     conns: TcpConns,
     /// SIP counters for /metrics (this thread only).

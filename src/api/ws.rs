@@ -42,10 +42,13 @@ impl Feed {
     }
 
     /// Call lifecycle and speaker changes go to both feeds; analytics snapshots to
-    /// `/ws/analytics`; transcripts (with STT) will go to `/ws/transcriptions`.
+    /// `/ws/analytics`; transcripts to `/ws/transcriptions`.
     fn wants(self, kind: EventKind) -> bool {
         match kind {
             EventKind::Snapshot => self == Feed::Analytics,
+            EventKind::PartialTranscript | EventKind::FinalTranscript => {
+                self == Feed::Transcriptions
+            }
             EventKind::SpeakerChange => true,
             k => k.is_lifecycle(),
         }

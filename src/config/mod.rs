@@ -21,6 +21,51 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub dataplane: DataplaneConfig,
     pub amqp: AmqpConfig,
+    pub stt: SttConfig,
+}
+
+/// Which speech engine transcribes calls live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SttProvider {
+    /// whisper.cpp inside the process, model on local disk (`stt.model`).
+    Embedded,
+    /// No live transcription.
+    None,
+}
+
+impl SttProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            SttProvider::Embedded => "embedded",
+            SttProvider::None => "none",
+        }
+    }
+}
+
+/// Live transcription (`docs/stt.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SttConfig {
+    /// `STT_PROVIDER`: embedded (default) or none.
+    pub provider: SttProvider,
+    /// `STT_MODEL`: the ggml Whisper model, installed by `./.ci/model.sh`.
+    /// Default ./models/ggml-base.bin.
+    pub model: PathBuf,
+    /// `STT_LANGUAGE`: spoken language (a Whisper language code), default en.
+    pub language: String,
+    /// `STT_WORKERS`: utterances transcribed at once, default 1.
+    pub workers: usize,
+    /// `STT_THREADS`: threads per utterance (whisper.cpp n_threads); 0 = every core, up to 4.
+    pub threads: usize,
+    /// `STT_PARTIAL_INTERVAL_MS`: a partial result per this much new speech; 0 = finals only.
+    /// Default 1000.
+    pub partial_interval_ms: u32,
+    /// `STT_END_SILENCE_MS`: silence that ends an utterance, default 600.
+    pub end_silence_ms: u32,
+    /// `STT_MAX_UTTERANCE_S`: longest utterance before a forced cut, default 20 (at most 28).
+    pub max_utterance_s: u32,
+    /// `STT_QUEUE_MAX`: utterances waiting for the engine before new ones are dropped.
+    pub queue_max: usize,
 }
 
 /// Publishing call events to RabbitMQ (`docs/events.md`).
@@ -185,6 +230,22 @@ pub struct FileConfig {
     pub dataplane: FileDataplane,
     #[serde(default)]
     pub amqp: FileAmqp,
+    #[serde(default)]
+    pub stt: FileStt,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStt {
+    pub provider: Option<SttProvider>,
+    pub model: Option<PathBuf>,
+    pub language: Option<String>,
+    pub workers: Option<usize>,
+    pub threads: Option<usize>,
+    pub partial_interval_ms: Option<u32>,
+    pub end_silence_ms: Option<u32>,
+    pub max_utterance_s: Option<u32>,
+    pub queue_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -320,6 +381,15 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ),
     ("PUBLISH_SPEAKER_CHANGES", "amqp.publish_speaker_changes"),
     ("PUBLISH_ANALYTICS", "amqp.publish_analytics"),
+    ("STT_PROVIDER", "stt.provider"),
+    ("STT_MODEL", "stt.model"),
+    ("STT_LANGUAGE", "stt.language"),
+    ("STT_WORKERS", "stt.workers"),
+    ("STT_THREADS", "stt.threads"),
+    ("STT_PARTIAL_INTERVAL_MS", "stt.partial_interval_ms"),
+    ("STT_END_SILENCE_MS", "stt.end_silence_ms"),
+    ("STT_MAX_UTTERANCE_S", "stt.max_utterance_s"),
+    ("STT_QUEUE_MAX", "stt.queue_max"),
 ];
 
 impl FileConfig {
@@ -492,6 +562,52 @@ impl Config {
         if amqp.buffer_max == 0 {
             return Err(invalid("AMQP_BUFFER_MAX", "0", "at least 1 event"));
         }
+        let t = &f.stt;
+        let stt = SttConfig {
+            provider: t.provider.unwrap_or(SttProvider::Embedded),
+            model: t
+                .model
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./models/ggml-base.bin")),
+            language: t.language.clone().unwrap_or_else(|| "en".to_owned()),
+            workers: t.workers.unwrap_or(1),
+            threads: t.threads.unwrap_or(0),
+            partial_interval_ms: t.partial_interval_ms.unwrap_or(1000),
+            end_silence_ms: t.end_silence_ms.unwrap_or(600),
+            max_utterance_s: t.max_utterance_s.unwrap_or(20),
+            queue_max: t.queue_max.unwrap_or(256),
+        };
+        if !(1..=64).contains(&stt.workers) {
+            return Err(invalid("STT_WORKERS", stt.workers.to_string(), "1 to 64"));
+        }
+        if stt.threads > 64 {
+            return Err(invalid(
+                "STT_THREADS",
+                stt.threads.to_string(),
+                "0 (auto) to 64",
+            ));
+        }
+        if !(1..=28).contains(&stt.max_utterance_s) {
+            let v = stt.max_utterance_s.to_string();
+            return Err(invalid(
+                "STT_MAX_UTTERANCE_S",
+                v,
+                "1 to 28 seconds (Whisper hears 30 s)",
+            ));
+        }
+        if !(100..=10_000).contains(&stt.end_silence_ms) {
+            let v = stt.end_silence_ms.to_string();
+            return Err(invalid("STT_END_SILENCE_MS", v, "100 to 10000 ms"));
+        }
+        if stt.queue_max == 0 {
+            return Err(invalid("STT_QUEUE_MAX", "0", "at least 1 utterance"));
+        }
+        let language_ok = (2..=8).contains(&stt.language.len())
+            && stt.language.bytes().all(|b| b.is_ascii_lowercase());
+        if !language_ok {
+            let allowed = "a Whisper language code such as en, de, es, or auto";
+            return Err(invalid("STT_LANGUAGE", stt.language.clone(), allowed));
+        }
         Ok(Config {
             sip,
             http,
@@ -499,6 +615,7 @@ impl Config {
             recording,
             dataplane,
             amqp,
+            stt,
         })
     }
 
@@ -650,6 +767,21 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         }
         "PUBLISH_SPEAKER_CHANGES" => f.amqp.publish_speaker_changes = Some(parse_bool(key, v)?),
         "PUBLISH_ANALYTICS" => f.amqp.publish_analytics = Some(parse_bool(key, v)?),
+        "STT_PROVIDER" => {
+            f.stt.provider = Some(match v.trim() {
+                "embedded" | "whisper" => SttProvider::Embedded,
+                "none" | "" => SttProvider::None,
+                _ => return Err(invalid(key, v, "embedded or none")),
+            })
+        }
+        "STT_MODEL" => f.stt.model = Some(PathBuf::from(v.trim())),
+        "STT_LANGUAGE" => f.stt.language = Some(v.trim().to_owned()),
+        "STT_WORKERS" => f.stt.workers = Some(parse_num(key, v, COUNT)?),
+        "STT_THREADS" => f.stt.threads = Some(parse_num(key, v, COUNT)?),
+        "STT_PARTIAL_INTERVAL_MS" => f.stt.partial_interval_ms = Some(parse_num(key, v, COUNT)?),
+        "STT_END_SILENCE_MS" => f.stt.end_silence_ms = Some(parse_num(key, v, COUNT)?),
+        "STT_MAX_UTTERANCE_S" => f.stt.max_utterance_s = Some(parse_num(key, v, SECONDS)?),
+        "STT_QUEUE_MAX" => f.stt.queue_max = Some(parse_num(key, v, COUNT)?),
         _ => return Err(invalid(key, v, "a known configuration key")),
     }
     Ok(())

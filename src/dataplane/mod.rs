@@ -27,10 +27,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::media::rtp::{RtpStats, StreamParams};
 use crate::media::{MediaFrame, StreamKey};
-use crate::ring;
 
 pub use uring::raise_nofile_limit;
-pub use worker::{CounterSnapshot, WorkerCounters};
+pub use worker::{CounterSnapshot, Outputs, WorkerCounters};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the one clock the data plane, the recorder and the
 /// control plane share, so their timelines agree (the recorder's `SystemMonotonicClock` too).
@@ -120,13 +119,14 @@ struct WorkerHandle {
 }
 
 impl Dataplane {
-    /// Starts one worker per producer ring. Worker `i` pushes into `rings[i]`. Resolves the
+    /// Starts one worker per `Outputs`. Worker `i` pushes into `outputs[i]`. Resolves the
     /// backend first: `Auto` probes io_uring and falls back to epoll with one log line.
-    pub fn start(
-        settings: DataplaneSettings,
-        rings: Vec<ring::Producer<MediaFrame>>,
-    ) -> std::io::Result<Dataplane> {
-        assert_eq!(rings.len(), settings.workers, "one ring per worker");
+    pub fn start(settings: DataplaneSettings, outputs: Vec<Outputs>) -> std::io::Result<Dataplane> {
+        assert_eq!(
+            outputs.len(),
+            settings.workers,
+            "one set of rings per worker"
+        );
         let use_uring = match settings.backend {
             BackendChoice::Epoll => false,
             BackendChoice::IoUring => {
@@ -151,14 +151,14 @@ impl Dataplane {
         let (report_tx, reports) = crossbeam_channel::bounded(1024);
         let mut workers = Vec::with_capacity(settings.workers);
         let mut backend_name = if use_uring { "io_uring" } else { "epoll" };
-        for (index, ring) in rings.into_iter().enumerate() {
+        for (index, out) in outputs.into_iter().enumerate() {
             let (commands, command_rx) = crossbeam_channel::unbounded();
             let heartbeat_ns = Arc::new(AtomicU64::new(mono_now_ns()));
             let counters = Arc::new(WorkerCounters::default());
             let core_id = settings.cores.get(index).copied().flatten();
             let core = worker::Core::new(
                 index,
-                ring,
+                out,
                 command_rx,
                 report_tx.clone(),
                 heartbeat_ns.clone(),
@@ -357,10 +357,11 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// The data plane's fixed memory, summed from its owners (STYLE.md §5), for the start-up log.
-pub fn memory_budget_bytes(workers: usize, ring_slots: usize, backend: &str) -> usize {
+pub fn memory_budget_bytes(workers: usize, ring_slots: usize, backend: &str, stt: bool) -> usize {
     let mut per_worker = 0;
-    // Frames in flight to the recorder: one ring per worker, allocated at start.
-    per_worker += ring_slots.next_power_of_two() * std::mem::size_of::<MediaFrame>();
+    // Frames in flight to the recorder (and to STT when it runs): rings allocated at start.
+    let rings = if stt { 2 } else { 1 };
+    per_worker += rings * ring_slots.next_power_of_two() * std::mem::size_of::<MediaFrame>();
     per_worker += match backend {
         // Provided buffers the kernel fills.
         "io_uring" => uring::PROVIDED_BUFFER_BYTES,

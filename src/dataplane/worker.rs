@@ -35,6 +35,7 @@ pub struct WorkerCounters {
     receive_errors: AtomicU64,
     srtp_drops: AtomicU64,
     srtp_lane_packets: AtomicU64,
+    stt_ring_full: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -54,6 +55,8 @@ pub struct CounterSnapshot {
     pub srtp_drops: u64,
     /// SRTP packets unprotected in lane groups (HMACs of several streams interleaved).
     pub srtp_lane_packets: u64,
+    /// Frames the STT ring had no room for (transcription lost them; recording did not).
+    pub stt_ring_full: u64,
 }
 
 impl CounterSnapshot {
@@ -69,6 +72,7 @@ impl CounterSnapshot {
         self.receive_errors += o.receive_errors;
         self.srtp_drops += o.srtp_drops;
         self.srtp_lane_packets += o.srtp_lane_packets;
+        self.stt_ring_full += o.stt_ring_full;
     }
 }
 
@@ -87,6 +91,7 @@ impl WorkerCounters {
             receive_errors: l(&self.receive_errors),
             srtp_drops: l(&self.srtp_drops),
             srtp_lane_packets: l(&self.srtp_lane_packets),
+            stt_ring_full: l(&self.stt_ring_full),
         }
     }
 }
@@ -114,6 +119,7 @@ pub(super) struct Local {
     pub receive_errors: u64,
     pub srtp_drops: u64,
     pub srtp_lane_packets: u64,
+    pub stt_ring_full: u64,
 }
 
 /// What a backend must do with sockets as streams come and go.
@@ -139,7 +145,7 @@ pub(super) struct Lane<'a> {
 fn deliver(
     stream: &mut Stream,
     reports: &crossbeam_channel::Sender<Report>,
-    ring: &mut ring::Producer<MediaFrame>,
+    out: &mut Outputs,
     frame: &mut MediaFrame,
     local: &mut Local,
     now: u64,
@@ -159,9 +165,18 @@ fn deliver(
         Ok(()) => {
             // We purposely copy the frame into the ring slot rather than box it: no
             // allocation.
-            if ring.push(frame.clone()).is_err() {
+            if out.recorder.push(frame.clone()).is_err() {
                 stream.receiver.count_ring_full();
                 local.ring_full += 1;
+            }
+            if let Some(stt) = out
+                .stt
+                .as_mut()
+                .filter(|_| stream.receiver.params().transcribe)
+            {
+                if stt.push(frame.clone()).is_err() {
+                    local.stt_ring_full += 1;
+                }
             }
         }
         Err(crate::media::rtp::Drop::TelephoneEvent) => {
@@ -175,10 +190,17 @@ fn deliver(
     }
 }
 
+/// Where a worker's decoded frames go: the recorder always, STT when it runs.
+pub struct Outputs {
+    pub recorder: ring::Producer<MediaFrame>,
+    /// Frames of streams marked `transcribe`; a full ring loses them for STT only.
+    pub stt: Option<ring::Producer<MediaFrame>>,
+}
+
 /// Everything a worker owns that doesn't depend on how datagrams arrive.
 pub(super) struct Core {
     pub index: usize,
-    ring: ring::Producer<MediaFrame>,
+    out: Outputs,
     commands: crossbeam_channel::Receiver<Command>,
     reports: crossbeam_channel::Sender<Report>,
     heartbeat_ns: Arc<AtomicU64>,
@@ -195,7 +217,7 @@ pub(super) struct Core {
 impl Core {
     pub(super) fn new(
         index: usize,
-        ring: ring::Producer<MediaFrame>,
+        out: Outputs,
         commands: crossbeam_channel::Receiver<Command>,
         reports: crossbeam_channel::Sender<Report>,
         heartbeat_ns: Arc<AtomicU64>,
@@ -203,7 +225,7 @@ impl Core {
     ) -> Core {
         Core {
             index,
-            ring,
+            out,
             commands,
             reports,
             heartbeat_ns,
@@ -353,7 +375,7 @@ impl Core {
         deliver(
             stream,
             &self.reports,
-            &mut self.ring,
+            &mut self.out,
             &mut self.frame,
             &mut self.local,
             now,
@@ -433,7 +455,7 @@ impl Core {
                 Ok(n) => deliver(
                     stream,
                     &self.reports,
-                    &mut self.ring,
+                    &mut self.out,
                     &mut self.frame,
                     &mut self.local,
                     now,
@@ -464,6 +486,7 @@ impl Core {
         c.srtp_drops.store(l.srtp_drops, Ordering::Relaxed);
         c.srtp_lane_packets
             .store(l.srtp_lane_packets, Ordering::Relaxed);
+        c.stt_ring_full.store(l.stt_ring_full, Ordering::Relaxed);
         if now.saturating_sub(self.last_report_ns) >= REPORT_INTERVAL_NS {
             self.last_report_ns = now;
             let streams = self

@@ -79,6 +79,8 @@ impl Publisher {
             EventKind::Gap => true,
             EventKind::SpeakerChange => self.config.publish_speaker_changes,
             EventKind::Snapshot => self.config.publish_analytics,
+            EventKind::PartialTranscript => self.config.publish_partial_transcripts,
+            EventKind::FinalTranscript => self.config.publish_final_transcripts,
             k => k.is_lifecycle() && self.config.publish_call_events,
         }
     }

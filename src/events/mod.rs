@@ -28,6 +28,10 @@ pub enum EventKind {
     Snapshot,
     /// A consumer fell behind and lost events; `data.lost` says how many.
     Gap,
+    /// Live transcription of an utterance still being spoken (superseded by later ones).
+    PartialTranscript,
+    /// The transcription of a whole utterance.
+    FinalTranscript,
 }
 
 impl EventKind {
@@ -45,6 +49,8 @@ impl EventKind {
             EventKind::SpeakerChange => "speaker_change",
             EventKind::Snapshot => "snapshot",
             EventKind::Gap => "gap",
+            EventKind::PartialTranscript => "partial_transcript",
+            EventKind::FinalTranscript => "final_transcript",
         }
     }
 
@@ -52,7 +58,11 @@ impl EventKind {
     pub fn is_lifecycle(self) -> bool {
         !matches!(
             self,
-            EventKind::Gap | EventKind::SpeakerChange | EventKind::Snapshot
+            EventKind::Gap
+                | EventKind::SpeakerChange
+                | EventKind::Snapshot
+                | EventKind::PartialTranscript
+                | EventKind::FinalTranscript
         )
     }
 }

@@ -11,7 +11,7 @@ pub const WINDOW_MS: u64 = 20;
 /// and comfort noise are recorded as digital silence, far below it.
 const SPEECH_MEAN_SQUARE: u64 = 184 * 184;
 /// Windows a talker stays "active" after the last loud one: bridges the gaps between words.
-const HANGOVER_WINDOWS: u32 = 10;
+pub const HANGOVER_WINDOWS: u32 = 10;
 /// Windows one talker must hold the floor alone before it counts as a speaker change.
 const SPEAKER_HOLD_WINDOWS: u32 = 15;
 

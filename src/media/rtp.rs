@@ -47,6 +47,8 @@ pub struct StreamParams {
     /// Recording paused by the API: packets are tracked (sequence, loss) but not recorded, so
     /// the paused span becomes silence of the same length in the files.
     pub paused: bool,
+    /// Also hand decoded frames to live transcription (STT runs, not paused by the API).
+    pub transcribe: bool,
     /// Where the SRC said it sends from (its offer's c= address and m= port). Packets from
     /// there win the SSRC lock over anyone who got there first; `None` when unknown.
     pub expected_source: Option<SocketAddr>,
@@ -629,6 +631,7 @@ mod tests {
             sample_rate: 8000,
             held: false,
             paused: false,
+            transcribe: false,
             expected_source: None,
             srtp: None,
         }

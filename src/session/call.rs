@@ -83,6 +83,7 @@ pub(super) struct CallSetup {
     pub branch_seed: u64,
     pub key_source: fn(&mut [u8]),
     pub require_srtp: bool,
+    pub transcribe: bool,
 }
 
 impl CallStream {
@@ -148,6 +149,8 @@ pub(super) struct Call {
     branch_seed: u64,
     last_modify_ns: u64,
     pause: Option<Pause>,
+    /// Live transcription runs for this call (unless paused by the API).
+    transcribe: bool,
 }
 
 /// A pause requested through the API (survives re-INVITEs).
@@ -271,12 +274,14 @@ impl Call {
             branch_seed: setup.branch_seed,
             last_modify_ns: now.mono_ns,
             pause: None,
+            transcribe: setup.transcribe,
         };
         let mut specs = Vec::new();
         for (p, port) in plan.iter().zip(&allocated) {
             let stream = call.new_stream(p, *port);
             if let (Some(port), Some(media)) = (stream.port, stream.media.as_ref()) {
-                let params = stream_params(call.key(stream.index), media, stream.held, false);
+                let key = call.key(stream.index);
+                let params = stream_params(key, media, stream.held, false, call.transcribe);
                 actions.push_back(Action::OpenStream { port, params });
                 specs.push(StreamSpec {
                     index: stream.index,
@@ -397,6 +402,48 @@ impl Call {
             self.analytics = Some(data.clone());
         }
         actions.push_back(self.event(now, EventKind::Snapshot, data));
+    }
+
+    /// A transcript log for this call's recording session.
+    pub(super) fn transcript_log(&self) -> super::transcript::TranscriptLog {
+        let mut log = super::transcript::TranscriptLog::new(
+            &self.call_id,
+            &self.session_id,
+            self.dir.clone(),
+            "embedded",
+        );
+        for s in &self.streams {
+            log.set_speaker(s.index, self.speaker(s.index));
+        }
+        log
+    }
+
+    /// Who speaks on stream `index`: the sending participant's name or AoR from the SIPREC
+    /// metadata, else the stream's label.
+    pub(super) fn speaker(&self, index: u32) -> super::transcript::Speaker {
+        let stream = self.streams.get(index as usize);
+        let label = stream.and_then(|s| s.label.clone());
+        let senders = label
+            .as_deref()
+            .map(|l| self.metadata.participants_sending(l))
+            .unwrap_or_default();
+        let speaker_label = senders
+            .iter()
+            .find_map(|p| {
+                p.name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| p.aor.clone())
+            })
+            .or_else(|| label.clone())
+            .unwrap_or_else(|| format!("stream{index}"));
+        super::transcript::Speaker {
+            speaker_label,
+            label,
+            participants: stream
+                .map(|s| self.stream_participants(s))
+                .unwrap_or_default(),
+        }
     }
 
     fn stream_participants(&self, stream: &CallStream) -> Vec<String> {
@@ -626,11 +673,17 @@ impl Call {
         );
     }
 
+    /// Audio goes to live transcription: STT runs and the API has not paused it.
+    fn transcribing(&self) -> bool {
+        self.transcribe && !self.pause.is_some_and(|p| p.transcription)
+    }
+
     fn push_stream_params(&self, actions: &mut VecDeque<Action>) {
         let paused = self.recording_paused();
+        let stt = self.transcribing();
         for s in &self.streams {
             if let (Some(port), Some(media)) = (s.port, s.media.as_ref()) {
-                let params = stream_params(self.key(s.index), media, s.held, paused);
+                let params = stream_params(self.key(s.index), media, s.held, paused, stt);
                 actions.push_back(Action::UpdateStream { port, params });
             }
         }
@@ -770,14 +823,14 @@ impl Call {
             let index = p.index;
             if index < self.streams.len() {
                 let key = self.key(index as u32);
+                let (paused, stt) = (self.recording_paused(), self.transcribing());
                 let stream = &mut self.streams[index];
                 let was_held = stream.held;
                 match (&p.accept, stream.port) {
                     (Some(media), Some(port)) => {
                         stream.held = media.offered_direction == Direction::Inactive;
                         stream.media = Some(media.clone());
-                        let params =
-                            stream_params(key, media, stream.held, self.recording_paused());
+                        let params = stream_params(key, media, stream.held, paused, stt);
                         actions.push_back(Action::UpdateStream { port, params });
                         answer_ports.push(Some(port));
                     }
@@ -817,8 +870,9 @@ impl Call {
                 };
                 let stream = self.new_stream(p, port);
                 if let (Some(port), Some(media)) = (stream.port, stream.media.as_ref()) {
-                    let paused = self.recording_paused();
-                    let params = stream_params(self.key(stream.index), media, stream.held, paused);
+                    let (paused, stt) = (self.recording_paused(), self.transcribing());
+                    let key = self.key(stream.index);
+                    let params = stream_params(key, media, stream.held, paused, stt);
                     actions.push_back(Action::OpenStream { port, params });
                     actions.push_back(Action::Recorder(RecorderCommand::AddStream {
                         session: self.session,
@@ -998,6 +1052,8 @@ impl Call {
             "files": files,
             "analytics": self.analytics,
             "dtmf": self.dtmf,
+            // Written by live transcription when it has finished this session's audio.
+            "transcripts": self.transcribe.then_some(["transcript.json", "transcript.vtt"]),
             "recorder": record_stats,
             "metadata": self.metadata,
             "metadata_history": self.metadata_history,
@@ -1127,7 +1183,13 @@ pub(super) fn advertised_ip(config: &SessionConfig, request: &Request, _peer: Pe
 }
 
 /// Data-plane parameters of an accepted stream: the PT table from its SDP.
-fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool) -> StreamParams {
+fn stream_params(
+    key: StreamKey,
+    media: &AcceptedMedia,
+    held: bool,
+    paused: bool,
+    transcribe: bool,
+) -> StreamParams {
     let kind = |codec: Codec| match codec {
         Codec::Pcmu => PayloadKind::Pcmu,
         Codec::Pcma => PayloadKind::Pcma,
@@ -1168,6 +1230,7 @@ fn stream_params(key: StreamKey, media: &AcceptedMedia, held: bool, paused: bool
         sample_rate: media.codec.clock_rate(),
         held,
         paused,
+        transcribe,
         expected_source,
         srtp: media.crypto.as_ref().map(|c| c.params.clone()),
     }

@@ -11,6 +11,7 @@
 
 mod call;
 pub mod ports;
+pub mod transcript;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -52,6 +53,8 @@ pub struct SessionConfig {
     /// Concurrent calls one source address may have (`SIP_MAX_CALLS_PER_SOURCE`; 0 = no
     /// limit): one misbehaving peer can't take the whole capacity.
     pub max_calls_per_source: usize,
+    /// Send the calls' audio to live transcription (an STT provider runs).
+    pub transcribe: bool,
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -153,6 +156,8 @@ pub struct SessionManager {
     counters: SessionCounters,
     /// RTP counters of the streams of calls already forgotten (metrics stay monotonic).
     closed_rtp: RtpStats,
+    /// Transcripts of transcribed recording sessions, until STT says each is done.
+    transcripts: HashMap<u64, transcript::TranscriptLog>,
 }
 
 impl SessionManager {
@@ -171,6 +176,7 @@ impl SessionManager {
             draining: false,
             counters: SessionCounters::default(),
             closed_rtp: RtpStats::default(),
+            transcripts: HashMap::new(),
         };
         m.instance = m.next_random();
         m
@@ -301,6 +307,51 @@ impl SessionManager {
                 call.add_rtp_stats(&mut self.closed_rtp);
             }
         }
+    }
+
+    /// A result of live transcription: a transcript event (speaker named from the call's
+    /// metadata), and once STT has finished a session, its transcript files.
+    pub fn handle_stt(&mut self, now: Now, result: crate::sink::stt::SttResult) {
+        use crate::sink::stt::SttResult;
+        match result {
+            SttResult::Transcript(t) => {
+                let session = t.key.session;
+                let Some(log) = self.transcripts.get_mut(&session) else {
+                    return;
+                };
+                let call = self
+                    .by_session
+                    .get(&session)
+                    .and_then(|id| self.calls.get(id));
+                if let Some(call) = call {
+                    log.set_speaker(t.key.stream, call.speaker(t.key.stream));
+                }
+                let event = log.event(now.unix_ms, t);
+                self.actions.push_back(Action::Event(event));
+            }
+            SttResult::Failed { key, .. } => {
+                if let Some(log) = self.transcripts.get_mut(&key.session) {
+                    log.count_failure();
+                }
+            }
+            SttResult::SessionDone { session } => {
+                if let Some(log) = self.transcripts.remove(&session) {
+                    self.actions.push_back(Action::WriteFile {
+                        path: log.dir.join("transcript.json"),
+                        bytes: log.render_json(now.unix_ms),
+                    });
+                    self.actions.push_back(Action::WriteFile {
+                        path: log.dir.join("transcript.vtt"),
+                        bytes: log.render_vtt(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Recording sessions whose transcripts are still being written (STT backlog).
+    pub fn transcripts_pending(&self) -> usize {
+        self.transcripts.len()
     }
 
     /// A DTMF digit the data plane decoded on stream `key`: into session.json and an event.
@@ -616,6 +667,7 @@ impl SessionManager {
             branch_seed: self.next_random(),
             key_source: self.config.key_source,
             require_srtp: self.config.require_srtp,
+            transcribe: self.config.transcribe,
         };
         match Call::accept(now, ports, setup, key, &request, &mut self.actions) {
             Ok((call, metadata_error)) => {
@@ -626,6 +678,9 @@ impl SessionManager {
                 self.counters.calls_total += 1;
                 self.by_invite.insert(key, call_id.clone());
                 self.by_session.insert(session, call_id.clone());
+                if self.config.transcribe {
+                    self.transcripts.insert(session, call.transcript_log());
+                }
                 self.calls.insert(call_id, call);
             }
             Err(status) => {

@@ -1,3 +1,4 @@
-//! Consumers of decoded media on their own threads: the recorder (and STT, analytics later).
+//! Consumers of decoded media on their own threads: the recorder and live transcription (STT).
 
 pub mod recorder;
+pub mod stt;

@@ -82,6 +82,8 @@ impl Server {
             .env("RECORDING_DIR", &recordings)
             .env("RECORDING_MIN_FREE_MB", "1")
             .env("RTP_PORT_COOLDOWN", "0")
+            // Live transcription only where a test asks for it (tests/stt.rs).
+            .env("STT_PROVIDER", "none")
             .stdout(Stdio::null())
             .stderr(log_file);
         // The suite runs once per data-plane backend: .ci/test sets DATAPLANE_BACKEND.
