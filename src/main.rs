@@ -218,7 +218,7 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
             .context("cannot start the recorder thread")?;
-    let (stt, stt_producers) = start_stt(&config, workers);
+    let (stt, stt_producers, stt_error) = start_stt(&config, workers);
     let outputs = producers
         .into_iter()
         .zip(stt_producers)
@@ -249,7 +249,14 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot build the control-plane runtime")?;
-    let result = runtime.block_on(control_plane(config, source, dataplane, recorder, &stt));
+    let stt_state = SttState {
+        handle: stt,
+        error: stt_error,
+    };
+    let result = runtime.block_on(control_plane(
+        config, source, dataplane, recorder, &stt_state,
+    ));
+    let stt = stt_state.handle;
     if let Err(e) = recorder_thread.join() {
         tracing::error!(?e, "recorder thread panicked");
     }
@@ -259,20 +266,23 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     result
 }
 
+/// Live transcription as the control plane sees it.
+struct SttState {
+    handle: Option<SttHandle>,
+    /// Why the configured provider is not running.
+    error: Option<String>,
+}
+
+type SttRings = Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>;
+
 /// Starts live transcription when a provider is configured and usable, with one STT ring per
 /// data-plane worker. A missing or broken model is logged (with the command that installs
-/// it) and the server records without transcription.
-fn start_stt(
-    config: &Config,
-    workers: usize,
-) -> (
-    Option<SttHandle>,
-    Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>,
-) {
+/// it) and the server records without transcription; the error is also in /health.
+fn start_stt(config: &Config, workers: usize) -> (Option<SttHandle>, SttRings, Option<String>) {
     let none = || (0..workers).map(|_| None).collect();
     if config.stt.provider == config::SttProvider::None {
         tracing::info!("live transcription off (STT_PROVIDER=none)");
-        return (None, none());
+        return (None, none(), None);
     }
     let threads = match config.stt.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
@@ -283,7 +293,7 @@ fn start_stt(
             Ok(model) => model,
             Err(e) => {
                 tracing::error!(error = %e, "live transcription unavailable; recording continues");
-                return (None, none());
+                return (None, none(), Some(e.to_string()));
             }
         };
     let mut producers = Vec::with_capacity(workers);
@@ -315,11 +325,11 @@ fn start_stt(
                 threads,
                 "live transcription on (embedded whisper.cpp)"
             );
-            (Some(handle), producers)
+            (Some(handle), producers, None)
         }
         Err(e) => {
             tracing::error!(error = %e, "live transcription unavailable; recording continues");
-            (None, none())
+            (None, none(), Some(e.to_string()))
         }
     }
 }
@@ -386,8 +396,9 @@ async fn control_plane(
     source: ConfigSource,
     mut dataplane: Dataplane,
     recorder: recorder::RecorderHandle,
-    stt: &Option<SttHandle>,
+    stt_state: &SttState,
 ) -> anyhow::Result<()> {
+    let stt = &stt_state.handle;
     let (tx, mut rx) = mpsc::channel::<Inbound>(4096);
     let parse_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut udp = Vec::new();
@@ -606,7 +617,14 @@ async fn control_plane(
                     ports_in_use: ports.pool.in_use(),
                     ports_capacity: ports.pool.capacity(),
                     backend: dataplane.backend(),
-                    metrics: metrics_snapshot(&io, &sessions, &dataplane, &recorder, &ports),
+                    metrics: metrics_snapshot(
+                        &io,
+                        &sessions,
+                        &dataplane,
+                        &recorder,
+                        &ports,
+                        (stt_state, &config.stt),
+                    ),
                     paused_calls: sessions.paused_calls(),
                 });
                 match stop {
@@ -1041,9 +1059,37 @@ fn metrics_snapshot(
     dataplane: &Dataplane,
     recorder: &recorder::RecorderHandle,
     ports: &BoundPorts,
+    (stt, stt_config): (&SttState, &config::SttConfig),
 ) -> MetricsSnapshot {
     use std::sync::atomic::Ordering::Relaxed;
     let r = &recorder.counters;
+    let mut stt_totals = siprec::api::metrics::SttTotals {
+        provider: stt_config.provider.name().to_owned(),
+        error: stt.error.clone(),
+        queue_max: stt_config.queue_max as u64,
+        sessions_pending: sessions.transcripts_pending() as u64,
+        ..Default::default()
+    };
+    if let Some(h) = &stt.handle {
+        let c = &h.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        stt_totals.running = true;
+        stt_totals.workers = h.workers as u64;
+        stt_totals.workers_busy = c.workers_busy.load(Relaxed) as u64;
+        stt_totals.queue_depth = c.queue_depth.load(Relaxed) as u64;
+        stt_totals.frames = l(&c.frames);
+        stt_totals.frames_unknown = l(&c.frames_unknown);
+        stt_totals.partials_queued = l(&c.partials_queued);
+        stt_totals.partials_dropped = l(&c.partials_dropped);
+        stt_totals.finals_queued = l(&c.finals_queued);
+        stt_totals.finals_dropped = l(&c.finals_dropped);
+        stt_totals.transcripts_partial = l(&c.transcripts_partial);
+        stt_totals.transcripts_final = l(&c.transcripts_final);
+        stt_totals.failures = l(&c.failures);
+        stt_totals.utterances_too_short = l(&c.utterances_too_short);
+        stt_totals.audio_seconds = l(&c.audio_ms) as f64 / 1000.0;
+        stt_totals.busy_seconds = l(&c.busy_ms) as f64 / 1000.0;
+    }
     MetricsSnapshot {
         active_calls: sessions.active_calls() as u64,
         sip: io.sip_counters(),
@@ -1070,6 +1116,7 @@ fn metrics_snapshot(
             connects: a.connects.load(Relaxed),
         }),
         ws_clients: 0, // Filled at scrape time by the API.
+        stt: stt_totals,
     }
 }
 

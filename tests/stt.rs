@@ -193,6 +193,18 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
     );
     assert!(partials >= 1, "partial transcripts while speaking");
 
+    // Metrics count what happened; /health says who transcribes.
+    let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("siprec_stt_transcripts_total{kind=\"final\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("siprec_stt_latency_seconds_count{kind=\"final\"} 2"));
+    assert!(metrics.contains("siprec_stt_seconds_total{kind=\"audio\"}"));
+    let (_, health) = http_get(ports.http, "/health").unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["checks"]["stt"]["status"], "healthy", "{health}");
+
     // The files: transcript.json in call-time order, WebVTT cues with the speaker's voice.
     let dirs = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
     let json_path = dirs[0].join("transcript.json");
@@ -230,6 +242,15 @@ fn missing_model_is_reported_and_recording_goes_on() {
     let ports = TestPorts::new(42);
     let log = server.log_text();
     assert!(log.contains(".ci/model.sh"), "{log}");
+    let (code, health) = http_get(ports.http, "/health").unwrap();
+    assert_eq!(code, 200, "degraded, not unhealthy: {health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let stt = &health["checks"]["stt"];
+    assert_eq!(stt["status"], "degraded", "{health}");
+    assert!(
+        stt["message"].as_str().unwrap().contains(".ci/model.sh"),
+        "{stt}"
+    );
     let mut src = Src::new(ports.src_sip, ports.sip, "stt-2@127.0.0.1");
     let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
     assert_eq!(src.invite(&ct, &body).status, 200);

@@ -54,6 +54,37 @@ pub struct MetricsSnapshot {
     pub amqp: Option<AmqpTotals>,
     /// WebSocket clients connected to `/ws/*` (filled at scrape time by the API).
     pub ws_clients: u64,
+    pub stt: SttTotals,
+}
+
+/// Live transcription's state and counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SttTotals {
+    /// `STT_PROVIDER` ("none" when off).
+    pub provider: String,
+    pub running: bool,
+    /// Why a configured provider is not running (e.g. the model is missing).
+    pub error: Option<String>,
+    pub workers: u64,
+    pub workers_busy: u64,
+    /// Finals waiting for a worker, and the most that may wait (`STT_QUEUE_MAX`).
+    pub queue_depth: u64,
+    pub queue_max: u64,
+    /// Recording sessions whose transcript files are not written yet.
+    pub sessions_pending: u64,
+    pub frames: u64,
+    pub frames_unknown: u64,
+    pub partials_queued: u64,
+    pub partials_dropped: u64,
+    pub finals_queued: u64,
+    pub finals_dropped: u64,
+    pub transcripts_partial: u64,
+    pub transcripts_final: u64,
+    pub failures: u64,
+    pub utterances_too_short: u64,
+    /// Audio transcribed and engine time spent on it: busy / audio is the real-time factor.
+    pub audio_seconds: f64,
+    pub busy_seconds: f64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -85,6 +116,11 @@ pub struct Metrics {
     amqp_connected: IntGauge,
     ws_clients: IntGauge,
     amqp_buffered: IntGauge,
+    stt_utterances: IntCounterVec,
+    stt_transcripts: IntCounterVec,
+    stt_failures: IntCounterVec,
+    stt_seconds: prometheus::CounterVec,
+    stt_queue: IntGaugeVec,
     active_calls: IntGauge,
     ports: IntGaugeVec,
     disk_free: IntGauge,
@@ -141,7 +177,44 @@ impl Metrics {
         // process-wide histogram); every registry shows them.
         let io = crate::sink::recorder::IO_LATENCY.vec.clone();
         let _ = r.register(Box::new(io));
+        let _ = r.register(Box::new(crate::sink::stt::LATENCY.clone()));
+        let stt_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "stt_seconds_total",
+                "Live transcription: audio transcribed and engine time spent (busy/audio = RTF)",
+            )
+            .namespace("siprec"),
+            &["kind"],
+        )
+        .expect("metric names and labels are static and valid");
+        let _ = r.register(Box::new(stt_seconds.clone()));
         Metrics {
+            stt_utterances: counter(
+                &r,
+                "stt_utterances_total",
+                "Utterances cut for transcription, by outcome (final/partial queued or dropped, \
+                 too_short)",
+                &["outcome"],
+            ),
+            stt_transcripts: counter(
+                &r,
+                "stt_transcripts_total",
+                "Transcripts produced, by kind (partial, final)",
+                &["kind"],
+            ),
+            stt_failures: counter(
+                &r,
+                "stt_errors_total",
+                "Live transcription errors, by reason (engine, frames_unknown, ring_full)",
+                &["reason"],
+            ),
+            stt_seconds,
+            stt_queue: gauge_vec(
+                &r,
+                "stt_queue",
+                "Live transcription load: finals waiting, workers busy, sessions pending",
+                &["what"],
+            ),
             sip_requests: counter(
                 &r,
                 "sip_requests_total",
@@ -335,6 +408,40 @@ impl Metrics {
         }
         self.ws_clients
             .set(s.ws_clients.min(i64::MAX as u64) as i64);
+        let t = &s.stt;
+        if t.running {
+            follow(&self.stt_utterances, &["final_queued"], t.finals_queued);
+            follow(&self.stt_utterances, &["final_dropped"], t.finals_dropped);
+            follow(&self.stt_utterances, &["partial_queued"], t.partials_queued);
+            follow(
+                &self.stt_utterances,
+                &["partial_dropped"],
+                t.partials_dropped,
+            );
+            follow(&self.stt_utterances, &["too_short"], t.utterances_too_short);
+            follow(&self.stt_transcripts, &["partial"], t.transcripts_partial);
+            follow(&self.stt_transcripts, &["final"], t.transcripts_final);
+            follow(&self.stt_failures, &["engine"], t.failures);
+            follow(&self.stt_failures, &["frames_unknown"], t.frames_unknown);
+            follow(
+                &self.stt_failures,
+                &["ring_full"],
+                s.dataplane.stt_ring_full,
+            );
+            for (kind, value) in [("audio", t.audio_seconds), ("busy", t.busy_seconds)] {
+                let c = self.stt_seconds.with_label_values(&[kind]);
+                if value > c.get() {
+                    c.inc_by(value - c.get());
+                }
+            }
+            let q = &self.stt_queue;
+            q.with_label_values(&["finals_waiting"])
+                .set(t.queue_depth as i64);
+            q.with_label_values(&["workers_busy"])
+                .set(t.workers_busy as i64);
+            q.with_label_values(&["sessions_pending"])
+                .set(t.sessions_pending as i64);
+        }
         self.active_calls.set(s.active_calls as i64);
         self.ports
             .with_label_values(&["in_use"])

@@ -881,6 +881,19 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
             }
         }
     }
+    let stt = &snap.metrics.stt;
+    match (&stt.error, stt.running) {
+        (Some(e), _) => check("stt", 1, format!("live transcription unavailable: {e}")),
+        (None, false) => check("stt", 0, "live transcription off".into()),
+        (None, true) => {
+            let full = stt.queue_depth * 10 >= stt.queue_max.max(1) * 9;
+            let msg = format!(
+                "{} ({} workers): {} of {} utterances waiting",
+                stt.provider, stt.workers, stt.queue_depth, stt.queue_max
+            );
+            check("stt", u8::from(full), msg);
+        }
+    }
     let status = ["healthy", "degraded", "unhealthy"][worst as usize];
     let uptime = state.started.elapsed().as_secs();
     let body = json!({
