@@ -1089,6 +1089,7 @@ fn metrics_snapshot(
         stt_totals.utterances_too_short = l(&c.utterances_too_short);
         stt_totals.audio_seconds = l(&c.audio_ms) as f64 / 1000.0;
         stt_totals.busy_seconds = l(&c.busy_ms) as f64 / 1000.0;
+        stt_totals.busy_final_seconds = l(&c.busy_final_ms) as f64 / 1000.0;
     }
     MetricsSnapshot {
         active_calls: sessions.active_calls() as u64,

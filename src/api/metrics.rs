@@ -85,6 +85,8 @@ pub struct SttTotals {
     /// Audio transcribed and engine time spent on it: busy / audio is the real-time factor.
     pub audio_seconds: f64,
     pub busy_seconds: f64,
+    /// Engine time on finals only.
+    pub busy_final_seconds: f64,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -428,7 +430,12 @@ impl Metrics {
                 &["ring_full"],
                 s.dataplane.stt_ring_full,
             );
-            for (kind, value) in [("audio", t.audio_seconds), ("busy", t.busy_seconds)] {
+            let seconds = [
+                ("audio", t.audio_seconds),
+                ("busy", t.busy_seconds),
+                ("busy_final", t.busy_final_seconds),
+            ];
+            for (kind, value) in seconds {
                 let c = self.stt_seconds.with_label_values(&[kind]);
                 if value > c.get() {
                     c.inc_by(value - c.get());

@@ -113,6 +113,10 @@ impl Engine for WhisperEngine {
         let seconds = audio.len().div_ceil(ENGINE_RATE as usize);
         let ctx = ((seconds + 1) * AUDIO_CTX_PER_S).clamp(256, 1500);
         params.set_audio_ctx(ctx as i32);
+        // Greedy decoding at temperature 0 sometimes loops on a phrase until the text context
+        // is full; speech holds well under 8 tokens a second, so a loop is cut early (and, for
+        // finals, the temperature fallback then decodes again).
+        params.set_max_tokens((16 + 8 * seconds) as i32);
         if partial {
             params.set_temperature_inc(0.0);
         }

@@ -122,6 +122,9 @@ pub struct SttCounters {
     /// Audio given to the engine and engine time, ms: their ratio is the real-time factor.
     pub audio_ms: AtomicU64,
     pub busy_ms: AtomicU64,
+    /// The part of `busy_ms` spent on finals: the work that must keep up (partials are
+    /// dropped first when it doesn't).
+    pub busy_final_ms: AtomicU64,
     /// Finals waiting for a worker now.
     pub queue_depth: AtomicUsize,
     pub workers_busy: AtomicUsize,
@@ -547,6 +550,11 @@ impl Worker {
         self.counters
             .busy_ms
             .fetch_add(busy.as_millis() as u64, Ordering::Relaxed);
+        if is_final {
+            self.counters
+                .busy_final_ms
+                .fetch_add(busy.as_millis() as u64, Ordering::Relaxed);
+        }
         match result {
             Ok(recognized) => {
                 let latency = job.cut_at.elapsed();

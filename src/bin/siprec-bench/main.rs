@@ -52,8 +52,13 @@ struct Cli {
     run: RunArgs,
 }
 
+mod stt;
+
 #[derive(Subcommand, Debug)]
 enum Mode {
+    /// Live transcription: word error rate through the whole server vs the engine fed the
+    /// same audio directly, latency from end of speech to final transcript, real-time factor.
+    Stt(stt::SttArgs),
     /// (internal) The floor receiver: bind STREAMS sockets from BASE_PORT (step 2) and count
     /// datagrams with epoll + recvmmsg, doing nothing else. Prints the count on stdin close.
     Floor {
@@ -113,9 +118,19 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(Mode::Floor { base_port, streams }) = cli.command {
-        floor(base_port, streams);
-        return;
+    match cli.command {
+        Some(Mode::Floor { base_port, streams }) => {
+            floor(base_port, streams);
+            return;
+        }
+        Some(Mode::Stt(args)) => {
+            if let Err(e) = stt::run(args) {
+                eprintln!("siprec-bench stt: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        None => {}
     }
     if let Err(e) = run(cli.run) {
         eprintln!("siprec-bench: {e}");
