@@ -27,8 +27,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     apt-get install -y -qq cargo rustc >/dev/null
   fi
 fi
-# Cargo.toml's rust-version: Debian 13's rustc qualifies, Debian 12's (1.63) does not.
-need="1.85"
+# Cargo.toml's rust-version (whisper-rs-sys needs 1.88): neither Debian 12's rustc (1.63) nor
+# Debian 13's (1.85) qualifies; rustup's stable does.
+need="1.88"
 have=$(rustc --version | awk '{print $2}')
 if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
   echo "deps: rustc $have is older than $need; install a newer toolchain (rustup) and rerun" >&2
