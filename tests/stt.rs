@@ -80,22 +80,28 @@ fn content_hits(expected: &str, heard: &str) -> (usize, usize) {
 fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
     let model = model();
     let model = model.to_str().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // RabbitMQ gets the finals only (PUBLISH_PARTIAL_TRANSCRIPTS=false).
+    let exchange = format!("siprec-test-{}-stt", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(common::amqp::consumer(&exchange));
     let server = Server::start(
         41,
         &[
             ("STT_PROVIDER", "embedded"),
             ("STT_MODEL", model),
             ("STT_PARTIAL_INTERVAL_MS", "1000"),
+            ("ENABLE_REALTIME_AMQP", "true"),
+            ("AMQP_EXCHANGE", &exchange),
+            ("PUBLISH_PARTIAL_TRANSCRIPTS", "false"),
         ],
     );
     let ports = TestPorts::new(41);
     let alice = speech(ALICE, "awb", server.dir.path());
     let bob = speech(BOB, "rms", server.dir.path());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let url = format!(
         "ws://127.0.0.1:{}/ws/transcriptions?call_id=stt-1@127.0.0.1",
         ports.http
@@ -192,6 +198,33 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
         "Bob starts at {start_b} s, spoke at {expected_b}"
     );
     assert!(partials >= 1, "partial transcripts while speaking");
+    let published = rt.block_on(common::amqp::collect(
+        &ch,
+        &queue,
+        "none",
+        Duration::from_secs(3),
+    ));
+    let mut ids = std::collections::HashSet::new();
+    let kinds: Vec<(&str, &str)> = published
+        .iter()
+        .filter(|(_, v)| ids.insert(v["id"].as_str().unwrap_or("")))
+        .map(|(key, v)| (v["type"].as_str().unwrap_or(""), key.as_str()))
+        .filter(|(t, _)| t.ends_with("_transcript"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "final_transcript",
+                "siprec.final_transcript.stt-1@127.0.0.1"
+            ),
+            (
+                "final_transcript",
+                "siprec.final_transcript.stt-1@127.0.0.1"
+            ),
+        ],
+        "AMQP: the finals, no partials"
+    );
 
     // Metrics count what happened; /health says who transcribes.
     let (_, metrics) = http_get(ports.http, "/metrics").unwrap();

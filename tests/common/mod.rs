@@ -2,6 +2,8 @@
 //! stop the server, a minimal SIP client playing the SRC, a paced RTP sender, WAV reading.
 #![allow(dead_code)]
 
+pub mod amqp;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
