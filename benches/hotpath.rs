@@ -68,7 +68,7 @@ fn benches(c: &mut Criterion) {
         let mut now = 1_000_000_000u64;
         b.iter(|| {
             // Restart the stream when the packet list wraps, so every packet is in order.
-            if i % packets.len() == 0 {
+            if i.is_multiple_of(packets.len()) {
                 rx = RtpReceiver::new(params());
             }
             now += 20_000_000;
@@ -97,7 +97,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             t.handle_frame(k * 20_000_000, 160 * k, 0, &pcm);
-            if k % 5 == 0 {
+            if k.is_multiple_of(5) {
                 t.commit((k.saturating_sub(15)) * 160, |s| sink += s.len());
             }
             black_box(sink)
@@ -111,7 +111,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             // Keep the file small: rewind to a fresh writer every ~10 MB.
-            if n % 30_000 == 0 {
+            if n.is_multiple_of(30_000) {
                 w = WavWriter::create(&dir.path().join(format!("b{n}.wav")), 1, 8000).unwrap();
             }
             w.write_interleaved(black_box(&pcm)).unwrap()

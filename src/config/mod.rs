@@ -470,7 +470,7 @@ impl Config {
             max_call_duration_s: f.media.max_call_duration_s.unwrap_or(4 * 3600),
             srtp_required: f.media.srtp_required.unwrap_or(false),
         };
-        if media.rtp_port_min < 1024 || media.rtp_port_min % 2 != 0 {
+        if media.rtp_port_min < 1024 || !media.rtp_port_min.is_multiple_of(2) {
             let v = media.rtp_port_min.to_string();
             return Err(invalid("RTP_PORT_MIN", v, "an even port 1024-65534"));
         }

@@ -321,7 +321,7 @@ pub fn read_wav(path: &Path) -> Result<(u16, u32, Vec<i16>), RecorderError> {
             }
             b"data" => {
                 let (channels, rate) = format.ok_or_else(|| invalid("data before fmt"))?;
-                if size % (2 * channels as usize) != 0 {
+                if !size.is_multiple_of(2 * channels as usize) {
                     return Err(invalid("data size is not a whole number of frames"));
                 }
                 let samples = bytes[body..end]
