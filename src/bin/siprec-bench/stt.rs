@@ -443,6 +443,10 @@ fn pipeline_calls(args: &SttArgs, sentences: &[Sentence]) -> Result<Value, Strin
     // What must keep up is the finals (partials are dropped first under load): engine CPU
     // per second of call = finals' engine time × threads per utterance (an upper bound).
     let cpu_per_call_s = busy_final * args.threads as f64 / call_seconds.max(1e-9);
+    let per_core = match cpu_per_call_s > 0.0 {
+        true => json!(round3(1.0 / cpu_per_call_s)),
+        false => Value::Null,
+    };
     Ok(json!({
         "wer": round3(edits as f64 / words.max(1) as f64),
         "word_errors": edits,
@@ -456,7 +460,7 @@ fn pipeline_calls(args: &SttArgs, sentences: &[Sentence]) -> Result<Value, Strin
         "speech_fraction_of_call": round3(speech / call_seconds.max(1e-9)),
         "engine_audio_seconds": round3(audio),
         "call_seconds": round3(call_seconds),
-        "calls_per_core": if cpu_per_call_s > 0.0 { json!(round3(1.0 / cpu_per_call_s)) } else { Value::Null },
+        "calls_per_core": per_core,
         "partials": stt["transcripts_partial"],
         "partials_dropped": stt["partials_dropped"],
         "finals_dropped": stt["finals_dropped"],

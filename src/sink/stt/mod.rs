@@ -583,7 +583,8 @@ impl Worker {
             Err(e) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 if is_final {
-                    warn!(session = job.key.session, stream = job.key.stream, error = %e, "transcription failed");
+                    let (session, stream) = (job.key.session, job.key.stream);
+                    warn!(session, stream, error = %e, "transcription failed");
                     let _ = self.results.send(SttResult::Failed {
                         key: job.key,
                         error: e.to_string(),
