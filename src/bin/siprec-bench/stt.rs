@@ -38,7 +38,7 @@ pub struct SttArgs {
     #[arg(long)]
     spawn: PathBuf,
     /// The ggml Whisper model (installed by ./.ci/model.sh).
-    #[arg(long, default_value = "models/ggml-base.bin")]
+    #[arg(long, default_value = "models/ggml-base-q8_0.bin")]
     model: PathBuf,
     /// Reference sentences, one per line.
     #[arg(long, default_value = "perf/stt-sentences.txt")]
