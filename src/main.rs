@@ -218,7 +218,7 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
             .context("cannot start the recorder thread")?;
-    let (stt, stt_producers, stt_error) = start_stt(&config, workers);
+    let (stt, stt_producers, stt_error, stt_jobs) = start_stt(&config, workers);
     let outputs = producers
         .into_iter()
         .zip(stt_producers)
@@ -252,6 +252,7 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let stt_state = SttState {
         handle: stt,
         error: stt_error,
+        jobs: stt_jobs,
     };
     let result = runtime.block_on(control_plane(
         config, source, dataplane, recorder, &stt_state,
@@ -271,6 +272,9 @@ struct SttState {
     handle: Option<SttHandle>,
     /// Why the configured provider is not running.
     error: Option<String>,
+    /// The STT jobs queue (`/api/stt/*`); open even when no engine runs, so jobs can be
+    /// listed and wait for one.
+    jobs: Option<Arc<stt::jobs::Jobs>>,
 }
 
 type SttRings = Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>;
@@ -278,11 +282,30 @@ type SttRings = Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>;
 /// Starts live transcription when a provider is configured and usable, with one STT ring per
 /// data-plane worker. A missing or broken model is logged (with the command that installs
 /// it) and the server records without transcription; the error is also in /health.
-fn start_stt(config: &Config, workers: usize) -> (Option<SttHandle>, SttRings, Option<String>) {
+fn start_stt(
+    config: &Config,
+    workers: usize,
+) -> (
+    Option<SttHandle>,
+    SttRings,
+    Option<String>,
+    Option<Arc<stt::jobs::Jobs>>,
+) {
     let none = || (0..workers).map(|_| None).collect();
+    let open_jobs = |provider: Result<&'static str, String>| {
+        let root = &config.recording.dir;
+        match stt::jobs::Jobs::open(root, provider, &config.stt.language) {
+            Ok(jobs) => Some(Arc::new(jobs)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the STT job queue under RECORDING_DIR");
+                None
+            }
+        }
+    };
     if config.stt.provider == config::SttProvider::None {
         tracing::info!("live transcription off (STT_PROVIDER=none)");
-        return (None, none(), None);
+        let jobs = open_jobs(Err("STT_PROVIDER=none".into()));
+        return (None, none(), None, jobs);
     }
     let threads = match config.stt.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
@@ -293,7 +316,8 @@ fn start_stt(config: &Config, workers: usize) -> (Option<SttHandle>, SttRings, O
             Ok(model) => model,
             Err(e) => {
                 tracing::error!(error = %e, "live transcription unavailable; recording continues");
-                return (None, none(), Some(e.to_string()));
+                let jobs = open_jobs(Err(e.to_string()));
+                return (None, none(), Some(e.to_string()), jobs);
             }
         };
     let mut producers = Vec::with_capacity(workers);
@@ -317,7 +341,9 @@ fn start_stt(config: &Config, workers: usize) -> (Option<SttHandle>, SttRings, O
     let make = || -> Result<Box<dyn stt::engine::Engine>, stt::engine::EngineError> {
         Ok(Box::new(model.engine()?))
     };
-    match stt::spawn(stt_config, consumers, recorder::SystemMonotonicClock, make) {
+    let jobs = open_jobs(Ok(config.stt.provider.name()));
+    let clock = recorder::SystemMonotonicClock;
+    match stt::spawn(stt_config, consumers, clock, make, jobs.clone()) {
         Ok(handle) => {
             tracing::info!(
                 model = %config.stt.model.display(),
@@ -325,11 +351,12 @@ fn start_stt(config: &Config, workers: usize) -> (Option<SttHandle>, SttRings, O
                 threads,
                 "live transcription on (embedded whisper.cpp)"
             );
-            (Some(handle), producers, None)
+            (Some(handle), producers, None, jobs)
         }
         Err(e) => {
             tracing::error!(error = %e, "live transcription unavailable; recording continues");
-            (None, none(), Some(e.to_string()))
+            let jobs = open_jobs(Err(e.to_string()));
+            (None, none(), Some(e.to_string()), jobs)
         }
     }
 }
@@ -437,6 +464,9 @@ async fn control_plane(
     );
     api_state.set_config(serde_json::to_value(&config).unwrap_or_default());
     api_state.set_rate_limit(config.http.rate_limit_per_s);
+    if let Some(jobs) = &stt_state.jobs {
+        let _ = api_state.stt_jobs.set(jobs.clone());
+    }
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
 

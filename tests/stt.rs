@@ -260,6 +260,55 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
     let session: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dirs[0].join("session.json")).unwrap()).unwrap();
     assert_eq!(session["transcripts"][0], "transcript.json");
+
+    // The STT jobs API, through siprecctl: the recorded mixed.wav transcribed again, both
+    // channels, in time order; a path outside the recordings is refused.
+    let ctl = |args: &[&str]| -> (i32, serde_json::Value) {
+        let url = format!("127.0.0.1:{}", ports.http);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+            .args(["--url", &url, "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code().unwrap_or(-1), v)
+    };
+    let mixed = dirs[0].join("mixed.wav");
+    let (code, submitted) = ctl(&["stt", "submit", mixed.to_str().unwrap(), "--priority", "3"]);
+    assert_eq!(
+        (code, &submitted["status"]),
+        (0, &"queued".into()),
+        "{submitted}"
+    );
+    let job_id = submitted["job_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        let (_, job) = ctl(&["stt", "job", &job_id]);
+        if job["status"] == "completed" || job["status"] == "failed" || Instant::now() > deadline {
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(job["status"], "completed", "{job}");
+    let utterances = job["result"]["utterances"].as_array().unwrap();
+    assert_eq!(utterances.len(), 2, "{job}");
+    assert_eq!(
+        (&utterances[0]["channel"], &utterances[1]["channel"]),
+        (&0.into(), &1.into())
+    );
+    let (hits, of) = content_hits(BOB, utterances[1]["text"].as_str().unwrap());
+    assert!(
+        hits * 10 >= of * 8,
+        "job: {hits}/{of} of Bob's words in {job}"
+    );
+    let (code, refused) = ctl(&["stt", "submit", "/etc/passwd"]);
+    assert_eq!(code, 1, "{refused}");
+    assert!(refused["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("RECORDING_DIR"));
+    let (_, listed) = ctl(&["stt", "jobs", "--status", "completed"]);
+    assert_eq!(listed["jobs"][0]["job_id"], job_id.as_str());
 }
 
 /// A missing model: the server says which command installs it, and still records.
@@ -291,4 +340,10 @@ fn missing_model_is_reported_and_recording_goes_on() {
     assert_eq!(src.bye().status, 200);
     let dirs = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
     assert!(dirs[0].join("1.wav").exists());
+    // No engine: STT jobs are refused with 503, and the queue still answers.
+    let body = format!(r#"{{"audio_path":"{}"}}"#, dirs[0].join("1.wav").display());
+    let (code, text) = http(ports.http, "POST", "/api/stt/submit", &[], &body);
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains(".ci/model.sh"), "{text}");
+    assert_eq!(http_get(ports.http, "/api/stt/jobs").unwrap().0, 200);
 }

@@ -76,6 +76,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/compliance/gdpr/export"),
     ("POST", "/api/compliance/gdpr/erase"),
     ("DELETE", "/api/compliance/gdpr/erase"),
+    ("POST", "/api/stt/submit"),
+    ("GET", "/api/stt/jobs"),
+    ("GET", "/api/stt/jobs/{job_id}"),
+    ("GET", "/api/stt/stats"),
+    ("GET", "/api/stt/metrics"),
+    ("POST", "/api/stt/queue/purge"),
     ("GET", "/ws/transcriptions"),
     ("GET", "/ws/analytics"),
 ];
@@ -121,6 +127,8 @@ pub struct ApiState {
     pub started: std::time::Instant,
     /// The AMQP publisher's state when ENABLE_REALTIME_AMQP is on.
     pub amqp: std::sync::OnceLock<Arc<crate::events::amqp::AmqpStatus>>,
+    /// The STT jobs queue behind `/api/stt/*`.
+    pub stt_jobs: std::sync::OnceLock<Arc<crate::sink::stt::jobs::Jobs>>,
     /// The event bus and client limits behind `/ws/*`.
     ws: std::sync::OnceLock<ws::WsHub>,
 }
@@ -144,6 +152,7 @@ impl ApiState {
             rate: RateLimiter::new(100),
             started: std::time::Instant::now(),
             amqp: std::sync::OnceLock::new(),
+            stt_jobs: std::sync::OnceLock::new(),
             ws: std::sync::OnceLock::new(),
         })
     }
@@ -313,6 +322,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     if path.starts_with("/api/compliance") {
         return compliance_route(state, req, &path, &query).await;
+    }
+    if path.starts_with("/api/stt/") {
+        return stt_route(state, req, &path, &query).await;
     }
     if method == Method::GET && (path == "/ws/transcriptions" || path == "/ws/analytics") {
         let feed = match path.as_str() {
@@ -597,6 +609,179 @@ async fn config_route(
 }
 
 /// `/api/compliance/status` and GDPR export/erase of one call's artifacts.
+/// `/api/stt/*`: the STT jobs queue (`docs/stt.md`). Submitting and purging need the API key
+/// like every mutating route.
+async fn stt_route(
+    state: &ApiState,
+    req: Request<Incoming>,
+    path: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    use crate::sink::stt::jobs::{JobRequest, JobStatus, SubmitError};
+    let method = req.method().clone();
+    let Some(jobs) = state.stt_jobs.get().cloned() else {
+        let msg = "the STT job queue is not available (see the server log)";
+        return error(StatusCode::SERVICE_UNAVAILABLE, "stt_unavailable", msg);
+    };
+    let rest = path.trim_start_matches("/api/stt/");
+    match (rest, &method) {
+        ("submit", &Method::POST) => {
+            if let Err(resp) = authorize(state, &req, query) {
+                return resp;
+            }
+            use http_body_util::BodyExt;
+            let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
+            let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
+                let msg = "request body too large or unreadable";
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+            };
+            let request: JobRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = format!("body must be a JSON job request: {e}");
+                    return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
+                }
+            };
+            let submitted = tokio::task::spawn_blocking(move || jobs.submit(request, unix_ms()));
+            match submitted.await {
+                Ok(Ok(job)) => json_response(
+                    StatusCode::ACCEPTED,
+                    json!({
+                        "job_id": job.job_id,
+                        "status": job.status,
+                        "estimated_cost": job.estimated_cost,
+                        "message": "Job submitted successfully",
+                    }),
+                ),
+                Ok(Err(SubmitError::Invalid(m))) => {
+                    error(StatusCode::BAD_REQUEST, "invalid_request", &m)
+                }
+                Ok(Err(e @ SubmitError::Unavailable(_))) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stt_unavailable",
+                    &e.to_string(),
+                ),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "job submission failed",
+                ),
+            }
+        }
+        ("jobs", &Method::GET) => {
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_owned())
+            };
+            let status = match param("status").as_deref() {
+                None | Some("") | Some("all") => None,
+                Some("queued") => Some(JobStatus::Queued),
+                Some("running") => Some(JobStatus::Running),
+                Some("completed") => Some(JobStatus::Completed),
+                Some("failed") => Some(JobStatus::Failed),
+                Some(other) => {
+                    let msg =
+                        format!("status {other:?}: one of queued, running, completed, failed, all");
+                    return error(StatusCode::BAD_REQUEST, "invalid_request", &msg);
+                }
+            };
+            let limit = match param("limit").map(|l| l.parse::<usize>()) {
+                None => 100,
+                Some(Ok(n)) if (1..=1000).contains(&n) => n,
+                Some(_) => {
+                    let msg = "limit must be 1 to 1000";
+                    return error(StatusCode::BAD_REQUEST, "invalid_request", msg);
+                }
+            };
+            let list = jobs.list(status, limit);
+            json_response(StatusCode::OK, json!({"count": list.len(), "jobs": list}))
+        }
+        ("stats", &Method::GET) => {
+            let mut stats = jobs.stats();
+            let live = state.read().metrics.stt.clone();
+            stats["workers"] = json!(live.workers);
+            stats["workers_busy"] = json!(live.workers_busy);
+            stats["worker_utilization"] = json!(match live.workers {
+                0 => 0.0,
+                w => live.workers_busy as f64 / w as f64,
+            });
+            stats["live_finals_waiting"] = json!(live.queue_depth);
+            json_response(StatusCode::OK, stats)
+        }
+        ("metrics", &Method::GET) => {
+            let live = state.read().metrics.stt.clone();
+            let rtf = match live.audio_seconds > 0.0 {
+                true => json!(live.busy_seconds / live.audio_seconds),
+                false => Value::Null,
+            };
+            let latency = |kind: &str| {
+                let h = crate::sink::stt::LATENCY.with_label_values(&[kind]);
+                let n = h.get_sample_count();
+                json!({
+                    "count": n,
+                    "mean_seconds": if n > 0 { h.get_sample_sum() / n as f64 } else { 0.0 },
+                })
+            };
+            let stats = jobs.stats();
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "providers": {
+                        live.provider.clone(): {
+                            "running": live.running,
+                            "error": live.error,
+                            "live": {
+                                "transcripts_partial": live.transcripts_partial,
+                                "transcripts_final": live.transcripts_final,
+                                "partials_dropped": live.partials_dropped,
+                                "finals_dropped": live.finals_dropped,
+                                "failures": live.failures,
+                                "latency_partial": latency("partial"),
+                                "latency_final": latency("final"),
+                            },
+                            "audio_seconds": live.audio_seconds,
+                            "processing_seconds": live.busy_seconds,
+                            "real_time_factor": rtf,
+                            "jobs": stats["since_start"],
+                            "estimated_cost_total": 0.0,
+                        }
+                    }
+                }),
+            )
+        }
+        ("queue/purge", &Method::POST) => {
+            if let Err(resp) = authorize(state, &req, query) {
+                return resp;
+            }
+            let purged = tokio::task::spawn_blocking(move || jobs.purge())
+                .await
+                .unwrap_or(0);
+            json_response(StatusCode::OK, json!({"purged": purged}))
+        }
+        ("submit" | "jobs" | "stats" | "metrics" | "queue/purge", _) => method_not_allowed(),
+        (id, &Method::GET) if id.starts_with("jobs/") => {
+            let id = &id["jobs/".len()..];
+            match jobs.get(id) {
+                Some(job) => json_response(StatusCode::OK, json!(job)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no STT job {id}"),
+                ),
+            }
+        }
+        (id, _) if id.starts_with("jobs/") => method_not_allowed(),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        ),
+    }
+}
+
 async fn compliance_route(
     state: &ApiState,
     req: Request<Incoming>,
@@ -662,9 +847,15 @@ async fn compliance_route(
     let dir = state.recording_dir.clone();
     let id = call_id.clone();
     let now = unix_ms();
+    let jobs = state.stt_jobs.get().cloned();
     let result = tokio::task::spawn_blocking(move || {
         if erase {
-            gdpr::erase(&dir, &id, now)
+            let erased = gdpr::erase(&dir, &id, now);
+            // STT jobs of the call hold its transcripts: they go too.
+            if let (Ok(Some(_)), Some(jobs)) = (&erased, jobs) {
+                jobs.forget_call(&id);
+            }
+            erased
         } else {
             gdpr::export(&dir, &id, now)
         }

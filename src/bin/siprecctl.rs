@@ -89,6 +89,11 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// STT jobs: transcribe recordings already on disk (/api/stt/*).
+    Stt {
+        #[command(subcommand)]
+        action: SttAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +104,40 @@ enum ConfigAction {
     Validate { file: std::path::PathBuf },
     /// Re-read the configuration file and environment; prints what needs a restart.
     Reload,
+}
+
+#[derive(Subcommand, Debug)]
+enum SttAction {
+    /// Queue a recording (a WAV under the server's RECORDING_DIR; relative paths from it).
+    Submit {
+        audio_path: String,
+        #[arg(long)]
+        call_id: Option<String>,
+        #[arg(long)]
+        session_id: Option<String>,
+        /// e.g. en, en-US, auto (default: the server's STT_LANGUAGE).
+        #[arg(long)]
+        language: Option<String>,
+        /// Higher runs first (default 0).
+        #[arg(long)]
+        priority: Option<i64>,
+    },
+    /// Jobs, newest first.
+    Jobs {
+        /// queued, running, completed, failed or all.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One job, with its transcript when done.
+    Job { job_id: String },
+    /// Queue depth and counters.
+    Stats,
+    /// Per-provider processing metrics.
+    Metrics,
+    /// Drop every queued job.
+    Purge,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +242,39 @@ fn main() {
             let body = serde_json::json!({ "call_id": call_id }).to_string();
             ("POST", format!("/api/compliance/gdpr/{route}"), Some(body))
         }
+        Command::Stt { action } => match action {
+            SttAction::Submit {
+                audio_path,
+                call_id,
+                session_id,
+                language,
+                priority,
+            } => {
+                let body = serde_json::json!({
+                    "audio_path": audio_path,
+                    "call_uuid": call_id,
+                    "session_id": session_id,
+                    "language": language,
+                    "priority": priority,
+                })
+                .to_string();
+                ("POST", "/api/stt/submit".into(), Some(body))
+            }
+            SttAction::Jobs { status, limit } => {
+                let mut q = Vec::new();
+                if let Some(s) = status {
+                    q.push(format!("status={}", id(s)));
+                }
+                if let Some(l) = limit {
+                    q.push(format!("limit={l}"));
+                }
+                ("GET", format!("/api/stt/jobs?{}", q.join("&")), None)
+            }
+            SttAction::Job { job_id } => ("GET", format!("/api/stt/jobs/{}", id(job_id)), None),
+            SttAction::Stats => ("GET", "/api/stt/stats".into(), None),
+            SttAction::Metrics => ("GET", "/api/stt/metrics".into(), None),
+            SttAction::Purge => ("POST", "/api/stt/queue/purge".into(), None),
+        },
         Command::Resume { call_id, all } => match (call_id, all) {
             (_, true) => ("POST", "/api/sessions/resume-all".into(), None),
             (Some(c), false) => ("POST", format!("/api/sessions/{}/resume", id(c)), None),
@@ -291,6 +363,47 @@ fn print_human(command: &Command, v: &Value) {
                         c["message"].as_str().unwrap_or("")
                     );
                 }
+            }
+        }
+        Command::Stt {
+            action: SttAction::Jobs { .. },
+        } => {
+            println!(
+                "{:<26} {:<10} {:>4} {:<25} AUDIO",
+                "JOB", "STATUS", "PRIO", "SUBMITTED"
+            );
+            for j in v["jobs"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<26} {:<10} {:>4} {:<25} {}",
+                    j["job_id"].as_str().unwrap_or(""),
+                    j["status"].as_str().unwrap_or(""),
+                    j["priority"],
+                    j["submitted_at"].as_str().unwrap_or(""),
+                    j["audio_path"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} job(s)", v["count"]);
+        }
+        Command::Stt {
+            action: SttAction::Job { .. },
+        } => {
+            println!(
+                "{} {} ({})",
+                v["job_id"].as_str().unwrap_or(""),
+                v["status"].as_str().unwrap_or(""),
+                v["audio_path"].as_str().unwrap_or("")
+            );
+            if let Some(e) = v["error"].as_str() {
+                println!("error: {e}");
+            }
+            for u in v["result"]["utterances"].as_array().into_iter().flatten() {
+                println!(
+                    "[{:>8.2}–{:>8.2}] ch{} {}",
+                    u["start_s"].as_f64().unwrap_or(0.0),
+                    u["end_s"].as_f64().unwrap_or(0.0),
+                    u["channel"],
+                    u["text"].as_str().unwrap_or("")
+                );
             }
         }
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),

@@ -207,7 +207,7 @@ fn direct_run(args: &SttArgs, sentences: &[Sentence]) -> Result<Value, String> {
         let started = Instant::now();
         let samples = engine::to_engine_rate(&s.pcm, RATE as u32).map_err(|e| e.to_string())?;
         let r = engine
-            .transcribe(&samples, false)
+            .transcribe(&samples, false, None)
             .map_err(|e| e.to_string())?;
         busy += started.elapsed().as_secs_f64();
         audio += s.pcm.len() as f64 / RATE as f64;

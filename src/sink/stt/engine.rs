@@ -32,8 +32,14 @@ pub enum EngineError {
 /// One speech engine instance, owned by one worker thread.
 pub trait Engine: Send {
     /// Transcribes `audio` (mono f32 at `ENGINE_RATE`, one utterance). `partial` asks for the
-    /// cheapest decode (no temperature fallback): it will be superseded anyway.
-    fn transcribe(&mut self, audio: &[f32], partial: bool) -> Result<Recognized, EngineError>;
+    /// cheapest decode (no temperature fallback): it will be superseded anyway. `language`
+    /// overrides the configured one (STT jobs).
+    fn transcribe(
+        &mut self,
+        audio: &[f32],
+        partial: bool,
+        language: Option<&str>,
+    ) -> Result<Recognized, EngineError>;
 }
 
 /// A loaded whisper.cpp model, shared by the worker threads.
@@ -94,11 +100,16 @@ pub struct WhisperEngine {
 const AUDIO_CTX_PER_S: usize = 50;
 
 impl Engine for WhisperEngine {
-    fn transcribe(&mut self, audio: &[f32], partial: bool) -> Result<Recognized, EngineError> {
+    fn transcribe(
+        &mut self,
+        audio: &[f32],
+        partial: bool,
+        language: Option<&str>,
+    ) -> Result<Recognized, EngineError> {
         use whisper_rs::{FullParams, SamplingStrategy};
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.model.threads as i32);
-        params.set_language(Some(&self.model.language));
+        params.set_language(Some(language.unwrap_or(&self.model.language)));
         params.set_translate(false);
         params.set_no_context(true);
         params.set_single_segment(true);

@@ -18,6 +18,7 @@
 //! plane, to panic on an engine error (the job fails, is counted, and the call goes on).
 
 pub mod engine;
+pub mod jobs;
 pub mod segment;
 
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ use crate::media::{MediaFrame, StreamKey};
 use crate::ring::Consumer;
 use crate::sink::recorder::{position_at, MonotonicClock, StreamTimeline};
 
-use engine::{Engine, EngineError};
+use engine::{Engine, EngineError, Recognized};
 use segment::{Cut, Segmenter, SegmenterConfig};
 
 /// How far behind the clock audio is cut: the latest a frame may arrive and still be heard.
@@ -172,6 +173,18 @@ struct Job {
     in_flight: Option<Arc<AtomicBool>>,
     /// Finals: the session's outstanding-work tracker.
     tracker: Option<Arc<Tracker>>,
+    /// Batch (STT jobs API): where the result goes instead of the control plane.
+    reply: Option<Sender<BatchReply>>,
+    /// Batch: the job's language, if not the model's default.
+    language: Option<String>,
+}
+
+/// One utterance of a batch job, transcribed (or not).
+struct BatchReply {
+    channel: u32,
+    start: u64,
+    samples: usize,
+    result: Result<Recognized, String>,
 }
 
 /// Outstanding finals of one session; `SessionDone` goes out once when it is stopped and empty.
@@ -195,17 +208,22 @@ impl Tracker {
 
 /// Starts the feeder and `config.workers` engine workers, each with an engine from `make`.
 /// Fails when an engine cannot be created (the caller runs without STT and says why).
+/// With `jobs`, a `stt-batch` thread also runs queued STT jobs on the same workers.
 pub fn spawn<C: MonotonicClock>(
     config: SttConfig,
     rings: Vec<Consumer<MediaFrame>>,
     clock: C,
     mut make: impl FnMut() -> Result<Box<dyn Engine>, EngineError>,
+    jobs: Option<Arc<jobs::Jobs>>,
 ) -> Result<SttHandle, EngineError> {
     let workers = config.workers.max(1);
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (result_tx, result_rx) = crossbeam_channel::unbounded();
     let (final_tx, final_rx) = crossbeam_channel::bounded::<Job>(config.queue_max.max(1));
     let (partial_tx, partial_rx) = crossbeam_channel::bounded::<Job>(workers);
+    // One batch job at a time feeds this; its utterances wait here behind live work.
+    let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Job>();
+    let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(SttCounters::default());
     let mut threads = Vec::new();
     for i in 0..workers {
@@ -214,6 +232,7 @@ pub fn spawn<C: MonotonicClock>(
             engine,
             finals: final_rx.clone(),
             partials: partial_rx.clone(),
+            batch: batch_rx.clone(),
             results: result_tx.clone(),
             counters: counters.clone(),
         };
@@ -223,7 +242,17 @@ pub fn spawn<C: MonotonicClock>(
             .map_err(|e| EngineError::Failed(format!("cannot start STT worker: {e}")))?;
         threads.push(t);
     }
+    if let Some(jobs) = jobs {
+        let segmenter = config.segmenter;
+        let stop = stop.clone();
+        let t = std::thread::Builder::new()
+            .name("stt-batch".into())
+            .spawn(move || run_batch(&jobs, &batch_tx, segmenter, &stop))
+            .map_err(|e| EngineError::Failed(format!("cannot start STT batch thread: {e}")))?;
+        threads.push(t);
+    }
     let feeder = Feeder {
+        stop,
         config,
         rings,
         clock,
@@ -264,6 +293,8 @@ struct FeedSession {
 }
 
 struct Feeder<C> {
+    /// Set when the feeder leaves: the batch thread stops too.
+    stop: Arc<AtomicBool>,
     config: SttConfig,
     rings: Vec<Consumer<MediaFrame>>,
     clock: C,
@@ -292,6 +323,7 @@ impl<C: MonotonicClock> Feeder<C> {
             self.commit(now);
             std::thread::sleep(TICK);
         }
+        self.stop.store(true, Ordering::Relaxed);
         info!("STT feeder stopped");
     }
 
@@ -415,6 +447,8 @@ impl<C: MonotonicClock> Feeder<C> {
                         cut_at: Instant::now(),
                         in_flight: None,
                         tracker: None,
+                        reply: None,
+                        language: None,
                     };
                     if job.cut.is_final {
                         queue_final(job, &s.tracker, &self.finals, &self.counters);
@@ -487,6 +521,7 @@ struct Worker {
     engine: Box<dyn Engine>,
     finals: Receiver<Job>,
     partials: Receiver<Job>,
+    batch: Receiver<Job>,
     results: Sender<SttResult>,
     counters: Arc<SttCounters>,
 }
@@ -494,40 +529,47 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         loop {
-            // Finals first: they are what the transcript keeps.
+            // Live finals first: they are what the transcript keeps; then live partials; then
+            // batch jobs, which nobody is waiting for in real time.
             let job = match self.finals.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => match self.partials.try_recv() {
                     Ok(job) => job,
-                    Err(_) => {
-                        let mut select = crossbeam_channel::Select::new();
-                        let f = select.recv(&self.finals);
-                        let p = select.recv(&self.partials);
-                        let op = select.select_timeout(Duration::from_millis(500));
-                        match op {
-                            Ok(op) if op.index() == f => match op.recv(&self.finals) {
-                                Ok(job) => job,
-                                Err(_) => return,
-                            },
-                            Ok(op) if op.index() == p => match op.recv(&self.partials) {
-                                Ok(job) => job,
-                                Err(_) => continue,
-                            },
-                            _ => continue,
-                        }
-                    }
+                    Err(_) => match self.batch.try_recv() {
+                        Ok(job) => job,
+                        // The feeder gone shows as a disconnected finals queue above.
+                        Err(_) => match self.wait() {
+                            Some(job) => job,
+                            None => continue,
+                        },
+                    },
                 },
             };
             self.handle(job);
         }
     }
 
+    /// Blocks until any queue has a job (or half a second passed).
+    fn wait(&self) -> Option<Job> {
+        let mut select = crossbeam_channel::Select::new();
+        let f = select.recv(&self.finals);
+        let p = select.recv(&self.partials);
+        let b = select.recv(&self.batch);
+        let op = select.select_timeout(Duration::from_millis(500)).ok()?;
+        match op.index() {
+            i if i == f => op.recv(&self.finals).ok(),
+            i if i == p => op.recv(&self.partials).ok(),
+            i if i == b => op.recv(&self.batch).ok(),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, job: Job) {
         let is_final = job.cut.is_final;
-        if is_final {
+        if is_final && job.reply.is_none() {
             self.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        } else if job.cut_at.elapsed() > PARTIAL_MAX_AGE {
+        } else if !is_final && job.cut_at.elapsed() > PARTIAL_MAX_AGE {
             self.counters
                 .partials_dropped
                 .fetch_add(1, Ordering::Relaxed);
@@ -538,8 +580,9 @@ impl Worker {
         }
         self.counters.workers_busy.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        let language = job.language.as_deref();
         let result = engine::to_engine_rate(&job.cut.pcm, job.sample_rate)
-            .and_then(|audio| self.engine.transcribe(&audio, !is_final));
+            .and_then(|audio| self.engine.transcribe(&audio, !is_final, language));
         let busy = started.elapsed();
         self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
         let rate = u64::from(job.sample_rate.max(1));
@@ -550,6 +593,15 @@ impl Worker {
         self.counters
             .busy_ms
             .fetch_add(busy.as_millis() as u64, Ordering::Relaxed);
+        if let Some(reply) = &job.reply {
+            let _ = reply.send(BatchReply {
+                channel: job.key.stream,
+                start: job.cut.start,
+                samples: job.cut.pcm.len(),
+                result: result.map_err(|e| e.to_string()),
+            });
+            return;
+        }
         if is_final {
             self.counters
                 .busy_final_ms
@@ -600,4 +652,134 @@ impl Worker {
             t.finish_if_done(job.key.session, &self.results);
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Largest recording a batch job reads into memory.
+const BATCH_FILE_MAX_BYTES: u64 = 256 << 20;
+
+/// The `stt-batch` thread: runs queued jobs one at a time until `stop`.
+fn run_batch(
+    jobs: &jobs::Jobs,
+    batch: &Sender<Job>,
+    segmenter: SegmenterConfig,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(job) = jobs.take_next(Duration::from_millis(500), unix_ms()) else {
+            continue;
+        };
+        info!(job = %job.job_id, path = %job.audio_path, "STT job started");
+        let started = Instant::now();
+        let outcome = transcribe_file(&job, batch, segmenter).map(|mut r| {
+            r.processing_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+            r
+        });
+        if outcome.is_err() && stop.load(Ordering::Relaxed) {
+            // Shutting down took the workers away: the job stays "running" on disk and is
+            // queued again at the next start.
+            info!(job = %job.job_id, "STT job interrupted by shutdown; it runs again at start");
+            return;
+        }
+        if let Err(e) = &outcome {
+            warn!(job = %job.job_id, error = %e, "STT job failed");
+        }
+        jobs.finish(&job.job_id, outcome, unix_ms());
+    }
+}
+
+/// Cuts every channel of a WAV file into utterances (the live segmenter, finals only), has
+/// the workers transcribe them, and puts the text back in time order.
+fn transcribe_file(
+    job: &jobs::Job,
+    batch: &Sender<Job>,
+    segmenter: SegmenterConfig,
+) -> Result<jobs::JobResult, String> {
+    let path = std::path::Path::new(&job.audio_path);
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if size > BATCH_FILE_MAX_BYTES {
+        return Err(format!(
+            "{} is {} MiB; jobs take up to 256 MiB",
+            path.display(),
+            size >> 20
+        ));
+    }
+    let (channels, rate, samples) =
+        crate::sink::recorder::read_wav(path).map_err(|e| e.to_string())?;
+    if channels == 0 || !(8000..=48000).contains(&rate) {
+        return Err(format!("unsupported WAV: {channels} channels at {rate} Hz"));
+    }
+    let channels = usize::from(channels);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut pending = 0;
+    let language = (job.language != "auto").then(|| job.language.clone());
+    for c in 0..channels {
+        let pcm: Vec<i16> = samples.iter().skip(c).step_by(channels).copied().collect();
+        let mut seg = Segmenter::new(SegmenterConfig {
+            sample_rate: rate,
+            partial_interval_ms: 0,
+            ..segmenter
+        });
+        let mut cuts = Vec::new();
+        seg.feed(&pcm, &mut cuts);
+        seg.flush(&mut cuts);
+        for cut in cuts {
+            let job = Job {
+                key: StreamKey {
+                    session: 0,
+                    stream: c as u32,
+                },
+                cut,
+                sample_rate: rate,
+                cut_at: Instant::now(),
+                in_flight: None,
+                tracker: None,
+                reply: Some(tx.clone()),
+                language: language.clone(),
+            };
+            batch.send(job).map_err(|_| "STT workers stopped")?;
+            pending += 1;
+        }
+    }
+    drop(tx);
+    let mut utterances = Vec::with_capacity(pending);
+    for _ in 0..pending {
+        let r = rx.recv().map_err(|_| "STT workers stopped")?;
+        let recognized = r.result?;
+        if recognized.text.is_empty() {
+            continue;
+        }
+        let s = |n: u64| (n as f64 / f64::from(rate) * 1000.0).round() / 1000.0;
+        utterances.push(jobs::JobUtterance {
+            channel: r.channel as u16,
+            start_s: s(r.start),
+            end_s: s(r.start + r.samples as u64),
+            text: recognized.text,
+            confidence: (f64::from(recognized.confidence) * 1000.0).round() / 1000.0,
+        });
+    }
+    utterances.sort_by(|a, b| {
+        a.start_s
+            .total_cmp(&b.start_s)
+            .then(a.channel.cmp(&b.channel))
+    });
+    let text = utterances
+        .iter()
+        .map(|u| u.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let frames = samples.len() / channels;
+    Ok(jobs::JobResult {
+        text,
+        utterances,
+        audio_seconds: (frames as f64 / f64::from(rate) * 1000.0).round() / 1000.0,
+        processing_seconds: 0.0,
+    })
 }
