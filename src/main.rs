@@ -320,6 +320,13 @@ fn start_stt(
                 return (None, none(), Some(e.to_string()), jobs);
             }
         };
+    // Patterns were checked when the configuration was built.
+    let redactor = config
+        .stt
+        .redact_pii
+        .then(|| stt::redact::Redactor::new(&config.stt.redact_patterns).ok())
+        .flatten()
+        .map(Arc::new);
     let mut producers = Vec::with_capacity(workers);
     let mut consumers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -337,6 +344,7 @@ fn start_stt(
         },
         workers: config.stt.workers,
         queue_max: config.stt.queue_max,
+        redactor: redactor.clone(),
     };
     let make = || -> Result<Box<dyn stt::engine::Engine>, stt::engine::EngineError> {
         Ok(Box::new(model.engine()?))
@@ -1093,7 +1101,19 @@ fn metrics_snapshot(
 ) -> MetricsSnapshot {
     use std::sync::atomic::Ordering::Relaxed;
     let r = &recorder.counters;
+    let redactions = stt
+        .handle
+        .as_ref()
+        .and_then(|h| h.redactor.as_ref())
+        .map(|r| {
+            r.counts()
+                .map(|(k, n)| (k.name().to_owned(), n))
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
     let mut stt_totals = siprec::api::metrics::SttTotals {
+        redactions,
         provider: stt_config.provider.name().to_owned(),
         error: stt.error.clone(),
         queue_max: stt_config.queue_max as u64,

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const ALICE: &str = "Thank you for calling the billing department. How can I help you today?";
 const BOB: &str = "I would like a refund for the order I placed last week.";
+/// Bob also dictates a phone number, which PII redaction (STT_REDACT_PII) must take out.
+const BOB_PHONE: &str = " Call me back at five five five, eight six seven, five three zero nine.";
 
 fn model() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ggml-base-q8_0.bin");
@@ -96,11 +98,12 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
             ("ENABLE_REALTIME_AMQP", "true"),
             ("AMQP_EXCHANGE", &exchange),
             ("PUBLISH_PARTIAL_TRANSCRIPTS", "false"),
+            ("STT_REDACT_PII", "true"),
         ],
     );
     let ports = TestPorts::new(41);
     let alice = speech(ALICE, "awb", server.dir.path());
-    let bob = speech(BOB, "rms", server.dir.path());
+    let bob = speech(&format!("{BOB}{BOB_PHONE}"), "rms", server.dir.path());
 
     let url = format!(
         "ws://127.0.0.1:{}/ws/transcriptions?call_id=stt-1@127.0.0.1",
@@ -188,6 +191,12 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
         let confidence = d["confidence"].as_f64().unwrap();
         assert!(confidence > 0.3 && confidence <= 1.0, "{confidence}");
     }
+    let bob_text = finals[1]["data"]["text"].as_str().unwrap();
+    assert!(bob_text.contains("[REDACTED_PHONE]"), "{bob_text}");
+    assert!(
+        !bob_text.contains("867") && !bob_text.contains("5309"),
+        "{bob_text}"
+    );
     // Alice's utterance starts shortly before her speech at 0.5 s (200 ms of pre-roll).
     let start = finals[0]["data"]["start_s"].as_f64().unwrap();
     assert!((0.2..0.6).contains(&start), "Alice starts at {start} s");
@@ -234,6 +243,10 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
     );
     assert!(metrics.contains("siprec_stt_latency_seconds_count{kind=\"final\"} 2"));
     assert!(metrics.contains("siprec_stt_seconds_total{kind=\"audio\"}"));
+    assert!(
+        metrics.contains("siprec_stt_redactions_total{kind=\"phone\"}"),
+        "{metrics}"
+    );
     let (_, health) = http_get(ports.http, "/health").unwrap();
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["checks"]["stt"]["status"], "healthy", "{health}");
@@ -307,6 +320,8 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
         .as_str()
         .unwrap()
         .contains("RECORDING_DIR"));
+    let job_text = job["result"]["text"].as_str().unwrap();
+    assert!(job_text.contains("[REDACTED_PHONE]"), "{job}");
     let (_, listed) = ctl(&["stt", "jobs", "--status", "completed"]);
     assert_eq!(listed["jobs"][0]["job_id"], job_id.as_str());
 }

@@ -87,6 +87,8 @@ pub struct SttTotals {
     pub busy_seconds: f64,
     /// Engine time on finals only.
     pub busy_final_seconds: f64,
+    /// PII redactions by kind (card, national_id, phone, custom).
+    pub redactions: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -123,6 +125,7 @@ pub struct Metrics {
     stt_failures: IntCounterVec,
     stt_seconds: prometheus::CounterVec,
     stt_queue: IntGaugeVec,
+    stt_redactions: IntCounterVec,
     active_calls: IntGauge,
     ports: IntGaugeVec,
     disk_free: IntGauge,
@@ -211,6 +214,12 @@ impl Metrics {
                 &["reason"],
             ),
             stt_seconds,
+            stt_redactions: counter(
+                &r,
+                "stt_redactions_total",
+                "PII redacted from transcripts, by kind (card, national_id, phone, custom)",
+                &["kind"],
+            ),
             stt_queue: gauge_vec(
                 &r,
                 "stt_queue",
@@ -440,6 +449,9 @@ impl Metrics {
                 if value > c.get() {
                     c.inc_by(value - c.get());
                 }
+            }
+            for (kind, n) in &t.redactions {
+                follow(&self.stt_redactions, &[kind], *n);
             }
             let q = &self.stt_queue;
             q.with_label_values(&["finals_waiting"])

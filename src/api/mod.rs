@@ -794,6 +794,10 @@ async fn compliance_route(
             return method_not_allowed();
         }
         let export_dir = gdpr::export_dir(&state.recording_dir);
+        let pii = {
+            let config = state.config.lock().unwrap_or_else(|e| e.into_inner());
+            config["stt"]["redact_pii"].as_bool().unwrap_or(false)
+        };
         return json_response(
             StatusCode::OK,
             json!({
@@ -801,7 +805,7 @@ async fn compliance_route(
                 "encryption_at_rest": false,
                 "srtp": true,
                 "sip_tls": false,
-                "pii_redaction": false,
+                "pii_redaction": pii,
             }),
         );
     }

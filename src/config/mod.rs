@@ -66,6 +66,12 @@ pub struct SttConfig {
     pub max_utterance_s: u32,
     /// `STT_QUEUE_MAX`: utterances waiting for the engine before new ones are dropped.
     pub queue_max: usize,
+    /// `STT_REDACT_PII`: redact card numbers (Luhn-checked), national ids and phone numbers
+    /// from transcripts before they leave the STT workers. Default false.
+    pub redact_pii: bool,
+    /// `STT_REDACT_PATTERNS` (a JSON array of regular expressions in the environment): more
+    /// text to redact, when `redact_pii` is on.
+    pub redact_patterns: Vec<String>,
 }
 
 /// Publishing call events to RabbitMQ (`docs/events.md`).
@@ -246,6 +252,8 @@ pub struct FileStt {
     pub end_silence_ms: Option<u32>,
     pub max_utterance_s: Option<u32>,
     pub queue_max: Option<usize>,
+    pub redact_pii: Option<bool>,
+    pub redact_patterns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -390,6 +398,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_END_SILENCE_MS", "stt.end_silence_ms"),
     ("STT_MAX_UTTERANCE_S", "stt.max_utterance_s"),
     ("STT_QUEUE_MAX", "stt.queue_max"),
+    ("STT_REDACT_PII", "stt.redact_pii"),
+    ("STT_REDACT_PATTERNS", "stt.redact_patterns"),
 ];
 
 impl FileConfig {
@@ -576,7 +586,17 @@ impl Config {
             end_silence_ms: t.end_silence_ms.unwrap_or(600),
             max_utterance_s: t.max_utterance_s.unwrap_or(20),
             queue_max: t.queue_max.unwrap_or(256),
+            redact_pii: t.redact_pii.unwrap_or(false),
+            redact_patterns: t.redact_patterns.clone().unwrap_or_default(),
         };
+        if let Err(e) = crate::sink::stt::redact::Redactor::new(&stt.redact_patterns) {
+            let allowed = format!("regular expressions ({e})");
+            return Err(invalid(
+                "STT_REDACT_PATTERNS",
+                format!("{:?}", stt.redact_patterns),
+                allowed,
+            ));
+        }
         if !(1..=64).contains(&stt.workers) {
             return Err(invalid("STT_WORKERS", stt.workers.to_string(), "1 to 64"));
         }
@@ -782,6 +802,12 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_END_SILENCE_MS" => f.stt.end_silence_ms = Some(parse_num(key, v, COUNT)?),
         "STT_MAX_UTTERANCE_S" => f.stt.max_utterance_s = Some(parse_num(key, v, SECONDS)?),
         "STT_QUEUE_MAX" => f.stt.queue_max = Some(parse_num(key, v, COUNT)?),
+        "STT_REDACT_PII" => f.stt.redact_pii = Some(parse_bool(key, v)?),
+        "STT_REDACT_PATTERNS" => {
+            let patterns: Vec<String> = serde_json::from_str(v)
+                .map_err(|_| invalid(key, v, r#"a JSON array of strings, e.g. ["ACC-\d{6}"]"#))?;
+            f.stt.redact_patterns = Some(patterns);
+        }
         _ => return Err(invalid(key, v, "a known configuration key")),
     }
     Ok(())

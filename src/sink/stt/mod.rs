@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod jobs;
+pub mod redact;
 pub mod segment;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct SttConfig {
     pub workers: usize,
     /// Finals waiting for a worker beyond which new finals are dropped (and counted).
     pub queue_max: usize,
+    /// PII redaction applied to every text the engine produces (`STT_REDACT_PII`).
+    pub redactor: Option<Arc<redact::Redactor>>,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,8 @@ pub struct SttCounters {
 
 /// The control plane's end of STT.
 pub struct SttHandle {
+    /// The PII redactor in use, for its counters.
+    pub redactor: Option<Arc<redact::Redactor>>,
     pub commands: Sender<SttCommand>,
     pub results: Receiver<SttResult>,
     pub counters: Arc<SttCounters>,
@@ -217,6 +222,7 @@ pub fn spawn<C: MonotonicClock>(
     jobs: Option<Arc<jobs::Jobs>>,
 ) -> Result<SttHandle, EngineError> {
     let workers = config.workers.max(1);
+    let redactor = config.redactor.clone();
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (result_tx, result_rx) = crossbeam_channel::unbounded();
     let (final_tx, final_rx) = crossbeam_channel::bounded::<Job>(config.queue_max.max(1));
@@ -233,6 +239,7 @@ pub fn spawn<C: MonotonicClock>(
             finals: final_rx.clone(),
             partials: partial_rx.clone(),
             batch: batch_rx.clone(),
+            redactor: config.redactor.clone(),
             results: result_tx.clone(),
             counters: counters.clone(),
         };
@@ -270,6 +277,7 @@ pub fn spawn<C: MonotonicClock>(
         .map_err(|e| EngineError::Failed(format!("cannot start STT feeder: {e}")))?;
     threads.push(t);
     Ok(SttHandle {
+        redactor,
         commands: command_tx,
         results: result_rx,
         counters,
@@ -522,6 +530,7 @@ struct Worker {
     finals: Receiver<Job>,
     partials: Receiver<Job>,
     batch: Receiver<Job>,
+    redactor: Option<Arc<redact::Redactor>>,
     results: Sender<SttResult>,
     counters: Arc<SttCounters>,
 }
@@ -582,7 +591,14 @@ impl Worker {
         let started = Instant::now();
         let language = job.language.as_deref();
         let result = engine::to_engine_rate(&job.cut.pcm, job.sample_rate)
-            .and_then(|audio| self.engine.transcribe(&audio, !is_final, language));
+            .and_then(|audio| self.engine.transcribe(&audio, !is_final, language))
+            .map(|mut r| {
+                // Nothing unredacted leaves the workers: events, files and jobs all see this.
+                if let Some(redactor) = &self.redactor {
+                    r.text = redactor.redact(&r.text);
+                }
+                r
+            });
         let busy = started.elapsed();
         self.counters.workers_busy.fetch_sub(1, Ordering::Relaxed);
         let rate = u64::from(job.sample_rate.max(1));
