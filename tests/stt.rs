@@ -362,3 +362,91 @@ fn missing_model_is_reported_and_recording_goes_on() {
     assert!(text.contains(".ci/model.sh"), "{text}");
     assert_eq!(http_get(ports.http, "/api/stt/jobs").unwrap().0, 200);
 }
+
+/// The `openai` provider against a real OpenAI-compatible server: faster-whisper running the
+/// same Whisper base weights (tests/tools/openai_whisper_server.py), which refuses the first
+/// request with 503 so the retry is exercised, and checks the Bearer key.
+#[test]
+fn openai_provider_transcribes_through_a_real_server() {
+    let home = std::env::var("HOME").unwrap();
+    let ct2 = std::env::var("SIPREC_MODEL_CACHE")
+        .map(|c| format!("{c}/ct2"))
+        .unwrap_or_else(|_| format!("{home}/.cache/siprec-model/ct2"));
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/openai_whisper_server.py");
+    let port = "22143";
+    let mut whisper = std::process::Command::new(&python)
+        .arg(&script)
+        .args([port, &ct2, "--api-key", "sk-test", "--fail-first", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the .venv from .ci/deps.sh with faster-whisper");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(whisper.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "the whisper server did not start");
+
+    let server = Server::start(
+        43,
+        &[
+            ("STT_PROVIDER", "openai"),
+            ("STT_OPENAI_URL", &format!("http://127.0.0.1:{port}/v1")),
+            ("STT_OPENAI_API_KEY", "sk-test"),
+            ("STT_PARTIAL_INTERVAL_MS", "0"),
+        ],
+    );
+    let ports = TestPorts::new(43);
+    let alice = speech(ALICE, "awb", server.dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{}/ws/transcriptions", ports.http);
+    let mut ws = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .unwrap()
+        .0;
+    let mut src = Src::new(ports.src_sip, ports.sip, "stt-3@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let answer = src.invite(&ct, &body);
+    assert_eq!(answer.status, 200);
+    src.ack();
+    let media = answer_ports(std::str::from_utf8(&answer.body).unwrap());
+    let mut leg = vec![0i16; 4000];
+    leg.extend_from_slice(&alice);
+    leg.extend(std::iter::repeat_n(0, 8000));
+    let schedule = audio_packets(media[0], 0x3333, 1, 0, Duration::ZERO, &leg);
+    let sock = std::net::UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    play(&sock, schedule, Instant::now());
+    assert_eq!(src.bye().status, 200);
+    let final_ = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout_at(deadline, ws.next()).await
+            else {
+                return None;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "final_transcript" {
+                return Some(v);
+            }
+        }
+    });
+    let _ = whisper.kill();
+    let _ = whisper.wait();
+    let final_ =
+        final_.unwrap_or_else(|| panic!("no final transcript; log:\n{}", server.log_text()));
+    let d = &final_["data"];
+    assert_eq!(
+        (&d["provider"], &d["speaker_label"]),
+        (&"openai".into(), &"Alice".into())
+    );
+    let text = d["text"].as_str().unwrap();
+    let (hits, of) = content_hits(ALICE, text);
+    assert!(hits * 10 >= of * 8, "{hits}/{of} content words in {text:?}");
+    let confidence = d["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.3 && confidence <= 1.0, "{confidence}");
+}

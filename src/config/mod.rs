@@ -30,6 +30,8 @@ pub struct Config {
 pub enum SttProvider {
     /// whisper.cpp inside the process, model on local disk (`stt.model`).
     Embedded,
+    /// An OpenAI-compatible `/v1/audio/transcriptions` server (`stt.openai_url`).
+    Openai,
     /// No live transcription.
     None,
 }
@@ -38,6 +40,7 @@ impl SttProvider {
     pub fn name(self) -> &'static str {
         match self {
             SttProvider::Embedded => "embedded",
+            SttProvider::Openai => "openai",
             SttProvider::None => "none",
         }
     }
@@ -72,6 +75,15 @@ pub struct SttConfig {
     /// `STT_REDACT_PATTERNS` (a JSON array of regular expressions in the environment): more
     /// text to redact, when `redact_pii` is on.
     pub redact_patterns: Vec<String>,
+    /// `STT_OPENAI_URL`: base URL of the `openai` provider, default https://api.openai.com/v1.
+    pub openai_url: String,
+    /// `STT_OPENAI_API_KEY`: sent as a Bearer token. Never serialized.
+    #[serde(skip_serializing)]
+    pub openai_api_key: Option<String>,
+    /// `STT_OPENAI_MODEL`, default whisper-1.
+    pub openai_model: String,
+    /// `STT_OPENAI_TIMEOUT`: seconds per request, default 30.
+    pub openai_timeout_s: u32,
 }
 
 /// Publishing call events to RabbitMQ (`docs/events.md`).
@@ -254,6 +266,10 @@ pub struct FileStt {
     pub queue_max: Option<usize>,
     pub redact_pii: Option<bool>,
     pub redact_patterns: Option<Vec<String>>,
+    pub openai_url: Option<String>,
+    pub openai_api_key: Option<String>,
+    pub openai_model: Option<String>,
+    pub openai_timeout_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -400,6 +416,10 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_QUEUE_MAX", "stt.queue_max"),
     ("STT_REDACT_PII", "stt.redact_pii"),
     ("STT_REDACT_PATTERNS", "stt.redact_patterns"),
+    ("STT_OPENAI_URL", "stt.openai_url"),
+    ("STT_OPENAI_API_KEY", "stt.openai_api_key"),
+    ("STT_OPENAI_MODEL", "stt.openai_model"),
+    ("STT_OPENAI_TIMEOUT", "stt.openai_timeout_s"),
 ];
 
 impl FileConfig {
@@ -588,7 +608,29 @@ impl Config {
             queue_max: t.queue_max.unwrap_or(256),
             redact_pii: t.redact_pii.unwrap_or(false),
             redact_patterns: t.redact_patterns.clone().unwrap_or_default(),
+            openai_url: t
+                .openai_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+            openai_api_key: t.openai_api_key.clone().filter(|k| !k.is_empty()),
+            openai_model: t
+                .openai_model
+                .clone()
+                .unwrap_or_else(|| "whisper-1".to_owned()),
+            openai_timeout_s: t.openai_timeout_s.unwrap_or(30),
         };
+        let url = &stt.openai_url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(invalid(
+                "STT_OPENAI_URL",
+                url.clone(),
+                "an http:// or https:// URL",
+            ));
+        }
+        if !(1..=600).contains(&stt.openai_timeout_s) {
+            let v = stt.openai_timeout_s.to_string();
+            return Err(invalid("STT_OPENAI_TIMEOUT", v, "1 to 600 seconds"));
+        }
         if let Err(e) = crate::sink::stt::redact::Redactor::new(&stt.redact_patterns) {
             let allowed = format!("regular expressions ({e})");
             return Err(invalid(
@@ -790,8 +832,9 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_PROVIDER" => {
             f.stt.provider = Some(match v.trim() {
                 "embedded" | "whisper" => SttProvider::Embedded,
+                "openai" => SttProvider::Openai,
                 "none" | "" => SttProvider::None,
-                _ => return Err(invalid(key, v, "embedded or none")),
+                _ => return Err(invalid(key, v, "embedded, openai or none")),
             })
         }
         "STT_MODEL" => f.stt.model = Some(PathBuf::from(v.trim())),
@@ -803,6 +846,13 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_MAX_UTTERANCE_S" => f.stt.max_utterance_s = Some(parse_num(key, v, SECONDS)?),
         "STT_QUEUE_MAX" => f.stt.queue_max = Some(parse_num(key, v, COUNT)?),
         "STT_REDACT_PII" => f.stt.redact_pii = Some(parse_bool(key, v)?),
+        "STT_OPENAI_URL" => f.stt.openai_url = Some(v.trim().to_owned()),
+        "STT_OPENAI_API_KEY" => f.stt.openai_api_key = Some(v.trim().to_owned()),
+        "STT_OPENAI_MODEL" => f.stt.openai_model = Some(v.trim().to_owned()),
+        "STT_OPENAI_TIMEOUT" => {
+            let v = v.trim().trim_end_matches('s');
+            f.stt.openai_timeout_s = Some(parse_num(key, v, SECONDS)?)
+        }
         "STT_REDACT_PATTERNS" => {
             let patterns: Vec<String> = serde_json::from_str(v)
                 .map_err(|_| invalid(key, v, r#"a JSON array of strings, e.g. ["ACC-\d{6}"]"#))?;

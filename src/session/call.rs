@@ -405,12 +405,15 @@ impl Call {
     }
 
     /// A transcript log for this call's recording session.
-    pub(super) fn transcript_log(&self) -> super::transcript::TranscriptLog {
+    pub(super) fn transcript_log(
+        &self,
+        provider: &'static str,
+    ) -> super::transcript::TranscriptLog {
         let mut log = super::transcript::TranscriptLog::new(
             &self.call_id,
             &self.session_id,
             self.dir.clone(),
-            "embedded",
+            provider,
         );
         for s in &self.streams {
             log.set_speaker(s.index, self.speaker(s.index));

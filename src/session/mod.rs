@@ -53,8 +53,8 @@ pub struct SessionConfig {
     /// Concurrent calls one source address may have (`SIP_MAX_CALLS_PER_SOURCE`; 0 = no
     /// limit): one misbehaving peer can't take the whole capacity.
     pub max_calls_per_source: usize,
-    /// Send the calls' audio to live transcription (an STT provider runs).
-    pub transcribe: bool,
+    /// Send the calls' audio to live transcription: the running STT provider's name.
+    pub transcribe: Option<&'static str>,
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -667,7 +667,7 @@ impl SessionManager {
             branch_seed: self.next_random(),
             key_source: self.config.key_source,
             require_srtp: self.config.require_srtp,
-            transcribe: self.config.transcribe,
+            transcribe: self.config.transcribe.is_some(),
         };
         match Call::accept(now, ports, setup, key, &request, &mut self.actions) {
             Ok((call, metadata_error)) => {
@@ -678,8 +678,9 @@ impl SessionManager {
                 self.counters.calls_total += 1;
                 self.by_invite.insert(key, call_id.clone());
                 self.by_session.insert(session, call_id.clone());
-                if self.config.transcribe {
-                    self.transcripts.insert(session, call.transcript_log());
+                if let Some(provider) = self.config.transcribe {
+                    self.transcripts
+                        .insert(session, call.transcript_log(provider));
                 }
                 self.calls.insert(call_id, call);
             }

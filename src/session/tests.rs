@@ -24,7 +24,7 @@ fn config() -> SessionConfig {
         key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
         require_srtp: false,
         max_calls_per_source: 0,
-        transcribe: false,
+        transcribe: None,
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod jobs;
+pub mod openai;
 pub mod redact;
 pub mod segment;
 
