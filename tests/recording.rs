@@ -380,10 +380,11 @@ fn sigkill_leaves_playable_files() {
     child.kill().unwrap(); // SIGKILL: no chance to finish anything.
     child.wait().unwrap();
 
+    // The recording day (RECORDING_DIR also holds the hidden STT job queue, .stt-jobs).
     let day = std::fs::read_dir(server.recordings())
         .unwrap()
-        .next()
-        .unwrap()
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .unwrap()
         .path();
     let dir = std::fs::read_dir(day)

@@ -363,42 +363,53 @@ fn missing_model_is_reported_and_recording_goes_on() {
     assert_eq!(http_get(ports.http, "/api/stt/jobs").unwrap().0, 200);
 }
 
-/// The `openai` provider against a real OpenAI-compatible server: faster-whisper running the
-/// same Whisper base weights (tests/tools/openai_whisper_server.py), which refuses the first
-/// request with 503 so the retry is exercised, and checks the Bearer key.
-#[test]
-fn openai_provider_transcribes_through_a_real_server() {
-    let home = std::env::var("HOME").unwrap();
-    let ct2 = std::env::var("SIPREC_MODEL_CACHE")
-        .map(|c| format!("{c}/ct2"))
-        .unwrap_or_else(|_| format!("{home}/.cache/siprec-model/ct2"));
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/openai_whisper_server.py");
-    let port = "22143";
-    let mut whisper = std::process::Command::new(&python)
-        .arg(&script)
-        .args([port, &ct2, "--api-key", "sk-test", "--fail-first", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the .venv from .ci/deps.sh with faster-whisper");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(whisper.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready", "the whisper server did not start");
+/// A Whisper-backed stand-in for a cloud provider (tests/tools/*_whisper_server.py): started
+/// on `port`, killed on drop.
+struct ProviderServer(std::process::Child);
 
-    let server = Server::start(
-        43,
-        &[
-            ("STT_PROVIDER", "openai"),
-            ("STT_OPENAI_URL", &format!("http://127.0.0.1:{port}/v1")),
-            ("STT_OPENAI_API_KEY", "sk-test"),
-            ("STT_PARTIAL_INTERVAL_MS", "0"),
-        ],
-    );
-    let ports = TestPorts::new(43);
+impl ProviderServer {
+    fn start(script: &str, port: &str, extra: &[&str]) -> ProviderServer {
+        let home = std::env::var("HOME").unwrap();
+        let ct2 = std::env::var("SIPREC_MODEL_CACHE")
+            .map(|c| format!("{c}/ct2"))
+            .unwrap_or_else(|_| format!("{home}/.cache/siprec-model/ct2"));
+        assert!(
+            Path::new(&ct2).join("model.bin").is_file(),
+            "{ct2}/model.bin missing: run ./.ci/model.sh as this user"
+        );
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut child = std::process::Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/tools").join(script))
+            .args([port, &ct2])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the .venv from .ci/deps.sh with faster-whisper");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "{script} did not start");
+        ProviderServer(child)
+    }
+}
+
+impl Drop for ProviderServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One call whose single leg says ALICE through a server using `env`'s provider: the final
+/// transcript event.
+fn one_call_final(slot: u16, env: &[(&str, &str)], call_id: &str) -> serde_json::Value {
+    let mut all = vec![("STT_PARTIAL_INTERVAL_MS", "0")];
+    all.extend_from_slice(env);
+    let server = Server::start(slot, &all);
+    let ports = TestPorts::new(slot);
     let alice = speech(ALICE, "awb", server.dir.path());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -409,7 +420,7 @@ fn openai_provider_transcribes_through_a_real_server() {
         .block_on(tokio_tungstenite::connect_async(url))
         .unwrap()
         .0;
-    let mut src = Src::new(ports.src_sip, ports.sip, "stt-3@127.0.0.1");
+    let mut src = Src::new(ports.src_sip, ports.sip, call_id);
     let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
     let answer = src.invite(&ct, &body);
     assert_eq!(answer.status, 200);
@@ -435,18 +446,54 @@ fn openai_provider_transcribes_through_a_real_server() {
             }
         }
     });
-    let _ = whisper.kill();
-    let _ = whisper.wait();
-    let final_ =
-        final_.unwrap_or_else(|| panic!("no final transcript; log:\n{}", server.log_text()));
+    final_.unwrap_or_else(|| panic!("no final transcript; log:\n{}", server.log_text()))
+}
+
+fn assert_heard_alice(final_: &serde_json::Value, provider: &str) {
     let d = &final_["data"];
     assert_eq!(
         (&d["provider"], &d["speaker_label"]),
-        (&"openai".into(), &"Alice".into())
+        (&provider.into(), &"Alice".into())
     );
     let text = d["text"].as_str().unwrap();
     let (hits, of) = content_hits(ALICE, text);
     assert!(hits * 10 >= of * 8, "{hits}/{of} content words in {text:?}");
     let confidence = d["confidence"].as_f64().unwrap();
     assert!(confidence > 0.3 && confidence <= 1.0, "{confidence}");
+}
+
+/// The `openai` provider against a real OpenAI-compatible server: faster-whisper on the same
+/// Whisper base weights, which refuses the first request with 503 (the retry is exercised)
+/// and checks the Bearer key.
+#[test]
+fn openai_provider_transcribes_through_a_real_server() {
+    let _whisper = ProviderServer::start(
+        "openai_whisper_server.py",
+        "22143",
+        &["--api-key", "sk-test", "--fail-first", "1"],
+    );
+    let env = [
+        ("STT_PROVIDER", "openai"),
+        ("STT_OPENAI_URL", "http://127.0.0.1:22143/v1"),
+        ("STT_OPENAI_API_KEY", "sk-test"),
+    ];
+    assert_heard_alice(&one_call_final(43, &env, "stt-3@127.0.0.1"), "openai");
+}
+
+/// The `deepgram` provider against a real server speaking Deepgram's live protocol
+/// (WebSocket /v1/listen, linear16 frames, CloseStream, Results) with faster-whisper on the
+/// same weights, which checks the Token key and the audio format.
+#[test]
+fn deepgram_provider_transcribes_through_a_real_server() {
+    let _whisper = ProviderServer::start(
+        "deepgram_whisper_server.py",
+        "22144",
+        &["--api-key", "dg-test"],
+    );
+    let env = [
+        ("STT_PROVIDER", "deepgram"),
+        ("STT_DEEPGRAM_URL", "ws://127.0.0.1:22144/v1/listen"),
+        ("STT_DEEPGRAM_API_KEY", "dg-test"),
+    ];
+    assert_heard_alice(&one_call_final(44, &env, "stt-4@127.0.0.1"), "deepgram");
 }

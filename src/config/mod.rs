@@ -32,6 +32,8 @@ pub enum SttProvider {
     Embedded,
     /// An OpenAI-compatible `/v1/audio/transcriptions` server (`stt.openai_url`).
     Openai,
+    /// Deepgram's live WebSocket API (`stt.deepgram_url`).
+    Deepgram,
     /// No live transcription.
     None,
 }
@@ -41,6 +43,7 @@ impl SttProvider {
         match self {
             SttProvider::Embedded => "embedded",
             SttProvider::Openai => "openai",
+            SttProvider::Deepgram => "deepgram",
             SttProvider::None => "none",
         }
     }
@@ -82,8 +85,16 @@ pub struct SttConfig {
     pub openai_api_key: Option<String>,
     /// `STT_OPENAI_MODEL`, default whisper-1.
     pub openai_model: String,
-    /// `STT_OPENAI_TIMEOUT`: seconds per request, default 30.
-    pub openai_timeout_s: u32,
+    /// `STT_REQUEST_TIMEOUT`: seconds per request of the openai and deepgram providers,
+    /// default 30.
+    pub request_timeout_s: u32,
+    /// `STT_DEEPGRAM_URL`, default wss://api.deepgram.com/v1/listen.
+    pub deepgram_url: String,
+    /// `STT_DEEPGRAM_API_KEY`: sent as `Authorization: Token …`. Never serialized.
+    #[serde(skip_serializing)]
+    pub deepgram_api_key: Option<String>,
+    /// `STT_DEEPGRAM_MODEL`, default nova-2.
+    pub deepgram_model: String,
 }
 
 /// Publishing call events to RabbitMQ (`docs/events.md`).
@@ -269,7 +280,10 @@ pub struct FileStt {
     pub openai_url: Option<String>,
     pub openai_api_key: Option<String>,
     pub openai_model: Option<String>,
-    pub openai_timeout_s: Option<u32>,
+    pub request_timeout_s: Option<u32>,
+    pub deepgram_url: Option<String>,
+    pub deepgram_api_key: Option<String>,
+    pub deepgram_model: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -419,7 +433,10 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_OPENAI_URL", "stt.openai_url"),
     ("STT_OPENAI_API_KEY", "stt.openai_api_key"),
     ("STT_OPENAI_MODEL", "stt.openai_model"),
-    ("STT_OPENAI_TIMEOUT", "stt.openai_timeout_s"),
+    ("STT_REQUEST_TIMEOUT", "stt.request_timeout_s"),
+    ("STT_DEEPGRAM_URL", "stt.deepgram_url"),
+    ("STT_DEEPGRAM_API_KEY", "stt.deepgram_api_key"),
+    ("STT_DEEPGRAM_MODEL", "stt.deepgram_model"),
 ];
 
 impl FileConfig {
@@ -617,8 +634,25 @@ impl Config {
                 .openai_model
                 .clone()
                 .unwrap_or_else(|| "whisper-1".to_owned()),
-            openai_timeout_s: t.openai_timeout_s.unwrap_or(30),
+            request_timeout_s: t.request_timeout_s.unwrap_or(30),
+            deepgram_url: t
+                .deepgram_url
+                .clone()
+                .unwrap_or_else(|| "wss://api.deepgram.com/v1/listen".to_owned()),
+            deepgram_api_key: t.deepgram_api_key.clone().filter(|k| !k.is_empty()),
+            deepgram_model: t
+                .deepgram_model
+                .clone()
+                .unwrap_or_else(|| "nova-2".to_owned()),
         };
+        let url = &stt.deepgram_url;
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
+            return Err(invalid(
+                "STT_DEEPGRAM_URL",
+                url.clone(),
+                "a ws:// or wss:// URL",
+            ));
+        }
         let url = &stt.openai_url;
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             return Err(invalid(
@@ -627,9 +661,9 @@ impl Config {
                 "an http:// or https:// URL",
             ));
         }
-        if !(1..=600).contains(&stt.openai_timeout_s) {
-            let v = stt.openai_timeout_s.to_string();
-            return Err(invalid("STT_OPENAI_TIMEOUT", v, "1 to 600 seconds"));
+        if !(1..=600).contains(&stt.request_timeout_s) {
+            let v = stt.request_timeout_s.to_string();
+            return Err(invalid("STT_REQUEST_TIMEOUT", v, "1 to 600 seconds"));
         }
         if let Err(e) = crate::sink::stt::redact::Redactor::new(&stt.redact_patterns) {
             let allowed = format!("regular expressions ({e})");
@@ -833,8 +867,9 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
             f.stt.provider = Some(match v.trim() {
                 "embedded" | "whisper" => SttProvider::Embedded,
                 "openai" => SttProvider::Openai,
+                "deepgram" => SttProvider::Deepgram,
                 "none" | "" => SttProvider::None,
-                _ => return Err(invalid(key, v, "embedded, openai or none")),
+                _ => return Err(invalid(key, v, "embedded, openai, deepgram or none")),
             })
         }
         "STT_MODEL" => f.stt.model = Some(PathBuf::from(v.trim())),
@@ -847,11 +882,14 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_QUEUE_MAX" => f.stt.queue_max = Some(parse_num(key, v, COUNT)?),
         "STT_REDACT_PII" => f.stt.redact_pii = Some(parse_bool(key, v)?),
         "STT_OPENAI_URL" => f.stt.openai_url = Some(v.trim().to_owned()),
+        "STT_DEEPGRAM_URL" => f.stt.deepgram_url = Some(v.trim().to_owned()),
+        "STT_DEEPGRAM_API_KEY" => f.stt.deepgram_api_key = Some(v.trim().to_owned()),
+        "STT_DEEPGRAM_MODEL" => f.stt.deepgram_model = Some(v.trim().to_owned()),
         "STT_OPENAI_API_KEY" => f.stt.openai_api_key = Some(v.trim().to_owned()),
         "STT_OPENAI_MODEL" => f.stt.openai_model = Some(v.trim().to_owned()),
-        "STT_OPENAI_TIMEOUT" => {
+        "STT_REQUEST_TIMEOUT" => {
             let v = v.trim().trim_end_matches('s');
-            f.stt.openai_timeout_s = Some(parse_num(key, v, SECONDS)?)
+            f.stt.request_timeout_s = Some(parse_num(key, v, SECONDS)?)
         }
         "STT_REDACT_PATTERNS" => {
             let patterns: Vec<String> = serde_json::from_str(v)

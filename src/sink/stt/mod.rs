@@ -17,6 +17,7 @@
 //! Refuses: to touch the data plane's or the recorder's state, to block a worker of the data
 //! plane, to panic on an engine error (the job fails, is counted, and the call goes on).
 
+pub mod deepgram;
 pub mod engine;
 pub mod jobs;
 pub mod openai;

@@ -27,20 +27,27 @@ pub struct OpenAiConfig {
 
 /// Where requests go, parsed once.
 #[derive(Debug, Clone, PartialEq)]
-struct Endpoint {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
+pub(super) struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The URL's path, without a trailing slash ("" for none).
+    pub path: String,
 }
 
-fn parse_url(url: &str) -> Result<Endpoint, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(format!("{url:?} is not an http:// or https:// URL"));
+/// An http(s):// or ws(s):// URL.
+pub(super) fn parse_url(url: &str) -> Result<Endpoint, String> {
+    let schemes = [
+        ("https://", true),
+        ("wss://", true),
+        ("http://", false),
+        ("ws://", false),
+    ];
+    let Some((tls, rest)) = schemes
+        .iter()
+        .find_map(|(s, tls)| url.strip_prefix(s).map(|r| (*tls, r)))
+    else {
+        return Err(format!("{url:?} is not an http(s):// or ws(s):// URL"));
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (host, port) = match authority.rsplit_once(':') {
@@ -52,13 +59,38 @@ fn parse_url(url: &str) -> Result<Endpoint, String> {
     if host.is_empty() {
         return Err(format!("no host in {url:?}"));
     }
-    let path = format!("/{}/audio/transcriptions", path.trim_end_matches('/'));
+    let path = path.trim_end_matches('/');
     Ok(Endpoint {
         tls,
         host: host.trim_matches(['[', ']']).to_owned(),
         port,
-        path: path.replace("//", "/"),
+        path: if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{path}")
+        },
     })
+}
+
+/// A TCP connection to `e` with `timeout` on every read and write.
+pub(super) fn tcp_connect(e: &Endpoint, timeout: Duration) -> std::io::Result<TcpStream> {
+    let addr = (e.host.as_str(), e.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{} does not resolve", e.host)))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    Ok(tcp)
+}
+
+/// A TLS client context with the system's roots (hostnames are checked at connect).
+pub(super) fn tls_connector() -> Result<openssl::ssl::SslConnector, EngineError> {
+    Ok(
+        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+            .map_err(|e| EngineError::Failed(format!("TLS: {e}")))?
+            .build(),
+    )
 }
 
 pub struct OpenAiEngine {
@@ -72,11 +104,7 @@ impl OpenAiEngine {
         let endpoint = parse_url(&config.url).map_err(EngineError::Failed)?;
         let tls = match endpoint.tls {
             false => None,
-            true => Some(
-                openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
-                    .map_err(|e| EngineError::Failed(format!("TLS: {e}")))?
-                    .build(),
-            ),
+            true => Some(tls_connector()?),
         };
         Ok(OpenAiEngine {
             config,
@@ -88,17 +116,11 @@ impl OpenAiEngine {
     /// One POST; the status and body of the answer.
     fn post(&self, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         let e = &self.endpoint;
-        let timeout = self.config.timeout;
-        let addr = (e.host.as_str(), e.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("{} does not resolve", e.host)))?;
-        let tcp = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))?;
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))?;
+        let tcp = tcp_connect(e, self.config.timeout)?;
         let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: siprec/{}\r\nAccept: application/json\r\n\
-             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "POST {}/audio/transcriptions HTTP/1.1\r\nHost: {}\r\nUser-Agent: siprec/{}\r\n\
+             Accept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n",
             e.path,
             e.host,
             env!("CARGO_PKG_VERSION"),
@@ -295,14 +317,14 @@ mod tests {
                 tls: true,
                 host: "api.openai.com".into(),
                 port: 443,
-                path: "/v1/audio/transcriptions".into()
+                path: "/v1".into()
             }
         );
         let e = parse_url("http://127.0.0.1:8000/v1/").unwrap();
-        assert_eq!(
-            (e.tls, e.port, e.path.as_str()),
-            (false, 8000, "/v1/audio/transcriptions")
-        );
+        assert_eq!((e.tls, e.port, e.path.as_str()), (false, 8000, "/v1"));
+        let e = parse_url("wss://api.deepgram.com/v1/listen").unwrap();
+        assert_eq!((e.tls, e.port, e.path.as_str()), (true, 443, "/v1/listen"));
+        assert_eq!(parse_url("http://h").unwrap().path, "");
         assert_eq!(parse_url("http://[::1]:9/v1").unwrap().host, "::1");
         assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http://:80/v1").is_err());
