@@ -201,7 +201,9 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
 
     let nofile = dataplane::raise_nofile_limit();
     tracing::debug!(nofile, "open file limit");
-    let (workers, cores) = dataplane::plan_workers(config.dataplane.workers);
+    let stt_wanted = config.stt.provider != config::SttProvider::None;
+    let (workers, cores) = dataplane::plan_workers(config.dataplane.workers, stt_wanted);
+    let stt_cores = dataplane::spare_cores(&cores);
     let mut producers = Vec::with_capacity(workers);
     let mut consumers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -218,7 +220,7 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
             .context("cannot start the recorder thread")?;
-    let (stt, stt_producers, stt_error, stt_jobs) = start_stt(&config, workers);
+    let (stt, stt_producers, stt_error, stt_jobs) = start_stt(&config, workers, &stt_cores);
     let outputs = producers
         .into_iter()
         .zip(stt_producers)
@@ -285,6 +287,7 @@ type SttRings = Vec<Option<siprec::ring::Producer<siprec::media::MediaFrame>>>;
 fn start_stt(
     config: &Config,
     workers: usize,
+    cores: &[usize],
 ) -> (
     Option<SttHandle>,
     SttRings,
@@ -358,6 +361,7 @@ fn start_stt(
         workers: config.stt.workers,
         queue_max: config.stt.queue_max,
         redactor: redactor.clone(),
+        cores: cores.to_vec(),
     };
     let deepgram = stt::deepgram::DeepgramConfig {
         url: s.deepgram_url.clone(),

@@ -372,12 +372,13 @@ pub fn memory_budget_bytes(workers: usize, ring_slots: usize, backend: &str, stt
 }
 
 /// Worker count and placement for `requested` workers (0 = auto) on this machine: every core
-/// but the control plane's (core 0) when there are ≥ 3, else one worker.
-pub fn plan_workers(requested: usize) -> (usize, Vec<Option<usize>>) {
+/// but the control plane's (core 0) when there are ≥ 3, else one worker. With live
+/// transcription (`stt`), auto takes a quarter of the cores after core 0 (rounded up; one
+/// worker receives thousands of streams) and leaves the rest to speech, which needs them.
+pub fn plan_workers(requested: usize, stt: bool) -> (usize, Vec<Option<usize>>) {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n = match requested {
-        0 if cores.len() >= 3 => cores.len() - 1,
-        0 => 1,
+        0 => auto_workers(cores.len(), stt),
         n => n,
     };
     let placement = (0..n)
@@ -391,4 +392,100 @@ pub fn plan_workers(requested: usize) -> (usize, Vec<Option<usize>>) {
         })
         .collect();
     (n, placement)
+}
+
+/// Data-plane workers `plan_workers` picks on `cores` cores.
+fn auto_workers(cores: usize, stt: bool) -> usize {
+    match cores {
+        0..=2 => 1,
+        _ if stt => (cores - 1).div_ceil(4),
+        _ => cores - 1,
+    }
+}
+
+/// Restricts the calling thread, and threads it starts afterwards, to `cores` (nothing when
+/// empty). For threads beside the data plane, such as live transcription's, to keep them off
+/// its cores.
+pub fn pin_current_thread(cores: &[usize]) -> std::io::Result<()> {
+    if cores.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: cpu_set_t is plain data, zeroed is a valid empty set; CPU_SET writes inside it
+    // (indices are bounds-checked by the libc crate's implementation), and
+    // sched_setaffinity(0, …) only reads it, for the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// The cores neither the control plane (core 0) nor a data-plane worker of `placement` is
+/// pinned to: where live transcription runs. Empty when there are none (then it floats).
+pub fn spare_cores(placement: &[Option<usize>]) -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.id)
+        .skip(1)
+        .filter(|id| !placement.contains(&Some(*id)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Auto sizing: every core but the control plane's; with live transcription a quarter of
+    /// them (rounded up) so speech has the rest; one worker on small boxes.
+    #[test]
+    fn auto_worker_counts() {
+        let table = [
+            (1, 1, 1),
+            (2, 1, 1),
+            (3, 2, 1),
+            (4, 3, 1),
+            (8, 7, 2),
+            (16, 15, 4),
+        ];
+        for (cores, plain, with_stt) in table {
+            assert_eq!(auto_workers(cores, false), plain, "{cores} cores");
+            assert_eq!(
+                auto_workers(cores, true),
+                with_stt,
+                "{cores} cores with STT"
+            );
+        }
+    }
+
+    /// A pinned thread is allowed only its cores (read back from the kernel), and threads it
+    /// starts inherit that.
+    #[test]
+    fn pinning_restricts_the_thread_and_its_children() {
+        let allowed = || {
+            std::fs::read_to_string("/proc/thread-self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Cpus_allowed_list:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap()
+        };
+        let (mine, child) = std::thread::spawn(move || {
+            pin_current_thread(&[0]).unwrap();
+            let child = std::thread::spawn(allowed).join().unwrap();
+            (allowed(), child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!((mine.as_str(), child.as_str()), ("0", "0"));
+        pin_current_thread(&[]).unwrap();
+    }
 }

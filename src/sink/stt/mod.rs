@@ -55,6 +55,9 @@ pub struct SttConfig {
     pub queue_max: usize,
     /// PII redaction applied to every text the engine produces (`STT_REDACT_PII`).
     pub redactor: Option<Arc<redact::Redactor>>,
+    /// Cores the engine workers (and the threads whisper.cpp starts from them) may run on;
+    /// empty = anywhere. Keeps speech off the data plane's cores.
+    pub cores: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -245,9 +248,13 @@ pub fn spawn<C: MonotonicClock>(
             results: result_tx.clone(),
             counters: counters.clone(),
         };
+        let cores = config.cores.clone();
         let t = std::thread::Builder::new()
             .name(format!("stt-{i}"))
-            .spawn(move || worker.run())
+            .spawn(move || {
+                pin_to(&cores);
+                worker.run()
+            })
             .map_err(|e| EngineError::Failed(format!("cannot start STT worker: {e}")))?;
         threads.push(t);
     }
@@ -800,4 +807,12 @@ fn transcribe_file(
         audio_seconds: (frames as f64 / f64::from(rate) * 1000.0).round() / 1000.0,
         processing_seconds: 0.0,
     })
+}
+
+/// Keeps the calling worker (and the threads whisper.cpp starts from it) on `cores`. A
+/// refusal (containers, cgroups) is logged: speech still runs, unpinned.
+fn pin_to(cores: &[usize]) {
+    if let Err(e) = crate::dataplane::pin_current_thread(cores) {
+        warn!(?cores, error = %e, "cannot pin STT worker; it runs on any core");
+    }
 }
