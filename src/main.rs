@@ -543,6 +543,7 @@ async fn control_plane(
         require_srtp: config.media.srtp_required,
         max_calls_per_source: config.sip.max_calls_per_source,
         transcribe: stt.is_some().then(|| config.stt.provider.name()),
+        keywords: config.analytics.keywords.clone(),
     });
     let mut tsx = TransactionLayer::new(TsxConfig {
         server_header: Some(api::SERVER.to_owned()),

@@ -99,6 +99,7 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
             ("AMQP_EXCHANGE", &exchange),
             ("PUBLISH_PARTIAL_TRANSCRIPTS", "false"),
             ("STT_REDACT_PII", "true"),
+            ("ANALYTICS_KEYWORDS", "refund, billing department"),
         ],
     );
     let ports = TestPorts::new(41);
@@ -112,6 +113,14 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
     let mut ws = rt
         .block_on(tokio_tungstenite::connect_async(url))
         .expect("ws connect")
+        .0;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws/analytics?call_id=stt-1@127.0.0.1",
+        ports.http
+    );
+    let mut analytics = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .unwrap()
         .0;
 
     let mut src = Src::new(ports.src_sip, ports.sip, "stt-1@127.0.0.1");
@@ -191,6 +200,33 @@ fn live_transcripts_name_the_speaker_and_land_with_the_recording() {
         let confidence = d["confidence"].as_f64().unwrap();
         assert!(confidence > 0.3 && confidence <= 1.0, "{confidence}");
     }
+    // Text analytics: Bob asked for a refund (a configured keyword); every final carries a
+    // sentiment, and the analytics feed gets the keyword event.
+    assert_eq!(finals[1]["data"]["keywords"][0], "refund", "{}", finals[1]);
+    let label = finals[0]["data"]["sentiment"]["label"].as_str().unwrap();
+    assert!(["positive", "neutral", "negative"].contains(&label));
+    let keyword = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout_at(deadline, analytics.next()).await
+            else {
+                return None;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "keyword_detected" && v["data"]["keyword"] == "refund" {
+                return Some(v);
+            }
+        }
+    });
+    let keyword = keyword.expect("keyword_detected (refund) on /ws/analytics");
+    assert_eq!(
+        (
+            &keyword["data"]["keyword"],
+            &keyword["data"]["speaker_label"]
+        ),
+        (&"refund".into(), &"Bob".into())
+    );
     let bob_text = finals[1]["data"]["text"].as_str().unwrap();
     assert!(bob_text.contains("[REDACTED_PHONE]"), "{bob_text}");
     assert!(

@@ -49,6 +49,7 @@ impl Feed {
             EventKind::PartialTranscript | EventKind::FinalTranscript => {
                 self == Feed::Transcriptions
             }
+            EventKind::KeywordDetected | EventKind::SentimentAlert => self == Feed::Analytics,
             EventKind::SpeakerChange => true,
             k => k.is_lifecycle(),
         }

@@ -22,6 +22,14 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub amqp: AmqpConfig,
     pub stt: SttConfig,
+    pub analytics: AnalyticsConfig,
+}
+
+/// Text analytics of transcripts (`docs/events.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyticsConfig {
+    /// `ANALYTICS_KEYWORDS` (comma-separated; phrases allowed): `keyword_detected` events.
+    pub keywords: Vec<String>,
 }
 
 /// Which speech engine transcribes calls live.
@@ -261,6 +269,14 @@ pub struct FileConfig {
     pub amqp: FileAmqp,
     #[serde(default)]
     pub stt: FileStt,
+    #[serde(default)]
+    pub analytics: FileAnalytics,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAnalytics {
+    pub keywords: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -437,6 +453,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_DEEPGRAM_URL", "stt.deepgram_url"),
     ("STT_DEEPGRAM_API_KEY", "stt.deepgram_api_key"),
     ("STT_DEEPGRAM_MODEL", "stt.deepgram_model"),
+    ("ANALYTICS_KEYWORDS", "analytics.keywords"),
 ];
 
 impl FileConfig {
@@ -712,6 +729,17 @@ impl Config {
             dataplane,
             amqp,
             stt,
+            analytics: AnalyticsConfig {
+                keywords: f
+                    .analytics
+                    .keywords
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                    .collect(),
+            },
         })
     }
 
@@ -885,6 +913,9 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_DEEPGRAM_URL" => f.stt.deepgram_url = Some(v.trim().to_owned()),
         "STT_DEEPGRAM_API_KEY" => f.stt.deepgram_api_key = Some(v.trim().to_owned()),
         "STT_DEEPGRAM_MODEL" => f.stt.deepgram_model = Some(v.trim().to_owned()),
+        "ANALYTICS_KEYWORDS" => {
+            f.analytics.keywords = Some(v.split(',').map(|k| k.trim().to_owned()).collect())
+        }
         "STT_OPENAI_API_KEY" => f.stt.openai_api_key = Some(v.trim().to_owned()),
         "STT_OPENAI_MODEL" => f.stt.openai_model = Some(v.trim().to_owned()),
         "STT_REQUEST_TIMEOUT" => {

@@ -81,6 +81,8 @@ impl Publisher {
             EventKind::Snapshot => self.config.publish_analytics,
             EventKind::PartialTranscript => self.config.publish_partial_transcripts,
             EventKind::FinalTranscript => self.config.publish_final_transcripts,
+            EventKind::KeywordDetected => self.config.publish_keyword_detections,
+            EventKind::SentimentAlert => self.config.publish_sentiment_updates,
             k => k.is_lifecycle() && self.config.publish_call_events,
         }
     }

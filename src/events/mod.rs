@@ -32,6 +32,10 @@ pub enum EventKind {
     PartialTranscript,
     /// The transcription of a whole utterance.
     FinalTranscript,
+    /// A configured keyword was said (`ANALYTICS_KEYWORDS`).
+    KeywordDetected,
+    /// A speaker's utterances turned strongly negative.
+    SentimentAlert,
 }
 
 impl EventKind {
@@ -51,6 +55,8 @@ impl EventKind {
             EventKind::Gap => "gap",
             EventKind::PartialTranscript => "partial_transcript",
             EventKind::FinalTranscript => "final_transcript",
+            EventKind::KeywordDetected => "keyword_detected",
+            EventKind::SentimentAlert => "sentiment_alert",
         }
     }
 
@@ -63,6 +69,8 @@ impl EventKind {
                 | EventKind::Snapshot
                 | EventKind::PartialTranscript
                 | EventKind::FinalTranscript
+                | EventKind::KeywordDetected
+                | EventKind::SentimentAlert
         )
     }
 }

@@ -408,12 +408,14 @@ impl Call {
     pub(super) fn transcript_log(
         &self,
         provider: &'static str,
+        keywords: &[String],
     ) -> super::transcript::TranscriptLog {
         let mut log = super::transcript::TranscriptLog::new(
             &self.call_id,
             &self.session_id,
             self.dir.clone(),
             provider,
+            keywords,
         );
         for s in &self.streams {
             log.set_speaker(s.index, self.speaker(s.index));

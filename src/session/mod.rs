@@ -9,6 +9,7 @@
 //! Refuses: sockets, files, clocks. Ports come from a [`MediaPorts`] the driver implements
 //! (binding is I/O); files are written by the driver from `Action::WriteFile`.
 
+pub mod analytics;
 mod call;
 pub mod ports;
 pub mod transcript;
@@ -55,6 +56,8 @@ pub struct SessionConfig {
     pub max_calls_per_source: usize,
     /// Send the calls' audio to live transcription: the running STT provider's name.
     pub transcribe: Option<&'static str>,
+    /// Keywords spotted in final transcripts (`ANALYTICS_KEYWORDS`).
+    pub keywords: Vec<String>,
 }
 
 /// The current time, as the two clocks the control plane needs.
@@ -294,6 +297,15 @@ impl SessionManager {
         } = event
         {
             call.handle_activity(now, totals, changes, final_, &mut self.actions);
+            // The spec's snapshot also carries the transcripts' sentiment trend and keywords.
+            if let (Some(log), Some(Action::Event(e))) =
+                (self.transcripts.get(&session), self.actions.back_mut())
+            {
+                if e.kind == crate::events::EventKind::Snapshot {
+                    e.data["sentiment_trend"] = log.analytics.trend();
+                    e.data["keywords"] = serde_json::json!(log.analytics.keywords_heard());
+                }
+            }
             return;
         }
         if matches!(event, RecorderEvent::SessionFailed { .. }) && call.is_active() {
@@ -326,8 +338,9 @@ impl SessionManager {
                 if let Some(call) = call {
                     log.set_speaker(t.key.stream, call.speaker(t.key.stream));
                 }
-                let event = log.event(now.unix_ms, t);
-                self.actions.push_back(Action::Event(event));
+                for event in log.events(now.unix_ms, t) {
+                    self.actions.push_back(Action::Event(event));
+                }
             }
             SttResult::Failed { key, .. } => {
                 if let Some(log) = self.transcripts.get_mut(&key.session) {
@@ -679,8 +692,10 @@ impl SessionManager {
                 self.by_invite.insert(key, call_id.clone());
                 self.by_session.insert(session, call_id.clone());
                 if let Some(provider) = self.config.transcribe {
-                    self.transcripts
-                        .insert(session, call.transcript_log(provider));
+                    self.transcripts.insert(
+                        session,
+                        call.transcript_log(provider, &self.config.keywords),
+                    );
                 }
                 self.calls.insert(call_id, call);
             }

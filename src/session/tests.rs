@@ -25,6 +25,7 @@ fn config() -> SessionConfig {
         require_srtp: false,
         max_calls_per_source: 0,
         transcribe: None,
+        keywords: Vec::new(),
     }
 }
 

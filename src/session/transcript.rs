@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::json;
 
+use super::analytics::TextAnalytics;
 use crate::events::{Event, EventKind};
 use crate::proto::rfc3339_ms;
 use crate::sink::stt::Transcript;
@@ -38,6 +39,8 @@ pub struct Utterance {
     pub end_s: f64,
     pub text: String,
     pub confidence: f64,
+    pub sentiment: super::analytics::Sentiment,
+    pub keywords: Vec<String>,
 }
 
 pub struct TranscriptLog {
@@ -49,6 +52,7 @@ pub struct TranscriptLog {
     finals: Vec<Utterance>,
     left_out: u64,
     failures: u64,
+    pub analytics: TextAnalytics,
 }
 
 fn seconds(ms: u64) -> f64 {
@@ -56,7 +60,13 @@ fn seconds(ms: u64) -> f64 {
 }
 
 impl TranscriptLog {
-    pub fn new(call_id: &str, session_id: &str, dir: PathBuf, provider: &'static str) -> Self {
+    pub fn new(
+        call_id: &str,
+        session_id: &str,
+        dir: PathBuf,
+        provider: &'static str,
+        keywords: &[String],
+    ) -> Self {
         TranscriptLog {
             call_id: call_id.to_owned(),
             session_id: session_id.to_owned(),
@@ -66,6 +76,7 @@ impl TranscriptLog {
             finals: Vec::new(),
             left_out: 0,
             failures: 0,
+            analytics: TextAnalytics::new(keywords),
         }
     }
 
@@ -88,10 +99,20 @@ impl TranscriptLog {
             })
     }
 
-    /// The live event for one result; finals are also kept for the files.
-    pub fn event(&mut self, unix_ms: u64, t: Transcript) -> Event {
+    /// The live events for one result: the transcript (finals also kept for the files, with
+    /// sentiment and keyword hits), then a `keyword_detected` per keyword and a
+    /// `sentiment_alert` when the speaker's run of negative utterances reaches the threshold.
+    pub fn events(&mut self, unix_ms: u64, t: Transcript) -> Vec<Event> {
         let speaker = self.speaker(t.key.stream);
         let confidence = (f64::from(t.confidence) * 1000.0).round() / 1000.0;
+        let analysis = match t.is_final {
+            true => self.analytics.on_final(&speaker.speaker_label, &t.text),
+            false => super::analytics::Analysis {
+                sentiment: super::analytics::sentiment(&t.text),
+                keywords: Vec::new(),
+                alert: None,
+            },
+        };
         let data = json!({
             "text": t.text,
             "is_final": t.is_final,
@@ -105,11 +126,44 @@ impl TranscriptLog {
             "confidence": confidence,
             "latency_ms": t.latency_ms,
             "provider": self.provider,
+            "sentiment": analysis.sentiment,
+            "keywords": analysis.keywords,
         });
         let kind = match t.is_final {
             true => EventKind::FinalTranscript,
             false => EventKind::PartialTranscript,
         };
+        let timestamp = rfc3339_ms(unix_ms);
+        let event = |kind, data| {
+            Event::new(
+                kind,
+                &self.call_id,
+                &self.session_id,
+                timestamp.clone(),
+                data,
+            )
+        };
+        let mut out = vec![event(kind, data)];
+        for k in &analysis.keywords {
+            let data = json!({
+                "keyword": k,
+                "speaker_label": speaker.speaker_label,
+                "stream": t.key.stream,
+                "at_s": seconds(t.start_ms),
+                "text": t.text,
+            });
+            out.push(event(EventKind::KeywordDetected, data));
+        }
+        if let Some(score) = analysis.alert {
+            let data = json!({
+                "speaker_label": speaker.speaker_label,
+                "stream": t.key.stream,
+                "at_s": seconds(t.start_ms),
+                "score": (score * 1000.0).round() / 1000.0,
+                "reason": "consecutive strongly negative utterances",
+            });
+            out.push(event(EventKind::SentimentAlert, data));
+        }
         if t.is_final && !t.text.is_empty() {
             if self.finals.len() < FINALS_MAX {
                 self.finals.push(Utterance {
@@ -122,18 +176,14 @@ impl TranscriptLog {
                     end_s: seconds(t.end_ms),
                     text: t.text,
                     confidence,
+                    sentiment: analysis.sentiment,
+                    keywords: analysis.keywords,
                 });
             } else {
                 self.left_out += 1;
             }
         }
-        Event::new(
-            kind,
-            &self.call_id,
-            &self.session_id,
-            rfc3339_ms(unix_ms),
-            data,
-        )
+        out
     }
 
     /// `transcript.json`: every final utterance in call-time order.
@@ -144,6 +194,8 @@ impl TranscriptLog {
             "provider": self.provider,
             "completed_at": rfc3339_ms(unix_ms),
             "utterances": self.sorted(),
+            "keywords": self.analytics.keywords_heard(),
+            "sentiment_trend": self.analytics.trend(),
             "left_out": self.left_out,
             "failures": self.failures,
         });
@@ -213,7 +265,9 @@ mod tests {
     }
 
     fn log() -> TranscriptLog {
-        let mut log = TranscriptLog::new("c@h", "s1", PathBuf::from("/rec/s1"), "embedded");
+        let keywords = ["refund".to_owned()];
+        let mut log =
+            TranscriptLog::new("c@h", "s1", PathBuf::from("/rec/s1"), "embedded", &keywords);
         log.set_speaker(
             0,
             Speaker {
@@ -230,24 +284,33 @@ mod tests {
     #[test]
     fn events_and_files() {
         let mut log = log();
-        let e = log.event(0, t(0, 0, false, 500, "hello"));
+        let e = log.events(0, t(0, 0, false, 500, "hello")).remove(0);
         assert_eq!(e.kind, EventKind::PartialTranscript);
         assert_eq!(e.data["speaker_label"], "Alice");
         assert_eq!(e.data["is_final"], false);
-        log.event(0, t(1, 0, true, 2_000, "hi there"));
-        let e = log.event(0, t(0, 0, true, 500, "hello world"));
+        let bob = log.events(0, t(1, 0, true, 2_000, "hi there, I want a refund"));
+        let kinds: Vec<EventKind> = bob.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::FinalTranscript, EventKind::KeywordDetected]
+        );
+        assert_eq!(bob[0].data["keywords"][0], "refund");
+        assert_eq!(bob[1].data["speaker_label"], "stream1");
+        let e = log.events(0, t(0, 0, true, 500, "hello world")).remove(0);
         assert_eq!(e.kind, EventKind::FinalTranscript);
+        assert_eq!(e.data["sentiment"]["label"], "neutral");
         assert_eq!(e.data["confidence"], 0.912);
         let doc: serde_json::Value = serde_json::from_slice(&log.render_json(0)).unwrap();
         let u = doc["utterances"].as_array().unwrap();
         assert_eq!(u.len(), 2);
         assert_eq!(u[0]["text"], "hello world");
         assert_eq!(u[1]["speaker"], "stream1");
+        assert_eq!(doc["keywords"][0], "refund");
         let vtt = String::from_utf8(log.render_vtt()).unwrap();
         assert_eq!(
             vtt,
             "WEBVTT\n\n1\n00:00:00.500 --> 00:00:02.000\n<v Alice>hello world\n\n\
-             2\n00:00:02.000 --> 00:00:03.500\n<v stream1>hi there\n"
+             2\n00:00:02.000 --> 00:00:03.500\n<v stream1>hi there, I want a refund\n"
         );
     }
 
