@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
+use siprec::session::analytics::words;
 use tokio_tungstenite::tungstenite::Message;
 
 const ALICE: &str = "Thank you for calling the billing department. How can I help you today?";
@@ -52,19 +53,6 @@ fn speech(text: &str, voice: &str, dir: &Path) -> Vec<i16> {
     let (channels, rate, pcm) = siprec::sink::recorder::read_wav(&narrow).unwrap();
     assert_eq!((channels, rate), (1, 8000));
     pcm
-}
-
-/// Lower-case words without punctuation.
-fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric())
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
 }
 
 /// How many of `expected`'s content words (longer than 3 letters) `heard` contains.

@@ -562,11 +562,9 @@ async fn config_route(
             )
         }
         ("/api/config/validate", &Method::POST) => {
-            use http_body_util::BodyExt;
-            let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
-            let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
-                let msg = "request body too large or unreadable";
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+            let body = match read_body(req).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
             };
             // The same document as the TOML file, in JSON; validated like a start-up.
             let file: crate::config::FileConfig = match serde_json::from_slice(&body) {
@@ -629,11 +627,9 @@ async fn stt_route(
             if let Err(resp) = authorize(state, &req, query) {
                 return resp;
             }
-            use http_body_util::BodyExt;
-            let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
-            let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
-                let msg = "request body too large or unreadable";
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+            let body = match read_body(req).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
             };
             let request: JobRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
@@ -826,11 +822,9 @@ async fn compliance_route(
     if let Err(resp) = authorize(state, &req, query) {
         return resp;
     }
-    use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
-    let Ok(body) = limited.collect().await.map(|b| b.to_bytes()) else {
-        let msg = "request body too large or unreadable";
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg);
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
     };
     let call_id = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -925,21 +919,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `{"pause_recording": bool, "pause_transcription": bool}`; both default to true.
-#[allow(clippy::result_large_err)]
-async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Full<Bytes>>> {
+/// The request body, at most `BODY_MAX_BYTES`; else the 413 envelope to answer with.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(req.into_body(), BODY_MAX_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let msg = "request body too large or unreadable";
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                msg,
-            ));
-        }
-    };
+    limited.collect().await.map(|b| b.to_bytes()).map_err(|_| {
+        let msg = "request body too large or unreadable";
+        error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg)
+    })
+}
+
+#[allow(clippy::result_large_err)]
+async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Full<Bytes>>> {
+    let bytes = read_body(req).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok((true, true));
     }

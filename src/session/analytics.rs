@@ -91,7 +91,8 @@ pub struct Sentiment {
     pub confidence: f64,
 }
 
-fn words(text: &str) -> Vec<String> {
+/// Lower-case words without punctuation ("Don't!" → "dont"): how transcripts are compared.
+pub fn words(text: &str) -> Vec<String> {
     text.split_whitespace()
         .map(|w| {
             w.chars()

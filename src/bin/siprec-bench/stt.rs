@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use siprec::media::g711;
 use siprec::media::rtp::write_packet;
+use siprec::session::analytics::words;
 use siprec::sink::stt::engine::{self, Engine, WhisperModel};
 use siprec::sip::{self, Message, Method};
 
@@ -536,23 +537,10 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// Lower-case words, punctuation dropped ("don't" → "dont").
-fn normalize(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric())
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
 /// Word-level edit distance between reference and hypothesis, and the reference's length.
 fn word_errors(reference: &str, hypothesis: &str) -> (usize, usize) {
-    let r = normalize(reference);
-    let h = normalize(hypothesis);
+    let r = words(reference);
+    let h = words(hypothesis);
     let mut prev: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {
         let mut cur = vec![i + 1; h.len() + 1];

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
 
-use super::engine::{Engine, EngineError, Recognized};
+use super::engine::{to_pcm16, with_retries, Engine, EngineError, Recognized};
 use super::openai::{parse_url, tcp_connect, tls_connector, Endpoint};
 
 #[derive(Debug, Clone)]
@@ -166,26 +166,13 @@ impl Engine for DeepgramEngine {
     ) -> Result<Recognized, EngineError> {
         let pcm: Vec<u8> = audio
             .iter()
-            .flat_map(|&s| ((s * 32768.0).round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
+            .flat_map(|&s| to_pcm16(s).to_le_bytes())
             .collect();
         let language = language.unwrap_or(&self.config.language).to_owned();
-        let attempts = if partial { 1 } else { 3 };
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(250 << attempt));
-            }
-            match self.attempt(&pcm, &language) {
-                Ok(r) => return Ok(r),
-                Err(f) => {
-                    last = f.message;
-                    if !f.retry {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(EngineError::Failed(format!("deepgram provider: {last}")))
+        with_retries("deepgram", partial, || {
+            self.attempt(&pcm, &language)
+                .map_err(|f| (f.message, f.retry))
+        })
     }
 }
 

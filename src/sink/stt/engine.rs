@@ -29,6 +29,38 @@ pub enum EngineError {
     Failed(String),
 }
 
+/// An engine sample as 16-bit PCM (what the cloud providers are sent).
+pub fn to_pcm16(s: f32) -> i16 {
+    (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
+}
+
+/// Runs `attempt` until it succeeds: three times for finals with 0.5 s then 1 s between,
+/// once for partials (a newer one follows). `attempt` says whether its failure is worth
+/// another try (a refused key is not). The last failure names `provider`.
+pub fn with_retries(
+    provider: &str,
+    partial: bool,
+    mut attempt: impl FnMut() -> Result<Recognized, (String, bool)>,
+) -> Result<Recognized, EngineError> {
+    let attempts = if partial { 1 } else { 3 };
+    let mut last = String::new();
+    for n in 0..attempts {
+        if n > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(250 << n));
+        }
+        match attempt() {
+            Ok(r) => return Ok(r),
+            Err((message, retry)) => {
+                last = message;
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    Err(EngineError::Failed(format!("{provider} provider: {last}")))
+}
+
 /// One speech engine instance, owned by one worker thread.
 pub trait Engine: Send {
     /// Transcribes `audio` (mono f32 at `ENGINE_RATE`, one utterance). `partial` asks for the

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::engine::{Engine, EngineError, Recognized, ENGINE_RATE};
+use super::engine::{to_pcm16, with_retries, Engine, EngineError, Recognized, ENGINE_RATE};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
@@ -212,8 +212,7 @@ fn wav_bytes(audio: &[f32]) -> Vec<u8> {
     w.extend_from_slice(b"data");
     w.extend_from_slice(&data_len.to_le_bytes());
     for &s in audio {
-        let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
-        w.extend_from_slice(&v.to_le_bytes());
+        w.extend_from_slice(&to_pcm16(s).to_le_bytes());
     }
     w
 }
@@ -278,29 +277,20 @@ impl Engine for OpenAiEngine {
         }
         let body = multipart(boundary, &fields, &wav_bytes(audio));
         let content_type = format!("multipart/form-data; boundary={boundary}");
-        let attempts = if partial { 1 } else { 3 };
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(250 << attempt));
-            }
+        with_retries("openai", partial, || {
             match self.post(&content_type, &body) {
-                Ok((200, answer)) => match recognized(&answer) {
-                    Some(r) => return Ok(r),
-                    None => last = "the answer is not transcription JSON".into(),
-                },
+                Ok((200, answer)) => recognized(&answer)
+                    .ok_or_else(|| ("the answer is not transcription JSON".to_owned(), true)),
                 Ok((status, answer)) => {
                     let detail =
                         String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
-                    last = format!("HTTP {status}: {detail}");
-                    if (400..500).contains(&status) && status != 429 {
-                        break; // The request itself is wrong: retrying won't help.
-                    }
+                    // A 4xx other than 429 means the request itself is wrong: retrying won't help.
+                    let retry = !(400..500).contains(&status) || status == 429;
+                    Err((format!("HTTP {status}: {detail}"), retry))
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => Err((e.to_string(), true)),
             }
-        }
-        Err(EngineError::Failed(format!("openai provider: {last}")))
+        })
     }
 }
 
