@@ -5,7 +5,8 @@
 //! core and owns the sockets of the streams whose local port maps to it (`port / 2 % workers`).
 //! A stream's state ([`RtpReceiver`]) lives on exactly that worker: no locks, no shared
 //! atomics and no allocation on the per-packet path. Decoded frames leave through the worker's
-//! own SPSC ring to the recorder; a full ring drops and counts, never blocks.
+//! own SPSC ring to the recorder (and, for transcribed streams, a second one to STT); a full
+//! ring drops and counts, never blocks.
 //!
 //! Each iteration (TigerBeetle's io loop): apply control commands, wait for datagrams (at
 //! most 10 ms), read the clock once, handle a bounded batch — io_uring multishot recvmsg

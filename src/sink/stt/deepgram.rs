@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
 
 use super::engine::{to_pcm16, with_retries, Engine, EngineError, Recognized};
-use super::openai::{parse_url, tcp_connect, tls_connector, Endpoint};
+use super::openai::{endpoint_for, tcp_connect, Endpoint};
 
 #[derive(Debug, Clone)]
 pub struct DeepgramConfig {
@@ -43,11 +43,7 @@ struct Failure {
 
 impl DeepgramEngine {
     pub fn new(config: DeepgramConfig) -> Result<DeepgramEngine, EngineError> {
-        let endpoint = parse_url(&config.url).map_err(EngineError::Failed)?;
-        let tls = match endpoint.tls {
-            false => None,
-            true => Some(tls_connector()?),
-        };
+        let (endpoint, tls) = endpoint_for(&config.url)?;
         Ok(DeepgramEngine {
             config,
             endpoint,

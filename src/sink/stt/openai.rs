@@ -84,13 +84,21 @@ pub(super) fn tcp_connect(e: &Endpoint, timeout: Duration) -> std::io::Result<Tc
     Ok(tcp)
 }
 
-/// A TLS client context with the system's roots (hostnames are checked at connect).
-pub(super) fn tls_connector() -> Result<openssl::ssl::SslConnector, EngineError> {
-    Ok(
-        openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
-            .map_err(|e| EngineError::Failed(format!("TLS: {e}")))?
-            .build(),
-    )
+/// `url` parsed, with a TLS client context (system roots, hostnames checked at connect)
+/// when it is https:// or wss://.
+pub(super) fn endpoint_for(
+    url: &str,
+) -> Result<(Endpoint, Option<openssl::ssl::SslConnector>), EngineError> {
+    let endpoint = parse_url(url).map_err(EngineError::Failed)?;
+    let tls = match endpoint.tls {
+        false => None,
+        true => Some(
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                .map_err(|e| EngineError::Failed(format!("TLS: {e}")))?
+                .build(),
+        ),
+    };
+    Ok((endpoint, tls))
 }
 
 pub struct OpenAiEngine {
@@ -101,11 +109,7 @@ pub struct OpenAiEngine {
 
 impl OpenAiEngine {
     pub fn new(config: OpenAiConfig) -> Result<OpenAiEngine, EngineError> {
-        let endpoint = parse_url(&config.url).map_err(EngineError::Failed)?;
-        let tls = match endpoint.tls {
-            false => None,
-            true => Some(tls_connector()?),
-        };
+        let (endpoint, tls) = endpoint_for(&config.url)?;
         Ok(OpenAiEngine {
             config,
             endpoint,
