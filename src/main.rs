@@ -511,7 +511,7 @@ async fn control_plane(
     let api_state = ApiState::new(
         config.recording.dir.clone(),
         config.recording.min_free_mb,
-        config.http.api_key.clone(),
+        api::auth::Auth::from_config(&config.http, &config.auth),
         api_tx,
     );
     api_state.set_config(serde_json::to_value(&config).unwrap_or_default());
@@ -1024,6 +1024,18 @@ fn reload(
             if new.http.api_key != config.http.api_key {
                 changed.push("http.api_key".to_owned());
             }
+            // Secrets are not serialized, so the diff above cannot see them.
+            if new.auth.api_keys != config.auth.api_keys {
+                changed.push("auth.api_keys".to_owned());
+            }
+            if new.auth.jwt_secret != config.auth.jwt_secret {
+                changed.push("auth.jwt_secret".to_owned());
+            }
+            if new.auth.jwt_public_key_pem != config.auth.jwt_public_key_pem
+                && !changed.iter().any(|k| k == "auth.jwt_public_key_file")
+            {
+                changed.push("auth.jwt_public_key_file".to_owned());
+            }
             const LIVE: &[&str] = &[
                 "sip.max_concurrent_calls",
                 "sip.require_siprec",
@@ -1035,14 +1047,14 @@ fn reload(
             ];
             let (applied, restart): (Vec<String>, Vec<String>) = changed
                 .into_iter()
-                .partition(|k| LIVE.contains(&k.as_str()));
+                .partition(|k| LIVE.contains(&k.as_str()) || k.starts_with("auth."));
             sessions.set_limits(
                 new.sip.max_concurrent_calls,
                 new.sip.require_siprec,
                 new.media.rtp_timeout_s as u64 * 1_000_000_000,
                 new.media.max_call_duration_s as u64 * 1_000_000_000,
             );
-            api_state.set_api_key(new.http.api_key.clone());
+            api_state.set_auth(api::auth::Auth::from_config(&new.http, &new.auth));
             api_state.set_rate_limit(new.http.rate_limit_per_s);
             api_state.set_min_free_mb(new.recording.min_free_mb);
             // Keys that need a restart keep their running values.
@@ -1052,6 +1064,7 @@ fn reload(
             merged.media.rtp_timeout_s = new.media.rtp_timeout_s;
             merged.media.max_call_duration_s = new.media.max_call_duration_s;
             merged.http.api_key = new.http.api_key.clone();
+            merged.auth = new.auth.clone();
             merged.http.rate_limit_per_s = new.http.rate_limit_per_s;
             merged.recording.min_free_mb = new.recording.min_free_mb;
             *config = merged;

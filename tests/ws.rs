@@ -1,6 +1,7 @@
 //! `/ws/transcriptions` and `/ws/analytics` over real WebSocket clients (tokio-tungstenite):
 //! call events with and without a `call_id` filter, token auth with API_KEY, a malformed
-//! client frame, a plain HTTP GET, and 200 concurrent clients.
+//! client frame, a plain HTTP GET, 200 concurrent clients, JWT bearer tokens and protected
+//! read-only routes.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 type Client =
@@ -287,4 +289,145 @@ fn talk_analytics_from_audio() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
     assert_eq!(meta["analytics"]["final"], true, "{meta}");
+}
+
+/// Signs `claims` as an RS256 JWT with the `openssl` command-line tool: an implementation
+/// independent of the server's verifier.
+fn rs256_token(key: &std::path::Path, claims: &serde_json::Value) -> String {
+    use siprec::api::auth::b64url_encode;
+    let input = format!(
+        "{}.{}",
+        b64url_encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url_encode(claims.to_string().as_bytes())
+    );
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    format!("{input}.{}", b64url_encode(&out.stdout))
+}
+
+/// JWT (RS256, key from `openssl genrsa`) and API keys from `API_KEYS` on HTTP and WebSocket;
+/// `AUTH_PROTECT_READS` closes read-only routes but not the probes; expired, foreign-issuer
+/// and tampered tokens get 403 with the reason, no credential 401.
+#[test]
+fn jwt_tokens_and_protected_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("public.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let ok = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let rt = runtime();
+    let _server = Server::start(
+        45,
+        &[
+            ("API_KEYS", "ops-key, dash-key"),
+            ("AUTH_JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
+            ("AUTH_JWT_ISSUER", "idp.example"),
+            ("AUTH_PROTECT_READS", "true"),
+        ],
+    );
+    let ports = TestPorts::new(45);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = rs256_token(&key, &json!({"iss": "idp.example", "exp": now + 600}));
+    let expired = rs256_token(&key, &json!({"iss": "idp.example", "exp": now - 600}));
+    let foreign = rs256_token(&key, &json!({"iss": "evil.example", "exp": now + 600}));
+    let tampered = {
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        let (h, _) = head.split_once('.').unwrap();
+        let claims = json!({"iss": "idp.example", "exp": now + 600, "admin": true});
+        let payload = siprec::api::auth::b64url_encode(claims.to_string().as_bytes());
+        format!("{h}.{payload}.{sig}")
+    };
+
+    for probe in ["/health/live", "/health/ready", "/health"] {
+        let (status, body) = http(ports.http, "GET", probe, &[], "");
+        assert!(status == 200 || status == 503, "{probe}: {status} {body}");
+    }
+    let (status, body) = http(ports.http, "GET", "/api/sessions", &[], "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+    let bearer = format!("Bearer {good}");
+    let (status, body) = http(
+        ports.http,
+        "GET",
+        "/api/sessions",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(
+        ports.http,
+        "GET",
+        "/status",
+        &[("X-API-Key", "dash-key")],
+        "",
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http(ports.http, "GET", "/metrics?api_key=ops-key", &[], "");
+    assert_eq!(status, 200);
+    for (token, why) in [
+        (&expired, "expired"),
+        (&foreign, "issuer"),
+        (&tampered, "signature"),
+    ] {
+        let h = format!("Bearer {token}");
+        let (status, body) = http(
+            ports.http,
+            "GET",
+            "/api/sessions",
+            &[("Authorization", &h)],
+            "",
+        );
+        assert_eq!(status, 403, "{why}: {body}");
+        assert!(body.contains(why), "{why}: {body}");
+    }
+    let (status, body) = http(
+        ports.http,
+        "POST",
+        "/api/sessions/pause-all",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+
+    rt.block_on(async {
+        let path = format!("/ws/transcriptions?token={good}");
+        let mut ws = connect(ports.http, &path).await;
+        let hello = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(hello["type"], "connected");
+        let path = format!("/ws/analytics?token={expired}");
+        let mut ws = connect(ports.http, &path).await;
+        let err = next_json(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["message"], "token expired");
+    });
 }

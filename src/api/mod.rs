@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::session::CallSummary;
 
+pub mod auth;
 pub mod gdpr;
 pub mod metrics;
 pub mod ws;
@@ -114,8 +115,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// To the control plane, for routes that change calls.
     pub commands: tokio::sync::mpsc::Sender<ApiRequest>,
-    /// `API_KEY`: required on mutating routes when set (changes on reload).
-    api_key: std::sync::RwLock<Option<String>>,
+    /// API keys and JWT checks (changes on reload).
+    auth: std::sync::RwLock<Arc<auth::Auth>>,
     pub recording_dir: PathBuf,
     min_free_mb: std::sync::atomic::AtomicU64,
     /// The running configuration as JSON (secrets already left out by its serializer).
@@ -137,14 +138,14 @@ impl ApiState {
     pub fn new(
         recording_dir: PathBuf,
         min_free_mb: u64,
-        api_key: Option<String>,
+        auth: auth::Auth,
         commands: tokio::sync::mpsc::Sender<ApiRequest>,
     ) -> Arc<ApiState> {
         Arc::new(ApiState {
             snapshot: Mutex::new(Snapshot::default()),
             metrics: Metrics::new(),
             commands,
-            api_key: std::sync::RwLock::new(api_key),
+            auth: std::sync::RwLock::new(Arc::new(auth)),
             recording_dir,
             min_free_mb: std::sync::atomic::AtomicU64::new(min_free_mb),
             config: Mutex::new(Value::Null),
@@ -162,11 +163,8 @@ impl ApiState {
         let _ = self.ws.set(hub);
     }
 
-    fn api_key(&self) -> Option<String> {
-        self.api_key
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn auth(&self) -> Arc<auth::Auth> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Requests per second per client address (0 disables the limit).
@@ -184,8 +182,8 @@ impl ApiState {
         *self.reload_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
-    pub fn set_api_key(&self, key: Option<String>) {
-        *self.api_key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    pub fn set_auth(&self, auth: auth::Auth) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
     }
 
     pub fn set_min_free_mb(&self, mb: u64) {
@@ -331,7 +329,13 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
             "/ws/analytics" => ws::Feed::Analytics,
             _ => ws::Feed::Transcriptions,
         };
-        return ws::upgrade(state.ws.get().cloned(), state.api_key(), feed, req);
+        return ws::upgrade(state.ws.get().cloned(), state.auth(), feed, req);
+    }
+    // Probes stay open so a load balancer or systemd needs no credential.
+    if state.auth().protect_reads && !path.starts_with("/health") {
+        if let Err(resp) = authorize(state, &req, &query) {
+            return resp;
+        }
     }
     let (path, query, method) = (path.as_str(), query.as_str(), &method);
     let known = |p: &str| ROUTES.iter().any(|(_, route)| *route == p);
@@ -879,46 +883,65 @@ async fn compliance_route(
     }
 }
 
-/// `X-API-Key` header or `api_key` query parameter, compared in constant time.
+/// The API key (`X-API-Key`, `?api_key=`) and bearer token (`Authorization: Bearer`,
+/// `?token=`) a request carries.
+pub(crate) fn credentials(
+    headers: &hyper::HeaderMap,
+    query: &str,
+) -> (Option<String>, Option<String>) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let key = header("x-api-key")
+        .map(str::to_owned)
+        .or_else(|| query_param(query, "api_key"));
+    let bearer = header("authorization")
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        })
+        .or_else(|| query_param(query, "token"));
+    (key, bearer)
+}
+
+/// Checks the request's credential against the running policy (`auth.rs`): 401 with
+/// `WWW-Authenticate` when it carries none, 403 when it is wrong.
 #[allow(clippy::result_large_err)]
 fn authorize(
     state: &ApiState,
     req: &Request<Incoming>,
     query: &str,
 ) -> Result<(), Response<Full<Bytes>>> {
-    let expected = state
-        .api_key
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let Some(expected) = expected else {
+    let policy = state.auth();
+    if !policy.enabled() {
         return Ok(());
+    }
+    let (key, bearer) = credentials(req.headers(), query);
+    let credential = match (&key, &bearer) {
+        (Some(k), _) => auth::Credential::ApiKey(k),
+        (None, Some(t)) => auth::Credential::Bearer(t),
+        (None, None) => auth::Credential::None,
     };
-    let given = req
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query_param(query, "api_key"));
-    match given {
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "X-API-Key required",
-        )),
-        Some(k) if constant_time_eq(k.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::FORBIDDEN, "forbidden", "invalid API key")),
+    match policy.check(credential, unix_ms() / 1000) {
+        Ok(()) => Ok(()),
+        Err(auth::Denied::Missing) => {
+            let msg = "X-API-Key or Authorization: Bearer required";
+            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+            resp.headers_mut().insert(
+                "WWW-Authenticate",
+                hyper::header::HeaderValue::from_static("Bearer realm=\"siprec\""),
+            );
+            Err(resp)
+        }
+        Err(auth::Denied::Invalid(why)) => Err(error(StatusCode::FORBIDDEN, "forbidden", &why)),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `{"pause_recording": bool, "pause_transcription": bool}`; both default to true.
 /// The request body, at most `BODY_MAX_BYTES`; else the 413 envelope to answer with.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     use http_body_util::BodyExt;
@@ -929,6 +952,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     })
 }
 
+/// `{"pause_recording": bool, "pause_transcription": bool}`; both default to true.
 #[allow(clippy::result_large_err)]
 async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Full<Bytes>>> {
     let bytes = read_body(req).await?;

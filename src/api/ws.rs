@@ -87,7 +87,7 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 /// and a close frame, as the reference server does.
 pub fn upgrade(
     hub: Option<WsHub>,
-    api_key: Option<String>,
+    auth: Arc<super::auth::Auth>,
     feed: Feed,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -133,19 +133,21 @@ pub fn upgrade(
             let _ = getrandom::fill(&mut b);
             format!("ws-{:016x}", u64::from_le_bytes(b))
         });
-    let token = query_param(&query, "token").or_else(|| {
-        headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_owned())
-    });
-    let refusal: Option<(CloseCode, String)> = match (&api_key, &token, &hub) {
-        (_, _, None) => Some((CloseCode::Again, "event bus not running".into())),
-        (Some(want), got, _) if got.as_deref() != Some(want.as_str()) => {
-            Some((CloseCode::Policy, "missing or invalid token".into()))
-        }
-        _ => None,
+    let (api_key, bearer) = super::credentials(headers, &query);
+    // Browsers cannot set headers on a WebSocket: `?token=` carries a JWT or an API key.
+    let credential = match (&api_key, &bearer) {
+        (Some(k), _) => super::auth::Credential::ApiKey(k),
+        (None, Some(t)) => super::auth::Credential::Bearer(t),
+        (None, None) => super::auth::Credential::None,
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let refusal: Option<(CloseCode, String)> = match (auth.check(credential, now_s), &hub) {
+        (_, None) => Some((CloseCode::Again, "event bus not running".into())),
+        (Err(super::auth::Denied::Missing), _) => Some((CloseCode::Policy, "missing token".into())),
+        (Err(super::auth::Denied::Invalid(why)), _) => Some((CloseCode::Policy, why)),
+        (Ok(()), Some(_)) => None,
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {

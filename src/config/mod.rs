@@ -23,6 +23,35 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub stt: SttConfig,
     pub analytics: AnalyticsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call the HTTP API besides `API_KEY` (`docs/api.md`, Authentication). Everything
+/// here can change on reload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthConfig {
+    /// `API_KEYS` (comma-separated): more accepted API keys. Never serialized.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// `AUTH_JWT_SECRET`: HS256 tokens are accepted, signed with this (≥ 32 bytes). Never
+    /// serialized.
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<String>,
+    /// `AUTH_JWT_PUBLIC_KEY_FILE`: RS256 tokens are accepted, signed by this RSA key (PEM public
+    /// key or certificate, ≥ 2048 bits).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// The file's contents, read and checked when the configuration is built.
+    #[serde(skip_serializing)]
+    pub jwt_public_key_pem: Option<Vec<u8>>,
+    /// `AUTH_JWT_ISSUER`: required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// `AUTH_JWT_AUDIENCE`: required `aud` claim.
+    pub jwt_audience: Option<String>,
+    /// `AUTH_JWT_LEEWAY`: clock skew allowed on `exp`/`nbf`, seconds (default 30).
+    pub jwt_leeway_s: u64,
+    /// `AUTH_PROTECT_READS`: read-only routes need a credential too (probes under `/health/`
+    /// stay open).
+    pub protect_reads: bool,
 }
 
 /// Text analytics of transcripts (`docs/events.md`).
@@ -271,6 +300,20 @@ pub struct FileConfig {
     pub stt: FileStt,
     #[serde(default)]
     pub analytics: FileAnalytics,
+    #[serde(default)]
+    pub auth: FileAuth,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    pub api_keys: Option<Vec<String>>,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_s: Option<u64>,
+    pub protect_reads: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -454,6 +497,13 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_DEEPGRAM_API_KEY", "stt.deepgram_api_key"),
     ("STT_DEEPGRAM_MODEL", "stt.deepgram_model"),
     ("ANALYTICS_KEYWORDS", "analytics.keywords"),
+    ("API_KEYS", "auth.api_keys"),
+    ("AUTH_JWT_SECRET", "auth.jwt_secret"),
+    ("AUTH_JWT_PUBLIC_KEY_FILE", "auth.jwt_public_key_file"),
+    ("AUTH_JWT_ISSUER", "auth.jwt_issuer"),
+    ("AUTH_JWT_AUDIENCE", "auth.jwt_audience"),
+    ("AUTH_JWT_LEEWAY", "auth.jwt_leeway_s"),
+    ("AUTH_PROTECT_READS", "auth.protect_reads"),
 ];
 
 impl FileConfig {
@@ -721,6 +771,7 @@ impl Config {
             let allowed = "a Whisper language code such as en, de, es, or auto";
             return Err(invalid("STT_LANGUAGE", stt.language.clone(), allowed));
         }
+        let auth = auth_config(&f.auth)?;
         Ok(Config {
             sip,
             http,
@@ -729,6 +780,7 @@ impl Config {
             dataplane,
             amqp,
             stt,
+            auth,
             analytics: AnalyticsConfig {
                 keywords: f
                     .analytics
@@ -754,6 +806,59 @@ impl Config {
         }
         local
     }
+}
+
+/// Checks the JWT keys here, so a bad key file fails start-up, validate and reload alike.
+fn auth_config(a: &FileAuth) -> Result<AuthConfig, ConfigError> {
+    let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
+    let jwt_secret = nonempty(&a.jwt_secret);
+    if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        let allowed = "at least 32 bytes (RFC 7518 §3.2: an HS256 key of 256 bits or more)";
+        return Err(invalid("AUTH_JWT_SECRET", "(hidden)", allowed));
+    }
+    let jwt_public_key_file = a
+        .jwt_public_key_file
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty());
+    if jwt_secret.is_some() && jwt_public_key_file.is_some() {
+        let allowed = "either AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY_FILE, not both";
+        return Err(invalid("AUTH_JWT_PUBLIC_KEY_FILE", "(both set)", allowed));
+    }
+    let jwt_public_key_pem = match &jwt_public_key_file {
+        None => None,
+        Some(path) => {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "AUTH_JWT_PUBLIC_KEY_FILE",
+                    shown.clone(),
+                    format!("a readable file ({e})"),
+                )
+            })?;
+            crate::api::auth::JwtKey::rs256_from_pem(&pem).map_err(|e| {
+                let allowed = format!("an RSA public key or certificate in PEM ({e})");
+                invalid("AUTH_JWT_PUBLIC_KEY_FILE", shown, allowed)
+            })?;
+            Some(pem)
+        }
+    };
+    Ok(AuthConfig {
+        api_keys: a
+            .api_keys
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect(),
+        jwt_secret,
+        jwt_public_key_file,
+        jwt_public_key_pem,
+        jwt_issuer: nonempty(&a.jwt_issuer),
+        jwt_audience: nonempty(&a.jwt_audience),
+        jwt_leeway_s: a.jwt_leeway_s.unwrap_or(30),
+        protect_reads: a.protect_reads.unwrap_or(false),
+    })
 }
 
 fn invalid(key: &'static str, value: impl Into<String>, allowed: impl Into<String>) -> ConfigError {
@@ -916,6 +1021,13 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "ANALYTICS_KEYWORDS" => {
             f.analytics.keywords = Some(v.split(',').map(|k| k.trim().to_owned()).collect())
         }
+        "API_KEYS" => f.auth.api_keys = Some(v.split(',').map(|k| k.trim().to_owned()).collect()),
+        "AUTH_JWT_SECRET" => f.auth.jwt_secret = Some(v.to_owned()),
+        "AUTH_JWT_PUBLIC_KEY_FILE" => f.auth.jwt_public_key_file = Some(v.trim().into()),
+        "AUTH_JWT_ISSUER" => f.auth.jwt_issuer = Some(v.trim().to_owned()),
+        "AUTH_JWT_AUDIENCE" => f.auth.jwt_audience = Some(v.trim().to_owned()),
+        "AUTH_JWT_LEEWAY" => f.auth.jwt_leeway_s = Some(parse_num(key, v, SECONDS)?),
+        "AUTH_PROTECT_READS" => f.auth.protect_reads = Some(parse_bool(key, v)?),
         "STT_OPENAI_API_KEY" => f.stt.openai_api_key = Some(v.trim().to_owned()),
         "STT_OPENAI_MODEL" => f.stt.openai_model = Some(v.trim().to_owned()),
         "STT_REQUEST_TIMEOUT" => {
@@ -983,6 +1095,37 @@ mod tests {
             assert!(err.contains(value), "{err}");
             assert!(err.contains(allowed), "{err}");
         }
+    }
+
+    /// JWT settings are checked when built: short HS256 secrets, both key kinds at once, and
+    /// an unreadable or non-RSA key file are refused, naming the key and never the secret.
+    #[test]
+    fn auth_keys_are_checked() {
+        let build = |pairs: &[(&'static str, &str)]| {
+            let env: Vec<_> = pairs.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            Config::build(FileConfig::default(), &env).map_err(|e| e.to_string())
+        };
+        let err = build(&[("AUTH_JWT_SECRET", "short-secret")]).unwrap_err();
+        assert!(
+            err.contains("AUTH_JWT_SECRET") && !err.contains("short-secret"),
+            "{err}"
+        );
+        let long = "0123456789abcdef0123456789abcdef";
+        let c = build(&[("AUTH_JWT_SECRET", long), ("API_KEYS", "a, ,b")]).unwrap();
+        assert_eq!(c.auth.api_keys, ["a", "b"]);
+        assert!(!serde_json::to_string(&c).unwrap().contains(long));
+        let err = build(&[
+            ("AUTH_JWT_SECRET", long),
+            ("AUTH_JWT_PUBLIC_KEY_FILE", "/x"),
+        ]);
+        assert!(err.unwrap_err().contains("not both"));
+        let err = build(&[("AUTH_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")]).unwrap_err();
+        assert!(
+            err.contains("/nonexistent/key.pem") && err.contains("readable"),
+            "{err}"
+        );
+        let err = build(&[("AUTH_JWT_PUBLIC_KEY_FILE", "Cargo.toml")]).unwrap_err();
+        assert!(err.contains("PEM"), "{err}");
     }
 
     /// RTP_PORT_MAX must be above RTP_PORT_MIN, and SIP ports may not sit inside the range.
