@@ -515,6 +515,8 @@ async fn control_plane(
         api_tx,
     );
     api_state.set_config(serde_json::to_value(&config).unwrap_or_default());
+    // Never plain HTTP when HTTPS was asked for.
+    api_state.set_tls(http_tls(&config.http).map_err(anyhow::Error::msg)?);
     api_state.set_rate_limit(config.http.rate_limit_per_s);
     if let Some(jobs) = &stt_state.jobs {
         let _ = api_state.stt_jobs.set(jobs.clone());
@@ -1003,6 +1005,16 @@ impl Io {
     }
 }
 
+/// The HTTPS context of `HTTP_TLS_CERT_FILE`/`HTTP_TLS_KEY_FILE`, None for plain HTTP.
+fn http_tls(
+    http: &siprec::config::HttpConfig,
+) -> Result<Option<openssl::ssl::SslAcceptor>, String> {
+    match (&http.tls_cert_file, &http.tls_key_file) {
+        (Some(cert), Some(key)) => api::tls::acceptor(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Re-reads the configuration (file → environment → the original flags), applies what can
 /// change while running and reports what needs a restart. The running configuration is kept
 /// when the new one is invalid.
@@ -1043,6 +1055,8 @@ fn reload(
                 "media.max_call_duration_s",
                 "http.api_key",
                 "http.rate_limit_per_s",
+                "http.tls_cert_file",
+                "http.tls_key_file",
                 "recording.min_free_mb",
             ];
             let (applied, restart): (Vec<String>, Vec<String>) = changed
@@ -1055,6 +1069,14 @@ fn reload(
                 new.media.max_call_duration_s as u64 * 1_000_000_000,
             );
             api_state.set_auth(api::auth::Auth::from_config(&new.http, &new.auth));
+            // Always rebuilt: a renewed certificate usually keeps its file name. A file that
+            // changed between the check and here keeps the running context.
+            match http_tls(&new.http) {
+                Ok(tls) => api_state.set_tls(tls),
+                Err(e) => {
+                    tracing::error!(error = %e, "HTTPS certificate unusable; keeping the old")
+                }
+            }
             api_state.set_rate_limit(new.http.rate_limit_per_s);
             api_state.set_min_free_mb(new.recording.min_free_mb);
             // Keys that need a restart keep their running values.
@@ -1065,6 +1087,8 @@ fn reload(
             merged.media.max_call_duration_s = new.media.max_call_duration_s;
             merged.http.api_key = new.http.api_key.clone();
             merged.auth = new.auth.clone();
+            merged.http.tls_cert_file = new.http.tls_cert_file.clone();
+            merged.http.tls_key_file = new.http.tls_key_file.clone();
             merged.http.rate_limit_per_s = new.http.rate_limit_per_s;
             merged.recording.min_free_mb = new.recording.min_free_mb;
             *config = merged;

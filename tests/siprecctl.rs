@@ -160,3 +160,127 @@ fn siprecctl_drives_the_api() {
     let (code, out) = ctl(ports.http, &["events", "--count", "1"]);
     assert_eq!(code, 1, "no token: refused: {out}");
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, written to `dir/{name}.crt|.key`.
+fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (cert, key)
+}
+
+/// `curl -i` over HTTPS trusting `ca`: the status line and headers, or None when curl fails
+/// (certificate not trusted, handshake refused).
+fn curl(port: u16, ca: &std::path::Path, path: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// HTTPS on the API (HTTP_TLS_CERT_FILE/HTTP_TLS_KEY_FILE): curl and siprecctl (REST and the
+/// WebSocket) verify the certificate, a plain-HTTP client is refused and counted, and a
+/// certificate replaced on disk is served after SIGHUP without a restart.
+#[test]
+fn https_api_and_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = self_signed(dir.path(), "siprec-a");
+    let (cert, key) = (dir.path().join("live.crt"), dir.path().join("live.key"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let server = Server::start(
+        46,
+        &[
+            ("API_KEY", "k"),
+            ("HTTP_TLS_CERT_FILE", cert.to_str().unwrap()),
+            ("HTTP_TLS_KEY_FILE", key.to_str().unwrap()),
+        ],
+    );
+    let port = TestPorts::new(46).http;
+    let head = curl(port, &cert_a, "/status").expect("curl trusts certificate A");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("server: siprec/"),
+        "{head}"
+    );
+
+    let url = format!("https://127.0.0.1:{port}");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+            .env_clear()
+            .args(["--url", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let ca = cert_a.to_str().unwrap();
+    let (code, text) = ctl(&["--cacert", ca, "--json", "status"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("\"version\""), "{text}");
+    let (code, text) = ctl(&["--cacert", ca, "--api-key", "k", "pause", "--all"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = ctl(&["status"]);
+    assert_eq!(code, 2, "an untrusted certificate is refused: {text}");
+    assert!(text.contains("TLS"), "{text}");
+    let (code, text) = ctl(&["--cacert", ca, "--api-key", "wrong", "events"]);
+    assert_eq!(
+        code, 1,
+        "the WebSocket over TLS refuses a wrong key: {text}"
+    );
+    assert!(text.contains("invalid API key"), "{text}");
+
+    // Plain HTTP on the HTTPS port: no answer, and the failed handshake is counted.
+    assert!(!matches!(http_get(port, "/status"), Ok((200, _))));
+    let metrics = curl(port, &cert_a, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("siprec_http_tls_handshake_failures_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+
+    // Renewal: a new certificate and key replace the files; SIGHUP serves them.
+    let (cert_b, key_b) = self_signed(dir.path(), "siprec-b");
+    assert!(curl(port, &cert_b, "/status").is_none(), "B not served yet");
+    let tmp = dir.path().join("next.key");
+    std::fs::copy(&key_b, &tmp).unwrap();
+    std::fs::rename(&tmp, &key).unwrap();
+    std::fs::copy(&cert_b, &tmp).unwrap();
+    std::fs::rename(&tmp, &cert).unwrap();
+    server.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while curl(port, &cert_b, "/status").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        curl(port, &cert_a, "/status").is_none(),
+        "A no longer served"
+    );
+}

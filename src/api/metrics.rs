@@ -119,6 +119,8 @@ pub struct Metrics {
     amqp_events: IntCounterVec,
     amqp_connected: IntGauge,
     ws_clients: IntGauge,
+    /// Counted by the HTTP server itself as handshakes fail.
+    pub tls_handshake_failures: prometheus::IntCounter,
     amqp_buffered: IntGauge,
     stt_utterances: IntCounterVec,
     stt_transcripts: IntCounterVec,
@@ -308,6 +310,15 @@ impl Metrics {
                 "Events waiting to be published or confirmed",
             ),
             ws_clients: gauge(&r, "websocket_clients", "Clients connected to /ws/*"),
+            tls_handshake_failures: {
+                let help = "HTTPS connections whose TLS handshake failed or timed out";
+                let opts = Opts::new("http_tls_handshake_failures_total", help);
+                let c = prometheus::IntCounter::with_opts(opts.namespace("siprec"))
+                    .expect("metric names are static and valid");
+                r.register(Box::new(c.clone()))
+                    .expect("each metric is registered once");
+                c
+            },
             active_calls: gauge(&r, "active_calls", "Recording sessions in progress"),
             ports: gauge_vec(&r, "rtp_ports", "RTP port pool", &["state"]),
             disk_free: gauge(

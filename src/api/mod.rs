@@ -21,6 +21,7 @@ use crate::session::CallSummary;
 pub mod auth;
 pub mod gdpr;
 pub mod metrics;
+pub mod tls;
 pub mod ws;
 
 pub use metrics::{Metrics, MetricsSnapshot, RecorderTotals, SipCounters};
@@ -117,6 +118,8 @@ pub struct ApiState {
     pub commands: tokio::sync::mpsc::Sender<ApiRequest>,
     /// API keys and JWT checks (changes on reload).
     auth: std::sync::RwLock<Arc<auth::Auth>>,
+    /// HTTPS when set (`HTTP_TLS_CERT_FILE`/`HTTP_TLS_KEY_FILE`); replaced on reload.
+    tls: std::sync::RwLock<Option<Arc<openssl::ssl::SslAcceptor>>>,
     pub recording_dir: PathBuf,
     min_free_mb: std::sync::atomic::AtomicU64,
     /// The running configuration as JSON (secrets already left out by its serializer).
@@ -146,6 +149,7 @@ impl ApiState {
             metrics: Metrics::new(),
             commands,
             auth: std::sync::RwLock::new(Arc::new(auth)),
+            tls: std::sync::RwLock::new(None),
             recording_dir,
             min_free_mb: std::sync::atomic::AtomicU64::new(min_free_mb),
             config: Mutex::new(Value::Null),
@@ -180,6 +184,15 @@ impl ApiState {
 
     pub fn set_reload_status(&self, status: Value) {
         *self.reload_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// Serves new connections over TLS with this context (None: plain HTTP).
+    pub fn set_tls(&self, tls: Option<openssl::ssl::SslAcceptor>) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = tls.map(Arc::new);
+    }
+
+    fn tls(&self) -> Option<Arc<openssl::ssl::SslAcceptor>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_auth(&self, auth: auth::Auth) {
@@ -263,7 +276,7 @@ fn workers_alive(snap: &Snapshot) -> (usize, usize) {
 /// A worker whose loop hasn't turned for this long is considered stuck.
 const WORKER_STALE_MS: u64 = 2_000;
 
-/// Serves HTTP on `listener` until the task is dropped.
+/// Serves HTTP (or HTTPS, see [`ApiState::set_tls`]) on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -276,31 +289,65 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    if let Some(retry) = state.rate.check(peer.ip(), std::time::Instant::now()) {
-                        let mut resp = error(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
-                            "too many requests",
-                        );
-                        if let Ok(v) = hyper::header::HeaderValue::from_str(&retry.to_string()) {
-                            resp.headers_mut().insert("Retry-After", v);
-                        }
-                        return Ok::<_, Infallible>(resp);
-                    }
-                    Ok::<_, Infallible>(route(&state, req).await)
+            let Some(tls) = state.tls() else {
+                return connection(stream, peer, state).await;
+            };
+            match tls_accept(&tls, stream).await {
+                Ok(stream) => connection(stream, peer, state).await,
+                Err(e) => {
+                    state.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(64 * 1024)
-                .serve_connection(io, service)
-                .with_upgrades();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(300), conn).await;
+            }
         });
     }
+}
+
+/// A client that hasn't finished its TLS handshake in this time is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn tls_accept(
+    tls: &openssl::ssl::SslAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> Result<tokio_openssl::SslStream<tokio::net::TcpStream>, String> {
+    let ssl = openssl::ssl::Ssl::new(tls.context()).map_err(|e| e.to_string())?;
+    let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    let handshake = std::pin::Pin::new(&mut stream).accept();
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// One HTTP/1.1 connection (keep-alive, upgrades for `/ws/*`), rate-limited per client.
+async fn connection<IO>(io: IO, peer: SocketAddr, state: Arc<ApiState>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            if let Some(retry) = state.rate.check(peer.ip(), std::time::Instant::now()) {
+                let mut resp = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests",
+                );
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&retry.to_string()) {
+                    resp.headers_mut().insert("Retry-After", v);
+                }
+                return Ok::<_, Infallible>(resp);
+            }
+            Ok::<_, Infallible>(route(&state, req).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(300), conn).await;
 }
 
 /// Binds the HTTP listener (separate so start-up can fail early with the address).

@@ -14,7 +14,7 @@ use serde_json::Value;
 #[derive(Parser, Debug)]
 #[command(name = "siprecctl", version, about)]
 struct Cli {
-    /// HTTP API address (host:port) or URL.
+    /// HTTP API address (host:port) or URL; https://… speaks TLS (hostname or IP checked).
     #[arg(
         long,
         global = true,
@@ -25,6 +25,13 @@ struct Cli {
     /// API key for mutating commands (sent as X-API-Key).
     #[arg(long, global = true, env = "SIPRECCTL_API_KEY")]
     api_key: Option<String>,
+    /// JWT sent as Authorization: Bearer (and as ?token= on WebSockets).
+    #[arg(long, global = true, env = "SIPRECCTL_TOKEN")]
+    token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust for https:// instead of the
+    /// system's roots.
+    #[arg(long, global = true, env = "SIPRECCTL_CACERT")]
+    cacert: Option<std::path::PathBuf>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -168,17 +175,17 @@ fn main() {
         count,
     } = &cli.command
     {
-        let addr = api_addr(&cli.url);
         let feed = if *analytics {
             "analytics"
         } else {
             "transcriptions"
         };
+        let target = target_or_exit(&cli);
         std::process::exit(follow_events(
-            &addr,
+            &target,
             feed,
             call_id.as_deref(),
-            cli.api_key.as_deref(),
+            cli.token.as_deref().or(cli.api_key.as_deref()),
             *count,
             cli.json,
         ));
@@ -281,14 +288,12 @@ fn main() {
             (None, false) => usage("resume needs a Call-ID or --all"),
         },
     };
-    let addr = api_addr(&cli.url);
-    match request(
-        &addr,
-        method,
-        &path,
-        cli.api_key.as_deref(),
-        body.as_deref(),
-    ) {
+    let target = target_or_exit(&cli);
+    let auth = Auth {
+        api_key: cli.api_key.as_deref(),
+        token: cli.token.as_deref(),
+    };
+    match request(&target, method, &path, auth, body.as_deref()) {
         Ok((status, text)) => {
             let value: Option<Value> = serde_json::from_str(&text).ok();
             match (&value, cli.json) {
@@ -305,10 +310,120 @@ fn main() {
             });
         }
         Err(e) => {
-            eprintln!("siprecctl: cannot reach {addr}: {e}");
+            eprintln!("siprecctl: cannot reach {}: {e}", target.authority);
             std::process::exit(2);
         }
     }
+}
+
+/// Where the API is and how to reach it.
+struct Target {
+    /// `host:port`, for connecting and the Host header.
+    authority: String,
+    host: String,
+    /// Set for https:// URLs.
+    tls: Option<openssl::ssl::SslConnector>,
+}
+
+fn target_or_exit(cli: &Cli) -> Target {
+    target(&cli.url, cli.cacert.as_deref()).unwrap_or_else(|e| {
+        eprintln!("siprecctl: {e}");
+        std::process::exit(64);
+    })
+}
+
+/// `host:port`, `http://host:port` or `https://host[:port]` (443 by default).
+fn target(url: &str, cacert: Option<&std::path::Path>) -> Result<Target, String> {
+    let (tls, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some((scheme, _)) => return Err(format!("--url: unsupported scheme {scheme}")),
+        None => (false, url),
+    };
+    let authority = rest.split('/').next().unwrap_or("").to_owned();
+    if authority.is_empty() {
+        return Err(format!("--url {url}: no host"));
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !authority.ends_with(']'));
+    let authority = match (has_port, tls) {
+        (true, _) => authority,
+        (false, true) => format!("{authority}:443"),
+        (false, false) => format!("{authority}:80"),
+    };
+    let host = authority
+        .rsplit_once(':')
+        .map_or("", |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tls = match tls {
+        false => None,
+        true => {
+            let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                .map_err(|e| format!("TLS: {e}"))?;
+            if let Some(ca) = cacert {
+                b.set_ca_file(ca)
+                    .map_err(|e| format!("--cacert {}: {e}", ca.display()))?;
+            }
+            Some(b.build())
+        }
+    };
+    Ok(Target {
+        authority,
+        host,
+        tls,
+    })
+}
+
+/// A plain or TLS connection to the API.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<openssl::ssl::SslStream<TcpStream>>),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn connect(target: &Target, read_timeout: Option<Duration>) -> std::io::Result<Conn> {
+    let tcp = TcpStream::connect(&target.authority)?;
+    tcp.set_read_timeout(read_timeout)?;
+    let Some(tls) = &target.tls else {
+        return Ok(Conn::Plain(tcp));
+    };
+    // `connect` checks the certificate against the host name, or the IP address.
+    tls.connect(&target.host, tcp)
+        .map(|s| Conn::Tls(Box::new(s)))
+        .map_err(|e| std::io::Error::other(format!("TLS: {e}")))
+}
+
+#[derive(Clone, Copy)]
+struct Auth<'a> {
+    api_key: Option<&'a str>,
+    token: Option<&'a str>,
 }
 
 fn usage(message: &str) -> ! {
@@ -411,21 +526,24 @@ fn print_human(command: &Command, v: &Value) {
 }
 
 fn request(
-    addr: &str,
+    target: &Target,
     method: &str,
     path: &str,
-    api_key: Option<&str>,
+    auth: Auth<'_>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut s = connect(target, Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
     let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: siprecctl/{}\r\n",
+        "{method} {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: siprecctl/{}\r\n",
+        target.authority,
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(key) = api_key {
+    if let Some(key) = auth.api_key {
         req.push_str(&format!("X-API-Key: {key}\r\n"));
+    }
+    if let Some(token) = auth.token {
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
@@ -448,7 +566,7 @@ fn request(
 
 /// Prints events from `/ws/<feed>` until `count` of them or the server closes; the exit code.
 fn follow_events(
-    addr: &str,
+    target: &Target,
     feed: &str,
     call_id: Option<&str>,
     token: Option<&str>,
@@ -463,11 +581,12 @@ fn follow_events(
     if let Some(t) = token {
         query.push(format!("token={}", encode(t)));
     }
-    let url = format!("ws://{addr}/ws/{feed}?{}", query.join("&"));
-    let stream = match TcpStream::connect(addr) {
+    // The scheme only shapes the handshake request; TLS is already on `stream` for https.
+    let url = format!("ws://{}/ws/{feed}?{}", target.authority, query.join("&"));
+    let stream = match connect(target, None) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("siprecctl: cannot reach {addr}: {e}");
+            eprintln!("siprecctl: cannot reach {}: {e}", target.authority);
             return 2;
         }
     };
@@ -513,13 +632,6 @@ fn follow_events(
             return 0;
         }
     }
-}
-
-/// `host:port` from `--url` (a bare address or an http:// URL).
-fn api_addr(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned()
 }
 
 fn encode(s: &str) -> String {

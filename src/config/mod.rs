@@ -213,6 +213,10 @@ pub struct HttpConfig {
     /// A WebSocket client that falls behind: `drop_oldest` (a `gap` message) or `disconnect`
     /// (`WS_SLOW_CLIENT`).
     pub ws_slow_client: crate::api::ws::SlowClient,
+    /// `HTTP_TLS_CERT_FILE` (PEM chain) and `HTTP_TLS_KEY_FILE`: HTTPS when both are set;
+    /// re-read on reload and SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -386,6 +390,8 @@ pub struct FileHttp {
     pub port: Option<u16>,
     pub api_key: Option<String>,
     pub rate_limit_per_s: Option<u32>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -440,6 +446,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_s"),
     ("WS_MAX_CLIENTS", "http.ws_max_clients"),
     ("WS_SLOW_CLIENT", "http.ws_slow_client"),
+    ("HTTP_TLS_CERT_FILE", "http.tls_cert_file"),
+    ("HTTP_TLS_KEY_FILE", "http.tls_key_file"),
     ("RTP_PORT_MIN", "media.rtp_port_min"),
     ("RTP_PORT_MAX", "media.rtp_port_max"),
     ("RTP_TIMEOUT", "media.rtp_timeout_s"),
@@ -572,9 +580,32 @@ impl Config {
                 .http
                 .ws_slow_client
                 .unwrap_or(crate::api::ws::SlowClient::DropOldest),
+            tls_cert_file: f
+                .http
+                .tls_cert_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            tls_key_file: f
+                .http
+                .tls_key_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
         };
         if http.port == 0 {
             return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
+        }
+        match (&http.tls_cert_file, &http.tls_key_file) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                crate::api::tls::acceptor(cert, key).map_err(|e| {
+                    let allowed = format!("a PEM certificate chain and its key ({e})");
+                    invalid("HTTP_TLS_CERT_FILE", cert.display().to_string(), allowed)
+                })?;
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let allowed = "HTTP_TLS_CERT_FILE and HTTP_TLS_KEY_FILE together";
+                return Err(invalid("HTTP_TLS_KEY_FILE", "(one of the pair)", allowed));
+            }
         }
         let media = MediaConfig {
             rtp_port_min: f.media.rtp_port_min.unwrap_or(10000),
@@ -938,6 +969,8 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "API_KEY" => f.http.api_key = Some(v.to_owned()),
         "HTTP_RATE_LIMIT" => f.http.rate_limit_per_s = Some(parse_num(key, v, COUNT)?),
         "WS_MAX_CLIENTS" => f.http.ws_max_clients = Some(parse_num(key, v, COUNT)?),
+        "HTTP_TLS_CERT_FILE" => f.http.tls_cert_file = Some(v.trim().into()),
+        "HTTP_TLS_KEY_FILE" => f.http.tls_key_file = Some(v.trim().into()),
         "WS_SLOW_CLIENT" => {
             use crate::api::ws::SlowClient;
             f.http.ws_slow_client = Some(match v.trim() {

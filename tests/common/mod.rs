@@ -103,7 +103,8 @@ impl Server {
             ports,
             log,
         };
-        server.wait_ready();
+        let tls = env.iter().any(|(k, _)| *k == "HTTP_TLS_CERT_FILE");
+        server.wait_ready(tls);
         server
     }
 
@@ -119,10 +120,20 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self, tls: bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(self.ports.http, "/health/ready") {
+            if tls {
+                // The certificate is the test's to check; readiness is all this asks.
+                let url = format!("https://127.0.0.1:{}/health/ready", self.ports.http);
+                let ok = std::process::Command::new("curl")
+                    .args(["-sf", "-k", "-o", "/dev/null", "--max-time", "2", &url])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    return;
+                }
+            } else if let Ok((200, _)) = http_get(self.ports.http, "/health/ready") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
