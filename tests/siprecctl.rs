@@ -284,3 +284,51 @@ fn https_api_and_certificate_reload() {
         "A no longer served"
     );
 }
+
+/// The completion scripts and man page generated at build time: bash parses its script and
+/// every one of them knows every subcommand.
+#[test]
+fn completions_and_man_page() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("siprecctl.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let man = run(&["man"]);
+    assert!(man.contains(".TH siprecctl 1"), "{man}");
+    assert!(man.contains("Operator CLI"), "{man}");
+    for text in [
+        bash,
+        run(&["completions", "zsh"]),
+        run(&["completions", "fish"]),
+        man,
+    ] {
+        for sub in [
+            "status", "sessions", "pause", "resume", "config", "gdpr", "events", "stt",
+        ] {
+            assert!(text.contains(sub), "{sub} missing from:\n{text}");
+        }
+    }
+    assert_eq!(
+        Command::new(env!("CARGO_BIN_EXE_siprecctl"))
+            .args(["completions", "powershell"])
+            .status()
+            .unwrap()
+            .code(),
+        Some(2),
+        "clap refuses an unknown shell"
+    );
+}
