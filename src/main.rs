@@ -647,6 +647,7 @@ async fn control_plane(
             }
             _ = tick.tick() => {
                 let now = now();
+                sessions.resume_due(now);
                 while let Some(report) = dataplane.try_report() {
                     match report {
                         dataplane::Report::Stats { streams, .. } => {
@@ -1139,8 +1140,9 @@ fn handle_api(
             call_id: Some(id),
             recording,
             transcription,
+            auto_resume_at_ms,
         } => sessions
-            .pause(now, &id, recording, transcription)
+            .pause(now, &id, (recording, transcription), auto_resume_at_ms)
             .and_then(|s| serde_json::to_value(s).ok()),
         ApiOp::Resume { call_id: Some(id) } => sessions
             .resume(now, &id)
@@ -1152,11 +1154,13 @@ fn handle_api(
             call_id: None,
             recording,
             transcription,
+            auto_resume_at_ms,
         } => {
             let ids = sessions.active_call_ids();
+            let flags = (recording, transcription);
             Some(list(
                 ids.iter()
-                    .filter_map(|id| sessions.pause(now, id, recording, transcription))
+                    .filter_map(|id| sessions.pause(now, id, flags, auto_resume_at_ms))
                     .collect(),
             ))
         }

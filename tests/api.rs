@@ -14,8 +14,19 @@ use siprec::sink::recorder::read_wav;
 /// holds the audio before and after, exactly, and silence in between, of the paused length.
 #[test]
 fn pause_resume_writes_silence_of_the_paused_span() {
-    let server = Server::start(15, &[]);
-    let ports = TestPorts::new(15);
+    paused_span(15, false);
+}
+
+/// The same with `auto_resume_after: 1` instead of a resume request: the server resumes by
+/// itself a second after the pause, and the file is aligned the same way. Bad values are 400.
+#[test]
+fn auto_resume_writes_silence_of_the_paused_span() {
+    paused_span(25, true);
+}
+
+fn paused_span(slot: u16, auto: bool) {
+    let server = Server::start(slot, &[]);
+    let ports = TestPorts::new(slot);
     let mut src = Src::new(ports.src_sip, ports.sip, "pause@127.0.0.1");
     let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
     let ok = src.invite(&ct, &body);
@@ -30,13 +41,25 @@ fn pause_resume_writes_silence_of_the_paused_span() {
         .into_iter()
         .partition(|p| p.at < Duration::from_millis(1000));
     play(&rtp, first, t0);
-    let (status, body) = http(
-        ports.http,
-        "POST",
-        "/api/sessions/pause%40127.0.0.1/pause",
-        &[],
-        "{\"pause_recording\": true, \"pause_transcription\": false}",
-    );
+    let path = "/api/sessions/pause%40127.0.0.1/pause";
+    let request = match auto {
+        false => r#"{"pause_recording": true, "pause_transcription": false}"#,
+        true => {
+            r#"{"pause_recording": true, "pause_transcription": false, "auto_resume_after": 1}"#
+        }
+    };
+    if auto {
+        for bad in [
+            r#"{"auto_resume_at": "2020-01-01T00:00:00Z"}"#,
+            r#"{"auto_resume_at": "tomorrow"}"#,
+            r#"{"auto_resume_after": -1}"#,
+            r#"{"auto_resume_after": 1e9}"#,
+        ] {
+            let (status, body) = http(ports.http, "POST", path, &[], bad);
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+    }
+    let (status, body) = http(ports.http, "POST", path, &[], request);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -45,6 +68,7 @@ fn pause_resume_writes_silence_of_the_paused_span() {
     );
     assert_eq!(v["transcription_paused"], false);
     assert_eq!(v["session_id"], "pause@127.0.0.1");
+    assert_eq!(v["auto_resume_at"].is_string(), auto, "{v}");
     let (second, third): (Vec<_>, Vec<_>) = rest
         .into_iter()
         .partition(|p| p.at < Duration::from_millis(2000));
@@ -58,16 +82,29 @@ fn pause_resume_writes_silence_of_the_paused_span() {
     );
     assert_eq!(status, 200);
     assert!(body.contains("\"is_paused\":true"), "{body}");
-    let (status, body) = http(
+    if !auto {
+        let (status, body) = http(
+            ports.http,
+            "POST",
+            "/api/sessions/pause%40127.0.0.1/resume",
+            &[],
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"is_paused\":false"), "{body}");
+    }
+    play(&rtp, third, t0);
+    let (_, body) = http(
         ports.http,
-        "POST",
-        "/api/sessions/pause%40127.0.0.1/resume",
+        "GET",
+        "/api/sessions/pause%40127.0.0.1/pause-status",
         &[],
         "",
     );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"is_paused\":false"), "{body}");
-    play(&rtp, third, t0);
+    assert!(
+        body.contains("\"is_paused\":false"),
+        "resumed by the end: {body}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(src.bye().status, 200);
 

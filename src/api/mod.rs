@@ -43,6 +43,8 @@ pub enum ApiOp {
         call_id: Option<String>,
         recording: bool,
         transcription: bool,
+        /// Resume by itself at this Unix time (ms).
+        auto_resume_at_ms: Option<u64>,
     },
     /// Resume one call, or every call.
     Resume { call_id: Option<String> },
@@ -515,7 +517,7 @@ async fn session_route(
         }
         (None, "stats") => return method_not_allowed(),
         (None, "pause-all") if method == Method::POST => {
-            let (recording, transcription) = match pause_flags(req).await {
+            let (recording, transcription, auto_resume_at_ms) = match pause_flags(req).await {
                 Ok(f) => f,
                 Err(resp) => return resp,
             };
@@ -523,6 +525,7 @@ async fn session_route(
                 call_id: None,
                 recording,
                 transcription,
+                auto_resume_at_ms,
             }
         }
         (None, "resume-all") if method == Method::POST => ApiOp::Resume { call_id: None },
@@ -533,7 +536,7 @@ async fn session_route(
         },
         (None, _) => return method_not_allowed(),
         (Some((id, "pause")), _) if method == Method::POST => {
-            let (recording, transcription) = match pause_flags(req).await {
+            let (recording, transcription, auto_resume_at_ms) = match pause_flags(req).await {
                 Ok(f) => f,
                 Err(resp) => return resp,
             };
@@ -541,6 +544,7 @@ async fn session_route(
                 call_id: Some(percent_decode(id)),
                 recording,
                 transcription,
+                auto_resume_at_ms,
             }
         }
         (Some((id, "resume")), _) if method == Method::POST => ApiOp::Resume {
@@ -999,12 +1003,16 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     })
 }
 
-/// `{"pause_recording": bool, "pause_transcription": bool}`; both default to true.
+/// `{"pause_recording": bool, "pause_transcription": bool}` (both default to true), and
+/// optionally `"auto_resume_at": "<RFC 3339>"` or `"auto_resume_after": <seconds>` (extension),
+/// at most [`AUTO_RESUME_MAX_S`] ahead.
 #[allow(clippy::result_large_err)]
-async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Full<Bytes>>> {
+async fn pause_flags(
+    req: Request<Incoming>,
+) -> Result<(bool, bool, Option<u64>), Response<Full<Bytes>>> {
     let bytes = read_body(req).await?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok((true, true));
+        return Ok((true, true, None));
     }
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
         error(
@@ -1022,8 +1030,41 @@ async fn pause_flags(req: Request<Incoming>) -> Result<(bool, bool), Response<Fu
             &format!("{name} must be a boolean"),
         )),
     };
-    Ok((flag("pause_recording")?, flag("pause_transcription")?))
+    let bad = |msg: &str| error(StatusCode::BAD_REQUEST, "invalid_field", msg);
+    let now = unix_ms();
+    let resume_at = match (v.get("auto_resume_at"), v.get("auto_resume_after")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(Value::String(t)), None | Some(Value::Null)) => Some(
+            crate::proto::parse_rfc3339_ms(t)
+                .ok_or_else(|| bad("auto_resume_at must be an RFC 3339 time"))?,
+        ),
+        (None | Some(Value::Null), Some(Value::Number(n))) => {
+            let s = n.as_f64().filter(|s| *s > 0.0 && s.is_finite());
+            let s = s.ok_or_else(|| bad("auto_resume_after must be seconds > 0"))?;
+            Some(now.saturating_add((s.min(1e9) * 1000.0) as u64))
+        }
+        (Some(_), Some(_)) => return Err(bad("give auto_resume_at or auto_resume_after")),
+        _ => {
+            return Err(bad(
+                "auto_resume_at must be a string, auto_resume_after a number",
+            ))
+        }
+    };
+    if let Some(at) = resume_at {
+        if at <= now || at - now > AUTO_RESUME_MAX_S * 1000 {
+            let msg = format!("auto resume must be in the future, within {AUTO_RESUME_MAX_S} s");
+            return Err(bad(&msg));
+        }
+    }
+    Ok((
+        flag("pause_recording")?,
+        flag("pause_transcription")?,
+        resume_at,
+    ))
 }
+
+/// The furthest an automatic resume may be scheduled (a day: longer is a unit mistake).
+const AUTO_RESUME_MAX_S: u64 = 86_400;
 
 fn ws_clients(state: &ApiState) -> u64 {
     state.ws.get().map_or(0, |h| {

@@ -160,6 +160,8 @@ struct Pause {
     transcription: bool,
     at_unix_ms: u64,
     at_ns: u64,
+    /// `auto_resume_at`: (wall clock for the API, monotonic deadline for the timer).
+    resume_at: Option<(u64, u64)>,
 }
 
 /// The reference server's PauseStatus payload.
@@ -644,22 +646,34 @@ impl Call {
         self.pause.is_some()
     }
 
+    /// When an `auto_resume_at` pause is due (monotonic ns).
+    pub(super) fn resume_deadline_ns(&self) -> Option<u64> {
+        self.pause.and_then(|p| p.resume_at).map(|(_, ns)| ns)
+    }
+
     /// Pauses (or changes what is paused) and pushes new stream parameters to the data plane.
+    /// `resume_at_ms` (wall clock) resumes it by itself; the latest request replaces it.
     pub(super) fn set_pause(
         &mut self,
         now: Now,
-        recording: bool,
-        transcription: bool,
+        (recording, transcription): (bool, bool),
+        resume_at_ms: Option<u64>,
         actions: &mut VecDeque<Action>,
     ) {
         let was_recording_paused = self.recording_paused();
         let since = self.pause.map(|p| (p.at_unix_ms, p.at_ns));
         let (at_unix_ms, at_ns) = since.unwrap_or((now.unix_ms, now.mono_ns));
+        // The deadline is kept on the monotonic clock so a wall-clock step doesn't move it.
+        let resume_at = resume_at_ms.map(|ms| {
+            let wait_ns = ms.saturating_sub(now.unix_ms).saturating_mul(1_000_000);
+            (ms, now.mono_ns.saturating_add(wait_ns))
+        });
         self.pause = (recording || transcription).then_some(Pause {
             recording,
             transcription,
             at_unix_ms,
             at_ns,
+            resume_at,
         });
         self.push_stream_params(actions);
         if recording != was_recording_paused {
@@ -667,7 +681,11 @@ impl Call {
                 true => EventKind::RecordingPaused,
                 false => EventKind::RecordingResumed,
             };
-            let data = json!({"recording": recording, "transcription": transcription});
+            let data = json!({
+                "recording": recording,
+                "transcription": transcription,
+                "auto_resume_at": resume_at.map(|(ms, _)| rfc3339_ms(ms)),
+            });
             actions.push_back(self.event(now, kind, data));
         }
         tracing::info!(
@@ -704,7 +722,10 @@ impl Call {
             pause_duration: self
                 .pause
                 .map_or(0.0, |p| now.mono_ns.saturating_sub(p.at_ns) as f64 / 1e9),
-            auto_resume_at: None,
+            auto_resume_at: self
+                .pause
+                .and_then(|p| p.resume_at)
+                .map(|(ms, _)| rfc3339_ms(ms)),
         }
     }
 

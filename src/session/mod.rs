@@ -157,6 +157,8 @@ pub struct SessionManager {
     event_seq: u64,
     draining: bool,
     counters: SessionCounters,
+    /// The earliest `auto_resume_at` deadline (monotonic ns; MAX for none).
+    next_resume_ns: u64,
     /// RTP counters of the streams of calls already forgotten (metrics stay monotonic).
     closed_rtp: RtpStats,
     /// Transcripts of transcribed recording sessions, until STT says each is done.
@@ -178,6 +180,7 @@ impl SessionManager {
             event_seq: 0,
             draining: false,
             counters: SessionCounters::default(),
+            next_resume_ns: u64::MAX,
             closed_rtp: RtpStats::default(),
             transcripts: HashMap::new(),
         };
@@ -439,22 +442,47 @@ impl SessionManager {
     }
 
     /// Pauses recording and/or transcription of one call; `None` when it doesn't exist.
-    /// A paused recording keeps its files aligned: the span is written as silence.
+    /// A paused recording keeps its files aligned: the span is written as silence. With
+    /// `auto_resume_at_ms` (Unix ms) the call resumes by itself then ([`Self::resume_due`]).
     pub fn pause(
         &mut self,
         now: Now,
         call_id: &str,
-        recording: bool,
-        transcription: bool,
+        (recording, transcription): (bool, bool),
+        auto_resume_at_ms: Option<u64>,
     ) -> Option<PauseStatus> {
         let call = self.calls.get_mut(call_id).filter(|c| c.is_active())?;
-        call.set_pause(now, recording, transcription, &mut self.actions);
+        let flags = (recording, transcription);
+        call.set_pause(now, flags, auto_resume_at_ms, &mut self.actions);
+        if let Some(deadline) = call.resume_deadline_ns() {
+            self.next_resume_ns = self.next_resume_ns.min(deadline);
+        }
         Some(call.pause_status(now))
     }
 
     /// Resumes a call; `None` when it doesn't exist.
     pub fn resume(&mut self, now: Now, call_id: &str) -> Option<PauseStatus> {
-        self.pause(now, call_id, false, false)
+        self.pause(now, call_id, (false, false), None)
+    }
+
+    /// Resumes the calls whose `auto_resume_at` has come. Cheap when none is due: call it on
+    /// every control-plane tick.
+    pub fn resume_due(&mut self, now: Now) {
+        if now.mono_ns < self.next_resume_ns {
+            return;
+        }
+        let mut next = u64::MAX;
+        for call in self.calls.values_mut().filter(|c| c.is_active()) {
+            match call.resume_deadline_ns() {
+                Some(at) if at <= now.mono_ns => {
+                    tracing::info!(call_id = call.call_id(), "auto_resume_at reached");
+                    call.set_pause(now, (false, false), None, &mut self.actions);
+                }
+                Some(at) => next = next.min(at),
+                None => {}
+            }
+        }
+        self.next_resume_ns = next;
     }
 
     pub fn pause_status(&self, now: Now, call_id: &str) -> Option<PauseStatus> {

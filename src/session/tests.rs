@@ -594,3 +594,61 @@ fn per_source_call_limit() {
     m.handle_tsx_event(now(30), &mut pool, keys.event(third));
     assert_eq!(response_of(&drain(&mut m)).status, 200);
 }
+
+/// `auto_resume_at`: the pause shows when it ends, a re-INVITE keeps it, and the call
+/// resumes by itself on the first tick at or after the deadline (streams unpaused, event
+/// out); a later plain pause cancels the timer.
+#[test]
+fn pause_auto_resumes() {
+    use crate::events::EventKind as K;
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let first = invite("ar", 1, None, &sdp("sendonly", 4000), "application/sdp");
+    m.handle_tsx_event(now(0), &mut pool, keys.event(first));
+    let tag = response_of(&drain(&mut m)).to_tag().unwrap();
+    let at = now(0).unix_ms + 2_000;
+    let status = m.pause(now(0), "ar", (true, false), Some(at)).unwrap();
+    assert_eq!(status.auto_resume_at, Some(crate::proto::rfc3339_ms(at)));
+    let paused = |actions: &[Action]| -> Vec<bool> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::UpdateStream { params, .. } => Some(params.paused),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(paused(&drain(&mut m)), [true, true]);
+    let r = invite(
+        "ar",
+        2,
+        Some(&tag),
+        &sdp("sendonly", 4000),
+        "application/sdp",
+    );
+    m.handle_tsx_event(now(500), &mut pool, keys.event(r));
+    drain(&mut m);
+    m.resume_due(now(1_999));
+    assert!(drain(&mut m).is_empty());
+    assert!(m.pause_status(now(1_999), "ar").unwrap().recording_paused);
+    m.resume_due(now(2_050));
+    let actions = drain(&mut m);
+    assert_eq!(paused(&actions), [false, false]);
+    let kinds: Vec<K> = events(&actions).iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [K::RecordingResumed]);
+    let status = m.pause_status(now(2_050), "ar").unwrap();
+    assert!(!status.is_paused && status.auto_resume_at.is_none());
+
+    m.pause(
+        now(3_000),
+        "ar",
+        (true, true),
+        Some(now(3_000).unix_ms + 1_000),
+    );
+    m.pause(now(3_100), "ar", (true, true), None);
+    drain(&mut m);
+    m.resume_due(now(10_000));
+    assert!(drain(&mut m).is_empty(), "the second pause has no timer");
+    assert!(m.pause_status(now(10_000), "ar").unwrap().is_paused);
+}

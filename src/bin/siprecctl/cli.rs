@@ -59,6 +59,9 @@ pub enum Command {
         /// Pause only the transcription (default: both).
         #[arg(long)]
         transcription: bool,
+        /// Resume by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        resume_after: Option<f64>,
     },
     /// Resume one call (or --all).
     Resume {

@@ -75,11 +75,13 @@ fn main() {
             all,
             recording,
             transcription,
+            resume_after,
         } => {
             let both = !recording && !transcription;
             let body = serde_json::json!({
                 "pause_recording": both || *recording,
                 "pause_transcription": both || *transcription,
+                "auto_resume_after": resume_after,
             })
             .to_string();
             match (call_id, all) {
