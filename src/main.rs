@@ -568,6 +568,8 @@ async fn control_plane(
         clients: Arc::default(),
         max_clients: config.http.ws_max_clients,
         slow_client: config.http.ws_slow_client,
+        queue_max: config.http.ws_client_queue,
+        counters: Arc::default(),
     });
     let amqp_status = config.amqp.enabled.then(|| {
         let status = Arc::new(siprec::events::amqp::AmqpStatus::default());
@@ -1252,7 +1254,10 @@ fn metrics_snapshot(
             buffered: a.buffered.load(Relaxed),
             connects: a.connects.load(Relaxed),
         }),
-        ws_clients: 0, // Filled at scrape time by the API.
+        // Filled at scrape time by the API.
+        ws_clients: 0,
+        ws_events_dropped: 0,
+        ws_slow_disconnects: 0,
         stt: stt_totals,
     }
 }

@@ -1,7 +1,7 @@
 //! `/ws/transcriptions` and `/ws/analytics` over real WebSocket clients (tokio-tungstenite):
 //! call events with and without a `call_id` filter, token auth with API_KEY, a malformed
 //! client frame, a plain HTTP GET, 200 concurrent clients, JWT bearer tokens and protected
-//! read-only routes.
+//! read-only routes, and slow clients (drop_oldest and disconnect).
 
 mod common;
 
@@ -430,4 +430,123 @@ fn jwt_tokens_and_protected_reads() {
         assert_eq!(err["type"], "error");
         assert_eq!(err["message"], "token expired");
     });
+}
+
+/// A WebSocket client whose socket receives into a 4 KiB buffer: once it stops reading, the
+/// server's writes to it stall after a few KiB.
+async fn connect_small_window(port: u16, path: &str) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Every message until the socket ends or `until` arrives or 10 s pass.
+async fn read_all(ws: &mut Client, until: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while let Some(v) = next_json(ws, Duration::from_secs(10)).await {
+        let done = v["type"] == until;
+        out.push(v);
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http(port, "GET", "/metrics", &[], "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Re-INVITEs (hold, resume: two events each) until `name` counts something; returns how
+/// many were sent. Bounded.
+fn churn_until(ports: &TestPorts, src: &mut Src, name: &str) -> usize {
+    for n in 1..=1500 {
+        let dir = if n % 2 == 1 { "inactive" } else { "sendonly" };
+        let (ct, body) = siprec_body(2, dir, ports.src_rtp);
+        assert_eq!(src.invite(&ct, &body).status, 200);
+        src.ack();
+        if n % 10 == 0 && metric(ports.http, name) > 0 {
+            return n;
+        }
+    }
+    panic!("{name} stayed 0 after 1500 re-INVITEs");
+}
+
+/// A client that stops reading: with `drop_oldest` it later gets a `gap` message, and what it
+/// saw plus what it lost is exactly what a reading client got; with `disconnect` it is cut
+/// off. Either way the reading client misses nothing and the server never waits for the slow
+/// one (WS_CLIENT_QUEUE=8).
+#[test]
+fn slow_client_loses_oldest_or_is_disconnected() {
+    let rt = runtime();
+    for mode in ["drop_oldest", "disconnect"] {
+        let server = Server::start(
+            47,
+            &[
+                ("WS_CLIENT_QUEUE", "8"),
+                ("WS_SLOW_CLIENT", mode),
+                ("HTTP_RATE_LIMIT", "0"),
+            ],
+        );
+        let ports = TestPorts::new(47);
+        rt.block_on(async {
+            let mut fast = connect(ports.http, "/ws/transcriptions").await;
+            let mut slow = connect_small_window(ports.http, "/ws/transcriptions").await;
+            assert_eq!(read_all(&mut slow, "connected").await.len(), 1);
+            assert_eq!(read_all(&mut fast, "connected").await.len(), 1);
+            let fast_reader = tokio::spawn(async move { read_all(&mut fast, "call_ended").await });
+            let p = TestPorts::new(47);
+            let counter = match mode {
+                "drop_oldest" => "siprec_websocket_events_dropped_total",
+                _ => "siprec_websocket_slow_disconnects_total",
+            };
+            let reinvites = tokio::task::spawn_blocking(move || {
+                let mut src = Src::new(p.src_sip, p.sip, "slow@127.0.0.1");
+                let (ct, body) = siprec_body(2, "sendonly", p.src_rtp);
+                assert_eq!(src.invite(&ct, &body).status, 200);
+                src.ack();
+                let n = churn_until(&p, &mut src, counter);
+                assert_eq!(src.bye().status, 200);
+                n
+            })
+            .await
+            .unwrap();
+            let got = fast_reader.await.unwrap();
+            let kinds =
+                |v: &[serde_json::Value], k: &str| v.iter().filter(|m| m["type"] == k).count();
+            assert_eq!(kinds(&got, "gap"), 0, "the reading client lost nothing");
+            assert_eq!(kinds(&got, "hold") + kinds(&got, "resume"), 2 * reinvites);
+            assert_eq!(got.last().unwrap()["type"], "call_ended");
+
+            let seen = read_all(&mut slow, "call_ended").await;
+            if mode == "drop_oldest" {
+                let lost: u64 = seen
+                    .iter()
+                    .filter(|m| m["type"] == "gap")
+                    .map(|m| m["data"]["lost"].as_u64().unwrap())
+                    .sum();
+                assert!(lost > 0);
+                let events = seen.iter().filter(|m| m["type"] != "gap").count() as u64;
+                assert_eq!(events + lost, got.len() as u64, "seen + lost = everything");
+                assert_eq!(seen.last().unwrap()["type"], "call_ended");
+                let counted = metric(ports.http, "siprec_websocket_events_dropped_total");
+                assert_eq!(counted, lost);
+            } else {
+                assert!(seen.len() < got.len(), "cut off before the end");
+                assert!(seen.iter().all(|m| m["type"] != "call_ended"));
+            }
+        });
+        drop(server);
+    }
 }

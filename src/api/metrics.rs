@@ -54,6 +54,9 @@ pub struct MetricsSnapshot {
     pub amqp: Option<AmqpTotals>,
     /// WebSocket clients connected to `/ws/*` (filled at scrape time by the API).
     pub ws_clients: u64,
+    /// Events lost by slow WebSocket clients, and clients dropped as slow (scrape time).
+    pub ws_events_dropped: u64,
+    pub ws_slow_disconnects: u64,
     pub stt: SttTotals,
 }
 
@@ -119,6 +122,8 @@ pub struct Metrics {
     amqp_events: IntCounterVec,
     amqp_connected: IntGauge,
     ws_clients: IntGauge,
+    ws_events_dropped: IntCounterVec,
+    ws_slow_disconnects: IntCounterVec,
     /// Counted by the HTTP server itself as handshakes fail.
     pub tls_handshake_failures: prometheus::IntCounter,
     amqp_buffered: IntGauge,
@@ -310,6 +315,18 @@ impl Metrics {
                 "Events waiting to be published or confirmed",
             ),
             ws_clients: gauge(&r, "websocket_clients", "Clients connected to /ws/*"),
+            ws_events_dropped: counter(
+                &r,
+                "websocket_events_dropped_total",
+                "Events slow WebSocket clients lost (WS_SLOW_CLIENT=drop_oldest)",
+                &[],
+            ),
+            ws_slow_disconnects: counter(
+                &r,
+                "websocket_slow_disconnects_total",
+                "WebSocket clients disconnected as too slow or answering no ping",
+                &[],
+            ),
             tls_handshake_failures: {
                 let help = "HTTPS connections whose TLS handshake failed or timed out";
                 let opts = Opts::new("http_tls_handshake_failures_total", help);
@@ -430,6 +447,8 @@ impl Metrics {
         }
         self.ws_clients
             .set(s.ws_clients.min(i64::MAX as u64) as i64);
+        follow(&self.ws_events_dropped, &[], s.ws_events_dropped);
+        follow(&self.ws_slow_disconnects, &[], s.ws_slow_disconnects);
         let t = &s.stt;
         if t.running {
             follow(&self.stt_utterances, &["final_queued"], t.finals_queued);

@@ -289,6 +289,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
                 continue;
             }
         };
+        // Bounds the kernel memory a client that stops reading can pin (loopback autotuning
+        // would give it megabytes), so a stalled WebSocket client is noticed after ~128 KiB.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
         let state = state.clone();
         tokio::spawn(async move {
             let Some(tls) = state.tls() else {
@@ -304,6 +307,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) {
         });
     }
 }
+
+/// SO_SNDBUF of API connections (the kernel doubles it): with 1000 WebSocket clients at most
+/// 128 MiB of unsent data.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A client that hasn't finished its TLS handshake in this time is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -395,7 +402,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         (&Method::GET, "/metrics/simple") => {
             let mut m = state.read().metrics;
             m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
-            m.ws_clients = ws_clients(state);
+            ws_figures(state, &mut m);
             json_response(StatusCode::OK, serde_json::to_value(&m).unwrap_or_default())
         }
         (&Method::GET, "/health/live") => json_response(
@@ -1066,6 +1073,16 @@ async fn pause_flags(
 /// The furthest an automatic resume may be scheduled (a day: longer is a unit mistake).
 const AUTO_RESUME_MAX_S: u64 = 86_400;
 
+/// The WebSocket figures the client tasks keep, into a snapshot being served.
+fn ws_figures(state: &ApiState, m: &mut MetricsSnapshot) {
+    use std::sync::atomic::Ordering::Relaxed;
+    m.ws_clients = ws_clients(state);
+    if let Some(hub) = state.ws.get() {
+        m.ws_events_dropped = hub.counters.events_dropped.load(Relaxed);
+        m.ws_slow_disconnects = hub.counters.slow_disconnects.load(Relaxed);
+    }
+}
+
 fn ws_clients(state: &ApiState) -> u64 {
     state.ws.get().map_or(0, |h| {
         h.clients.load(std::sync::atomic::Ordering::Relaxed) as u64
@@ -1075,7 +1092,7 @@ fn ws_clients(state: &ApiState) -> u64 {
 fn prometheus_text(state: &ApiState) -> Response<Full<Bytes>> {
     let mut m = state.read().metrics;
     m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
-    m.ws_clients = ws_clients(state);
+    ws_figures(state, &mut m);
     let text = state.metrics.render(&m);
     Response::builder()
         .status(StatusCode::OK)

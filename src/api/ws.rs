@@ -1,9 +1,13 @@
 //! `/ws/transcriptions` and `/ws/analytics`: call events to WebSocket clients (hyper upgrade,
-//! tokio-tungstenite framing). Each client reads the event bus on its own task with its own
-//! lag: a slow client loses its oldest events and gets a `gap` message, or is disconnected,
-//! per `WS_SLOW_CLIENT`; nobody else waits for it.
+//! tokio-tungstenite framing). Each client has a task that drains the event bus into the
+//! client's own queue (`WS_CLIENT_QUEUE` events) and a writer task that owns the socket, so a
+//! client that stops reading stalls only its writer. When its queue is full a slow client
+//! loses its oldest events and then gets a `gap` message saying how many, or is disconnected,
+//! per `WS_SLOW_CLIENT`; nobody else waits for it. A client stalled past the pong timeout is
+//! dropped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +77,18 @@ pub struct WsHub {
     pub clients: Arc<AtomicUsize>,
     pub max_clients: usize,
     pub slow_client: SlowClient,
+    /// Events queued for one client at most (`WS_CLIENT_QUEUE`).
+    pub queue_max: usize,
+    pub counters: Arc<WsCounters>,
+}
+
+/// Slow-client counters, read at scrape time.
+#[derive(Debug, Default)]
+pub struct WsCounters {
+    /// Events lost by slow clients (`drop_oldest`).
+    pub events_dropped: AtomicU64,
+    /// Clients disconnected for being slow (`disconnect`) or answering no ping.
+    pub slow_disconnects: AtomicU64,
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -213,104 +229,153 @@ async fn refuse(mut ws: Ws, code: CloseCode, message: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
+/// What the client loop hands the writer task.
+enum Out {
+    Frame(Message),
+    /// Send what tungstenite queued by itself (the pong to a client's ping).
+    Flush,
+}
+
+/// Owns the socket's sending half: a client that doesn't read blocks only this task.
+async fn write_frames(
+    mut tx: futures_util::stream::SplitSink<Ws, Message>,
+    mut frames: tokio::sync::mpsc::Receiver<Out>,
+) {
+    while let Some(out) = frames.recv().await {
+        let sent = match out {
+            Out::Frame(m) => tx.send(m).await,
+            Out::Flush => tx.flush().await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+    let _ = tx.close().await;
+}
+
 async fn client(ws: Ws, hub: WsHub, feed: Feed, call_id: Option<String>, session_id: String) {
-    let (mut tx, mut rx) = ws.split();
+    let (tx, mut rx) = ws.split();
     let mut events = hub.events.subscribe();
-    let hello = json!({
+    let (out, frames) = tokio::sync::mpsc::channel::<Out>(1);
+    let writer = tokio::spawn(write_frames(tx, frames));
+    let stop_writer = writer.abort_handle();
+    let text = |v: serde_json::Value| Out::Frame(Message::Text(v.to_string().into()));
+    let mut queue: VecDeque<Out> = VecDeque::new();
+    queue.push_back(text(json!({
         "type": "connected",
         "feed": feed.name(),
         "session_id": session_id,
         "call_id": call_id,
-    });
-    if tx
-        .send(Message::Text(hello.to_string().into()))
-        .await
-        .is_err()
-    {
-        return;
-    }
+    })));
+    // Events lost since the last `gap` message went out.
+    let mut lost: u64 = 0;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_pong = Instant::now();
-    let end: Option<(CloseCode, String)> = loop {
+    let counters = hub.counters.clone();
+    // (close code, reason, whether an `error` message goes first)
+    let end: Option<(CloseCode, String, bool)> = loop {
         tokio::select! {
-            e = events.recv() => match e {
-                Ok(event) => {
-                    let wanted = feed.wants(event.kind)
-                        && call_id.as_deref().is_none_or(|c| c == event.call_id);
-                    if wanted {
-                        let text = String::from_utf8(event.to_json()).unwrap_or_default();
-                        if tx.send(Message::Text(text.into())).await.is_err() {
-                            break None;
-                        }
-                    }
+            permit = out.reserve(), if lost > 0 || !queue.is_empty() => {
+                let Ok(permit) = permit else {
+                    break None; // The writer ended: the socket failed.
+                };
+                if lost > 0 {
+                    permit.send(text(json!({"type": "gap", "data": {"lost": lost}})));
+                    lost = 0;
+                } else if let Some(next) = queue.pop_front() {
+                    permit.send(next);
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => match hub.slow_client {
-                    SlowClient::DropOldest => {
-                        let gap = json!({"type": "gap", "data": {"lost": n}});
-                        if tx.send(Message::Text(gap.to_string().into())).await.is_err() {
-                            break None;
+            }
+            e = events.recv() => {
+                let behind = match e {
+                    Ok(event) => {
+                        let wanted = feed.wants(event.kind)
+                            && call_id.as_deref().is_none_or(|c| c == event.call_id);
+                        if !wanted {
+                            continue;
                         }
+                        let json = String::from_utf8(event.to_json()).unwrap_or_default();
+                        queue.push_back(Out::Frame(Message::Text(json.into())));
+                        queue.len().saturating_sub(hub.queue_max) as u64
+                    }
+                    // The bus outran even this loop (it holds 4096 events): as slow.
+                    Err(broadcast::error::RecvError::Lagged(n)) => n,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        break Some((CloseCode::Away, "server shutting down".into(), false));
+                    }
+                };
+                if behind == 0 {
+                    continue;
+                }
+                match hub.slow_client {
+                    SlowClient::DropOldest => {
+                        let excess = queue.len().saturating_sub(hub.queue_max);
+                        // Pings and pongs queued at the front stay; events go oldest first.
+                        let mut dropped = 0;
+                        queue.retain(|m| {
+                            let event = matches!(m, Out::Frame(Message::Text(_)));
+                            let drop = event && dropped < excess;
+                            dropped += usize::from(drop);
+                            !drop
+                        });
+                        let n = behind.max(dropped as u64);
+                        lost += n;
+                        counters.events_dropped.fetch_add(n, Ordering::Relaxed);
                     }
                     SlowClient::Disconnect => {
-                        let msg = format!("client too slow: {n} events behind");
-                        let _ = tx.send(error_message(&msg)).await;
-                        break Some((CloseCode::Policy, msg));
+                        counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                        let msg = format!("client too slow: {} events behind", queue.len());
+                        break Some((CloseCode::Policy, msg, true));
                     }
-                },
-                Err(broadcast::error::RecvError::Closed) => {
-                    break Some((CloseCode::Away, "server shutting down".into()));
                 }
-            },
+            }
             m = rx.next() => match m {
                 None => break None,
-                Some(Err(e)) => {
-                    let msg = format!("bad frame: {e}");
-                    let _ = tx.send(error_message(&msg)).await;
-                    break Some((CloseCode::Protocol, msg));
-                }
+                Some(Err(e)) => break Some((CloseCode::Protocol, format!("bad frame: {e}"), true)),
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                // tungstenite queued the pong; sending it now keeps the client happy.
-                Some(Ok(Message::Ping(_))) => {
-                    if tx.flush().await.is_err() {
-                        break None;
-                    }
-                }
+                Some(Ok(Message::Ping(_))) => queue.push_front(Out::Flush),
                 Some(Ok(Message::Close(_))) => break None,
                 Some(Ok(Message::Text(t))) => {
                     let v: Option<serde_json::Value> = serde_json::from_str(t.as_str()).ok();
                     match v.as_ref().and_then(|v| v["type"].as_str()) {
-                        Some("ping") => {
-                            let pong = json!({"type": "pong"}).to_string();
-                            if tx.send(Message::Text(pong.into())).await.is_err() {
-                                break None;
-                            }
-                        }
+                        Some("ping") => queue.push_back(text(json!({"type": "pong"}))),
                         _ => {
                             let msg = "malformed client message: expected {\"type\":\"ping\"}";
-                            let _ = tx.send(error_message(msg)).await;
-                            break Some((CloseCode::Invalid, msg.into()));
+                            break Some((CloseCode::Invalid, msg.into(), true));
                         }
                     }
                 }
                 Some(Ok(_)) => {
                     let msg = "binary frames are not accepted";
-                    let _ = tx.send(error_message(msg)).await;
-                    break Some((CloseCode::Unsupported, msg.into()));
+                    break Some((CloseCode::Unsupported, msg.into(), true));
                 }
             },
             _ = ping.tick() => {
                 if last_pong.elapsed() > PONG_TIMEOUT {
-                    break Some((CloseCode::Away, "no pong".into()));
+                    // Also where a client that stopped reading ends: its pings never left.
+                    counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                    break Some((CloseCode::Away, "no pong".into(), false));
                 }
-                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break None;
-                }
+                queue.push_front(Out::Frame(Message::Ping(Bytes::new())));
             }
         }
     };
-    if let Some((code, reason)) = end {
-        let _ = tx.send(close_frame(code, &reason)).await;
+    // The goodbye gets 2 s to leave; a writer stuck on a full socket is then aborted.
+    let goodbye = async move {
+        if let Some((code, reason, error)) = end {
+            if error {
+                let _ = out.send(Out::Frame(error_message(&reason))).await;
+            }
+            let _ = out.send(Out::Frame(close_frame(code, &reason))).await;
+        }
+        drop(out);
+        let _ = writer.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(2), goodbye)
+        .await
+        .is_err()
+    {
+        stop_writer.abort();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), tx.close()).await;
 }

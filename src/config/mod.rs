@@ -210,6 +210,9 @@ pub struct HttpConfig {
     pub rate_limit_per_s: u32,
     /// WebSocket clients at once on `/ws/*` (`WS_MAX_CLIENTS`); more are refused (1013).
     pub ws_max_clients: usize,
+    /// Events queued for one WebSocket client at most before it counts as slow
+    /// (`WS_CLIENT_QUEUE`, default 1024).
+    pub ws_client_queue: usize,
     /// A WebSocket client that falls behind: `drop_oldest` (a `gap` message) or `disconnect`
     /// (`WS_SLOW_CLIENT`).
     pub ws_slow_client: crate::api::ws::SlowClient,
@@ -385,6 +388,7 @@ pub struct FileSip {
 #[serde(deny_unknown_fields)]
 pub struct FileHttp {
     pub ws_max_clients: Option<usize>,
+    pub ws_client_queue: Option<usize>,
     pub ws_slow_client: Option<crate::api::ws::SlowClient>,
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -445,6 +449,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("API_KEY", "http.api_key"),
     ("HTTP_RATE_LIMIT", "http.rate_limit_per_s"),
     ("WS_MAX_CLIENTS", "http.ws_max_clients"),
+    ("WS_CLIENT_QUEUE", "http.ws_client_queue"),
     ("WS_SLOW_CLIENT", "http.ws_slow_client"),
     ("HTTP_TLS_CERT_FILE", "http.tls_cert_file"),
     ("HTTP_TLS_KEY_FILE", "http.tls_key_file"),
@@ -576,6 +581,7 @@ impl Config {
             api_key: f.http.api_key.clone().filter(|k| !k.is_empty()),
             rate_limit_per_s: f.http.rate_limit_per_s.unwrap_or(100),
             ws_max_clients: f.http.ws_max_clients.unwrap_or(1000),
+            ws_client_queue: f.http.ws_client_queue.unwrap_or(1024),
             ws_slow_client: f
                 .http
                 .ws_slow_client
@@ -593,6 +599,10 @@ impl Config {
         };
         if http.port == 0 {
             return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
+        }
+        if !(1..=1_000_000).contains(&http.ws_client_queue) {
+            let v = http.ws_client_queue.to_string();
+            return Err(invalid("WS_CLIENT_QUEUE", v, "1 to 1000000 events"));
         }
         match (&http.tls_cert_file, &http.tls_key_file) {
             (None, None) => {}
@@ -969,6 +979,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "API_KEY" => f.http.api_key = Some(v.to_owned()),
         "HTTP_RATE_LIMIT" => f.http.rate_limit_per_s = Some(parse_num(key, v, COUNT)?),
         "WS_MAX_CLIENTS" => f.http.ws_max_clients = Some(parse_num(key, v, COUNT)?),
+        "WS_CLIENT_QUEUE" => f.http.ws_client_queue = Some(parse_num(key, v, COUNT)?),
         "HTTP_TLS_CERT_FILE" => f.http.tls_cert_file = Some(v.trim().into()),
         "HTTP_TLS_KEY_FILE" => f.http.tls_key_file = Some(v.trim().into()),
         "WS_SLOW_CLIENT" => {
