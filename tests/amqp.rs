@@ -1,6 +1,7 @@
 //! Call events on AMQP against the RabbitMQ running on 127.0.0.1:5672 (guest/guest): a
 //! consumer bound to the exchange gets every event of a scripted call, in order; then the
-//! broker connection is cut mid-call through a TCP proxy and restored, and nothing is lost.
+//! broker connection is cut mid-call through a TCP proxy and restored, and nothing is lost;
+//! amqps:// through a TLS-terminating proxy checks the broker certificate.
 
 mod common;
 
@@ -258,4 +259,142 @@ fn publish_filters_are_honoured() {
     // Nothing else follows.
     let more = rt.block_on(collect(&ch, &queue, "-", Duration::from_millis(800)));
     assert!(more.is_empty(), "{more:?}");
+}
+
+/// A TLS-terminating proxy in front of the broker (self-signed certificate for 127.0.0.1 from
+/// the `openssl` tool): the local RabbitMQ has no TLS listener, so this stands in for one.
+/// Returns its port and the certificate's path.
+fn tls_proxy(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    let (cert, key) = (dir.join("broker.crt"), dir.join("broker.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=broker",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls_server())
+            .unwrap();
+    b.set_certificate_chain_file(&cert).unwrap();
+    b.set_private_key_file(&key, openssl::ssl::SslFiletype::PEM)
+        .unwrap();
+    let acceptor = Arc::new(b.build());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let acceptor = acceptor.clone();
+            std::thread::spawn(move || {
+                let Ok(mut tls) = acceptor.accept(client) else {
+                    return; // An untrusting client hangs up mid-handshake.
+                };
+                let Ok(mut upstream) = TcpStream::connect(BROKER) else {
+                    return;
+                };
+                // One thread pumps both ways: short read timeouts stand in for readiness.
+                let tick = Some(Duration::from_millis(5));
+                tls.get_ref().set_read_timeout(tick).unwrap();
+                upstream.set_read_timeout(tick).unwrap();
+                let mut buf = [0u8; 16384];
+                loop {
+                    match tls.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            if upstream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return,
+                    }
+                    match upstream.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    (port, cert)
+}
+
+/// `amqps://` with `AMQP_TLS_CA_FILE`: a call's events reach the consumer through TLS. Without
+/// the CA the broker's certificate is refused: /health says amqp degraded with the TLS error
+/// and recording goes on.
+#[test]
+fn amqps_checks_the_broker_certificate() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = tls_proxy(dir.path());
+    let exchange = format!("siprec-test-{}-tls", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(consumer(&exchange));
+    let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+    let ports = TestPorts::new(48);
+    for trusted in [false, true] {
+        let mut env = vec![
+            ("ENABLE_REALTIME_AMQP", "true"),
+            ("AMQP_URL", url.as_str()),
+            ("AMQP_EXCHANGE", exchange.as_str()),
+        ];
+        if trusted {
+            env.push(("AMQP_TLS_CA_FILE", ca.to_str().unwrap()));
+        }
+        let server = Server::start(48, &env);
+        let call_id = format!("tls-{trusted}@127.0.0.1");
+        let mut src = Src::new(ports.src_sip, ports.sip, &call_id);
+        let (ct, body) = hold_body(ports.src_rtp, "sendonly");
+        assert_eq!(src.invite(&ct, &body).status, 200);
+        src.ack();
+        assert_eq!(src.bye().status, 200);
+        if trusted {
+            let events = rt.block_on(collect(&ch, &queue, "call_ended", Duration::from_secs(15)));
+            let t = types(&events);
+            assert_eq!(t.first().map(String::as_str), Some("call_started"), "{t:?}");
+            assert_eq!(t.last().map(String::as_str), Some("call_ended"), "{t:?}");
+            assert!(events.iter().all(|(_, v)| v["call_id"] == call_id.as_str()));
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let health = loop {
+                let (_, body) = http(ports.http, "GET", "/health", &[], "");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let amqp = v["checks"]["amqp"].clone();
+                if amqp["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("certificate"))
+                    || Instant::now() > deadline
+                {
+                    break amqp;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(health["status"], "degraded", "{health}");
+            assert!(
+                health["message"].as_str().unwrap().contains("certificate"),
+                "{health}"
+            );
+            let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+            assert_eq!(sessions.len(), 1, "recording does not depend on the broker");
+            let none = rt.block_on(collect(&ch, &queue, "-", Duration::from_millis(500)));
+            assert!(none.is_empty(), "{none:?}");
+        }
+    }
 }

@@ -143,6 +143,11 @@ pub struct AmqpConfig {
     /// hold a password).
     #[serde(skip_serializing)]
     pub url: String,
+    /// `AMQP_TLS_CA_FILE`: PEM certificates to trust for amqps:// instead of the system's.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The file's contents, read when the configuration is built.
+    #[serde(skip_serializing)]
+    pub tls_ca_pem: Option<String>,
     /// Durable topic exchange declared on connect (`AMQP_EXCHANGE`, default siprec.events).
     pub exchange: String,
     /// Events kept while the broker is unreachable or unconfirmed (`AMQP_BUFFER_MAX`); the
@@ -357,6 +362,7 @@ pub struct FileStt {
 pub struct FileAmqp {
     pub enabled: Option<bool>,
     pub url: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
     pub exchange: Option<String>,
     pub buffer_max: Option<usize>,
     pub publish_call_events: Option<bool>,
@@ -470,6 +476,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("DATAPLANE_SQPOLL", "dataplane.sqpoll"),
     ("ENABLE_REALTIME_AMQP", "amqp.enabled"),
     ("AMQP_URL", "amqp.url"),
+    ("AMQP_TLS_CA_FILE", "amqp.tls_ca_file"),
     ("AMQP_EXCHANGE", "amqp.exchange"),
     ("AMQP_BUFFER_MAX", "amqp.buffer_max"),
     ("PUBLISH_CALL_EVENTS", "amqp.publish_call_events"),
@@ -684,12 +691,14 @@ impl Config {
             return Err(invalid("DATAPLANE_WORKERS", v, "0 (auto) to 256"));
         }
         let a = &f.amqp;
-        let amqp = AmqpConfig {
+        let mut amqp = AmqpConfig {
             enabled: a.enabled.unwrap_or(false),
             url: a
                 .url
                 .clone()
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            tls_ca_file: a.tls_ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            tls_ca_pem: None,
             exchange: a
                 .exchange
                 .clone()
@@ -703,9 +712,23 @@ impl Config {
             publish_speaker_changes: a.publish_speaker_changes.unwrap_or(true),
             publish_analytics: a.publish_analytics.unwrap_or(true),
         };
-        if !amqp.url.starts_with("amqp://") {
-            let allowed = "an amqp:// URL (amqps:// is not supported yet)";
-            return Err(invalid("AMQP_URL", amqp.url.clone(), allowed));
+        if !amqp.url.starts_with("amqp://") && !amqp.url.starts_with("amqps://") {
+            let shown = amqp.url.split('@').next_back().unwrap_or("").to_owned();
+            return Err(invalid("AMQP_URL", shown, "an amqp:// or amqps:// URL"));
+        }
+        if let Some(path) = &amqp.tls_ca_file {
+            let shown = path.display().to_string();
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "AMQP_TLS_CA_FILE",
+                    shown.clone(),
+                    format!("a readable file ({e})"),
+                )
+            })?;
+            if openssl::x509::X509::stack_from_pem(pem.as_bytes()).map_or(true, |c| c.is_empty()) {
+                return Err(invalid("AMQP_TLS_CA_FILE", shown, "PEM certificates"));
+            }
+            amqp.tls_ca_pem = Some(pem);
         }
         if amqp.exchange.is_empty() || amqp.exchange.len() > 255 {
             return Err(invalid(
@@ -1027,6 +1050,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "DATAPLANE_SQPOLL" => f.dataplane.sqpoll = Some(parse_bool(key, v)?),
         "ENABLE_REALTIME_AMQP" => f.amqp.enabled = Some(parse_bool(key, v)?),
         "AMQP_URL" => f.amqp.url = Some(v.trim().to_owned()),
+        "AMQP_TLS_CA_FILE" => f.amqp.tls_ca_file = Some(v.trim().into()),
         "AMQP_EXCHANGE" => f.amqp.exchange = Some(v.trim().to_owned()),
         "AMQP_BUFFER_MAX" => f.amqp.buffer_max = Some(parse_num(key, v, COUNT)?),
         "PUBLISH_CALL_EVENTS" => f.amqp.publish_call_events = Some(parse_bool(key, v)?),

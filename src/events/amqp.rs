@@ -168,9 +168,15 @@ pub async fn run(
         let props = ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
+        // amqps:// goes over OpenSSL, checking the broker's certificate against the system's
+        // roots or AMQP_TLS_CA_FILE.
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: p.config.tls_ca_pem.clone(),
+        };
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
-            Connection::connect(&p.config.url, props),
+            Connection::connect_with_config(&p.config.url, props, tls),
         )
         .await;
         let error = match conn {

@@ -15,9 +15,9 @@ use siprec::media::rtp::write_packet;
 use siprec::sip::{self, Message, Method, Request, Response};
 
 /// Ports of one test, disjoint from every other test's so nextest can run them in parallel.
-/// `n` < 48. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999; slots 30–42
-/// use 30000+200(n-30), slots 43–47 20000+200(n-43)), all below the ephemeral range; SIPp
-/// tests use 29000+10n and 29300+10n for their own SIP and media.
+/// `n` < 52. SIP 21000+10n, HTTP 22000+n, RTP 23000+200n .. +199 (up to 28999; slots 30–42
+/// use 30000+200(n-30), slots 43–47 20000+200(n-43), slots 48–51 22100+200(n-48)), all below
+/// the ephemeral range; SIPp tests use 29000+10n and 29300+10n for their own SIP and media.
 pub struct TestPorts {
     pub sip: u16,
     pub http: u16,
@@ -30,15 +30,16 @@ pub struct TestPorts {
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
         assert!(
-            n < 48,
+            n < 52,
             "slot {n}: no RTP range left below the ephemeral range"
         );
         // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp), slots
-        // 43–47 from 20000.
+        // 43–47 from 20000, 48–51 from 22100 (above the HTTP ports).
         let rtp_min = match n {
             0..30 => 23000 + 200 * n,
             30..43 => 30000 + 200 * (n - 30),
-            _ => 20000 + 200 * (n - 43),
+            43..48 => 20000 + 200 * (n - 43),
+            _ => 22100 + 200 * (n - 48),
         };
         TestPorts {
             sip: 21000 + 10 * n,
