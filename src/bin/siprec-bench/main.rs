@@ -440,6 +440,10 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .env("MAX_CONCURRENT_CALLS", "100000")
                 .env("DATAPLANE_WORKERS", "1")
                 .env("DATAPLANE_BACKEND", &args.backend)
+                // This bench measures the media path: speech recognition of its synthetic
+                // audio would take the cores and count in the CPU per packet
+                // (`siprec-bench stt` measures transcription).
+                .env("STT_PROVIDER", "none")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

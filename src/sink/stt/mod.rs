@@ -151,7 +151,8 @@ pub struct SttHandle {
 }
 
 impl SttHandle {
-    /// Asks the feeder to stop and waits for every thread (queued jobs are abandoned).
+    /// Asks the feeder to stop and waits for every thread: queued finals get
+    /// [`SHUTDOWN_GRACE`], the rest (and every partial and batch utterance) is abandoned.
     pub fn shutdown(mut self) {
         let _ = self.commands.send(SttCommand::Shutdown);
         for t in self.threads.drain(..) {
@@ -241,6 +242,7 @@ pub fn spawn<C: MonotonicClock>(
         let engine = make()?;
         let worker = Worker {
             engine,
+            stop: stop.clone(),
             finals: final_rx.clone(),
             partials: partial_rx.clone(),
             batch: batch_rx.clone(),
@@ -534,8 +536,14 @@ fn queue_partial(
     }
 }
 
+/// How long STT workers keep transcribing queued finals once stopping: bounded so a deep
+/// queue never holds a shutdown past systemd's stop timeout.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 struct Worker {
     engine: Box<dyn Engine>,
+    /// Set when the feeder stopped: finish queued finals for SHUTDOWN_GRACE, then leave.
+    stop: Arc<AtomicBool>,
     finals: Receiver<Job>,
     partials: Receiver<Job>,
     batch: Receiver<Job>,
@@ -546,7 +554,33 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
+        let mut stopping_since: Option<Instant> = None;
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                // Nobody reads partials or resumes batch utterances after this; finals go on
+                // into the transcript files until the grace runs out.
+                let skipped = self.partials.try_iter().count() + self.batch.try_iter().count();
+                self.counters
+                    .partials_dropped
+                    .fetch_add(skipped as u64, Ordering::Relaxed);
+                if since.elapsed() >= SHUTDOWN_GRACE {
+                    let abandoned = self.finals.try_iter().count();
+                    if abandoned > 0 {
+                        self.counters
+                            .finals_dropped
+                            .fetch_add(abandoned as u64, Ordering::Relaxed);
+                        tracing::warn!(abandoned, "STT stopping: queued utterances abandoned");
+                    }
+                    return;
+                }
+                match self.finals.recv_timeout(Duration::from_millis(100)) {
+                    Ok(job) => self.handle(job),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                }
+                continue;
+            }
             // Live finals first: they are what the transcript keeps; then live partials; then
             // batch jobs, which nobody is waiting for in real time.
             let job = match self.finals.try_recv() {
