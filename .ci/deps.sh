@@ -19,6 +19,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool checks docs/prometheus/alerts.yml; Debian ships it only inside the prometheus
+# package, whose server is not wanted here: it is stopped and disabled right away.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "deps: installing prometheus (for promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -571,14 +571,18 @@ async fn control_plane(
         queue_max: config.http.ws_client_queue,
         counters: Arc::default(),
     });
+    let mut amqp_task = None;
     let amqp_status = config.amqp.enabled.then(|| {
         let status = Arc::new(siprec::events::amqp::AmqpStatus::default());
         let _ = api_state.amqp.set(status.clone());
-        tokio::spawn(siprec::events::amqp::run(
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(siprec::events::amqp::run(
             config.amqp.clone(),
             events.subscribe(),
             status.clone(),
+            stopped,
         ));
+        amqp_task = Some((stop, task));
         tracing::info!(exchange = %config.amqp.exchange, "AMQP publishing enabled");
         status
     });
@@ -773,6 +777,17 @@ async fn control_plane(
     }
     let _ = recorder.commands.send(RecorderCommand::Shutdown);
     dataplane.shutdown();
+    // The last events (the drained calls' call_ended) get published, or spooled for the next
+    // run; the publisher takes at most its 2 s flush plus the spool write.
+    if let Some((stop, task)) = amqp_task {
+        let _ = stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("AMQP publisher did not stop in 5 s");
+        }
+    }
     tracing::info!("siprec stopped");
     Ok(())
 }
@@ -1258,6 +1273,8 @@ fn metrics_snapshot(
         ws_clients: 0,
         ws_events_dropped: 0,
         ws_slow_disconnects: 0,
+        ready: false,
+        workers_alive: 0,
         stt: stt_totals,
     }
 }

@@ -398,3 +398,72 @@ fn amqps_checks_the_broker_certificate() {
         }
     }
 }
+
+/// AMQP_SPOOL_DIR: with the broker unreachable and a 4-event memory buffer, a call's events
+/// overflow to disk; the server stops (SIGTERM) with them unpublished; a new server on the
+/// same spool publishes every one of them, in order, once the broker is back — none lost, no
+/// gap — and empties the spool.
+#[test]
+fn spool_keeps_events_across_outage_and_restart() {
+    let rt = runtime();
+    let exchange = format!("siprec-test-{}-spool", std::process::id());
+    let (_conn, ch, queue) = rt.block_on(consumer(&exchange));
+    let proxy = Proxy::start();
+    proxy.cut();
+    let spool = tempfile::tempdir().unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let env = [
+        ("ENABLE_REALTIME_AMQP", "true"),
+        ("AMQP_EXCHANGE", exchange.as_str()),
+        ("AMQP_URL", url.as_str()),
+        ("AMQP_BUFFER_MAX", "4"),
+        ("AMQP_SPOOL_DIR", spool.path().to_str().unwrap()),
+    ];
+    let mut server = Server::start(49, &env);
+    let ports = TestPorts::new(49);
+    let mut src = Src::new(ports.src_sip, ports.sip, "spool@127.0.0.1");
+    for dir in ["sendonly", "inactive", "sendonly", "inactive", "sendonly"] {
+        let (ct, body) = hold_body(ports.src_rtp, dir);
+        assert_eq!(src.invite(&ct, &body).status, 200);
+        src.ack();
+    }
+    assert_eq!(src.bye().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    let spooled = std::fs::read_dir(spool.path()).unwrap().count();
+    assert!(spooled > 0, "nothing on disk:\n{}", server.log_text());
+    let none = rt.block_on(collect(&ch, &queue, "-", Duration::from_millis(300)));
+    assert!(none.is_empty(), "{none:?}");
+
+    proxy.restore();
+    let server = Server::start(49, &env);
+    let got = rt.block_on(collect(&ch, &queue, "call_ended", Duration::from_secs(20)));
+    assert_eq!(
+        types(&got),
+        [
+            "call_started",
+            "hold",
+            "hold",
+            "resume",
+            "resume",
+            "hold",
+            "hold",
+            "resume",
+            "resume",
+            "call_ended"
+        ],
+        "{}",
+        server.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(spool.path()).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "spool not emptied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("siprec_amqp_events_total{event=\"dropped\"} 0"),
+        "{metrics}"
+    );
+}

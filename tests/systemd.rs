@@ -82,3 +82,41 @@ fn sd_notify_ready_watchdog_stopping() {
     }
     assert!(seen.contains("STOPPING=1"), "{seen}");
 }
+
+/// The shipped Prometheus rules pass `promtool check rules` and their unit tests
+/// (docs/prometheus/alerts_test.yml), and the Grafana dashboard is a dashboard. That both only
+/// query exported metrics is checked in src/api/metrics.rs.
+#[test]
+fn alert_rules_and_dashboard() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool missing ({e}): run ./.ci/deps.sh"));
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/grafana/siprec.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 15);
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty() && targets.iter().all(|t| t["expr"].is_string()));
+    }
+}

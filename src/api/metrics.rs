@@ -57,6 +57,10 @@ pub struct MetricsSnapshot {
     /// Events lost by slow WebSocket clients, and clients dropped as slow (scrape time).
     pub ws_events_dropped: u64,
     pub ws_slow_disconnects: u64,
+    /// What `/health/ready` would answer, and workers whose loop turned recently (scrape
+    /// time), for alerting.
+    pub ready: bool,
+    pub workers_alive: u64,
     pub stt: SttTotals,
 }
 
@@ -138,6 +142,8 @@ pub struct Metrics {
     disk_free: IntGauge,
     backend: IntGaugeVec,
     workers: IntGauge,
+    workers_alive: IntGauge,
+    ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -350,6 +356,17 @@ impl Metrics {
                 &["backend"],
             ),
             workers: gauge(&r, "dataplane_workers", "Receive worker threads"),
+            workers_alive: gauge(
+                &r,
+                "dataplane_workers_alive",
+                "Receive workers whose loop turned in the last 2 s",
+            ),
+            ready: gauge(
+                &r,
+                "ready",
+                "1 when /health/ready answers 200 (not starting or draining, workers alive, disk \
+                 above the minimum)",
+            ),
             registry: r,
         }
     }
@@ -505,6 +522,8 @@ impl Metrics {
             self.backend.with_label_values(&[&s.backend]).set(1);
         }
         self.workers.set(s.workers as i64);
+        self.workers_alive.set(s.workers_alive as i64);
+        self.ready.set(i64::from(s.ready));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for valid families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -544,5 +563,50 @@ mod tests {
         let text = m.render(&s);
         assert!(text.contains("siprec_rtp_stream_events_total{event=\"lost\"} 2"));
         assert!(text.contains("siprec_sip_requests_total{method=\"INVITE\"} 5"));
+    }
+
+    /// Every metric the shipped alert rules and Grafana dashboard query is one the server
+    /// exports (histograms by their `_bucket`/`_sum`/`_count` series), so a renamed metric
+    /// cannot silently blind an operator's alert.
+    #[test]
+    fn alerts_and_dashboard_query_exported_metrics() {
+        let m = Metrics::new();
+        let mut s = MetricsSnapshot {
+            amqp: Some(AmqpTotals::default()),
+            ..Default::default()
+        };
+        s.stt.running = true;
+        s.sip.requests.insert("INVITE".into(), 1);
+        s.sip.responses.insert(200, 1);
+        crate::sink::stt::LATENCY
+            .with_label_values(&["final"])
+            .observe(1.0);
+        let exported: std::collections::BTreeSet<String> = m
+            .render(&s)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned))
+            .collect();
+        let docs = [
+            include_str!("../../docs/prometheus/alerts.yml"),
+            include_str!("../../docs/grafana/siprec.json"),
+        ];
+        let mut checked = 0;
+        for text in docs {
+            let mut rest = text;
+            while let Some(at) = rest.find("siprec_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                assert!(
+                    exported.contains(&name),
+                    "{name} is queried but not exported"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "only {checked} metric references found");
     }
 }

@@ -402,7 +402,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         (&Method::GET, "/metrics/simple") => {
             let mut m = state.read().metrics;
             m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
-            ws_figures(state, &mut m);
+            scrape_figures(state, &mut m);
             json_response(StatusCode::OK, serde_json::to_value(&m).unwrap_or_default())
         }
         (&Method::GET, "/health/live") => json_response(
@@ -425,6 +425,25 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
 }
 
 fn ready(state: &ApiState) -> Response<Full<Bytes>> {
+    let (ok, checks) = readiness(state);
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": checks,
+        "uptime_s": state.started.elapsed().as_secs(),
+    });
+    json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+/// Whether the server takes calls, with the checks that say why (`/health/ready`,
+/// `siprec_ready`).
+fn readiness(state: &ApiState) -> (bool, serde_json::Map<String, Value>) {
     let snap = state.read();
     let mut checks = serde_json::Map::new();
     let mut ok = true;
@@ -471,19 +490,7 @@ fn ready(state: &ApiState) -> Response<Full<Bytes>> {
             state.min_free_mb()
         ),
     );
-    let body = json!({
-        "status": if ok { "ready" } else { "not_ready" },
-        "checks": checks,
-        "uptime_s": state.started.elapsed().as_secs(),
-    });
-    json_response(
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
+    (ok, checks)
 }
 
 /// Routes under `/api/sessions/`: stats, pause/resume, pause status, DELETE (extension).
@@ -1073,9 +1080,12 @@ async fn pause_flags(
 /// The furthest an automatic resume may be scheduled (a day: longer is a unit mistake).
 const AUTO_RESUME_MAX_S: u64 = 86_400;
 
-/// The WebSocket figures the client tasks keep, into a snapshot being served.
-fn ws_figures(state: &ApiState, m: &mut MetricsSnapshot) {
+/// Figures known only at scrape time (readiness, live workers, the WebSocket client tasks'
+/// counters), into a snapshot being served.
+fn scrape_figures(state: &ApiState, m: &mut MetricsSnapshot) {
     use std::sync::atomic::Ordering::Relaxed;
+    m.ready = readiness(state).0;
+    m.workers_alive = workers_alive(&state.read()).0 as u64;
     m.ws_clients = ws_clients(state);
     if let Some(hub) = state.ws.get() {
         m.ws_events_dropped = hub.counters.events_dropped.load(Relaxed);
@@ -1092,7 +1102,7 @@ fn ws_clients(state: &ApiState) -> u64 {
 fn prometheus_text(state: &ApiState) -> Response<Full<Bytes>> {
     let mut m = state.read().metrics;
     m.disk_free_bytes = free_mb(&state.recording_dir).unwrap_or(0) * 1024 * 1024;
-    ws_figures(state, &mut m);
+    scrape_figures(state, &mut m);
     let text = state.metrics.render(&m);
     Response::builder()
         .status(StatusCode::OK)

@@ -143,6 +143,11 @@ pub struct AmqpConfig {
     /// hold a password).
     #[serde(skip_serializing)]
     pub url: String,
+    /// `AMQP_SPOOL_DIR`: events beyond `buffer_max`, and those unconfirmed at shutdown, are
+    /// kept here on disk, in order, and published later (also after a restart).
+    pub spool_dir: Option<PathBuf>,
+    /// `AMQP_SPOOL_MAX_MB` (default 1024): beyond it the oldest spooled events are dropped.
+    pub spool_max_mb: u64,
     /// `AMQP_TLS_CA_FILE`: PEM certificates to trust for amqps:// instead of the system's.
     pub tls_ca_file: Option<PathBuf>,
     /// The file's contents, read when the configuration is built.
@@ -363,6 +368,8 @@ pub struct FileAmqp {
     pub enabled: Option<bool>,
     pub url: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_mb: Option<u64>,
     pub exchange: Option<String>,
     pub buffer_max: Option<usize>,
     pub publish_call_events: Option<bool>,
@@ -477,6 +484,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("ENABLE_REALTIME_AMQP", "amqp.enabled"),
     ("AMQP_URL", "amqp.url"),
     ("AMQP_TLS_CA_FILE", "amqp.tls_ca_file"),
+    ("AMQP_SPOOL_DIR", "amqp.spool_dir"),
+    ("AMQP_SPOOL_MAX_MB", "amqp.spool_max_mb"),
     ("AMQP_EXCHANGE", "amqp.exchange"),
     ("AMQP_BUFFER_MAX", "amqp.buffer_max"),
     ("PUBLISH_CALL_EVENTS", "amqp.publish_call_events"),
@@ -699,6 +708,8 @@ impl Config {
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
             tls_ca_file: a.tls_ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
             tls_ca_pem: None,
+            spool_dir: a.spool_dir.clone().filter(|p| !p.as_os_str().is_empty()),
+            spool_max_mb: a.spool_max_mb.unwrap_or(1024),
             exchange: a
                 .exchange
                 .clone()
@@ -1051,6 +1062,8 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "ENABLE_REALTIME_AMQP" => f.amqp.enabled = Some(parse_bool(key, v)?),
         "AMQP_URL" => f.amqp.url = Some(v.trim().to_owned()),
         "AMQP_TLS_CA_FILE" => f.amqp.tls_ca_file = Some(v.trim().into()),
+        "AMQP_SPOOL_DIR" => f.amqp.spool_dir = Some(v.trim().into()),
+        "AMQP_SPOOL_MAX_MB" => f.amqp.spool_max_mb = Some(parse_num(key, v, COUNT)?),
         "AMQP_EXCHANGE" => f.amqp.exchange = Some(v.trim().to_owned()),
         "AMQP_BUFFER_MAX" => f.amqp.buffer_max = Some(parse_num(key, v, COUNT)?),
         "PUBLISH_CALL_EVENTS" => f.amqp.publish_call_events = Some(parse_bool(key, v)?),
@@ -1162,6 +1175,34 @@ mod tests {
             assert!(err.contains(key), "{err}");
             assert!(err.contains(value), "{err}");
             assert!(err.contains(allowed), "{err}");
+        }
+    }
+
+    /// docs/configuration.md documents every key: each environment name, and each file key as
+    /// a `key = …` line inside its `[section]` of the reference file there.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut sections: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+        let mut current = "";
+        for line in doc.lines() {
+            let t = line.trim_start();
+            if let Some(rest) = t.strip_prefix('[') {
+                current = rest.split(']').next().unwrap_or("");
+            } else if let Some((key, _)) = t.split_once(" =") {
+                sections.entry(current).or_default().push(key.trim());
+            }
+        }
+        for (env, file_key) in OVERRIDE_KEYS {
+            assert!(doc.contains(env), "{env} is not in docs/configuration.md");
+            let (section, key) = file_key.split_once('.').unwrap();
+            let documented = sections
+                .get(section)
+                .is_some_and(|keys| keys.contains(&key));
+            assert!(
+                documented,
+                "{file_key} ({env}) has no `{key} = …` line under [{section}]"
+            );
         }
     }
 

@@ -5,7 +5,10 @@
 //! the connection fails, whatever is unconfirmed is published again, in order, on the next
 //! connection (consumers drop duplicates by event id). While the broker is unreachable the
 //! FIFO keeps filling; beyond `buffer_max` the oldest events are dropped and counted, and a
-//! `gap` event says how many. Recording never waits for any of this.
+//! `gap` event says how many — or, with `AMQP_SPOOL_DIR`, later events go to the disk spool
+//! (`spool.rs`) and come back in order as the FIFO empties. On shutdown the publisher gets
+//! two seconds to flush, and what is still unconfirmed goes to the front of the spool for the
+//! next run. Recording never waits for any of this.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +74,8 @@ struct Publisher {
     /// How many events at the queue's front are published and awaiting their confirm: an
     /// overflow drops the oldest event after them.
     pinned: usize,
+    /// Events after the queue's, on disk (`AMQP_SPOOL_DIR`).
+    spool: Option<super::spool::Spool>,
 }
 
 impl Publisher {
@@ -91,6 +96,18 @@ impl Publisher {
         if !self.wanted(event.kind) {
             return;
         }
+        if let Some(spool) = self.spool.as_mut() {
+            // Behind whatever is spooled already, so order holds.
+            if self.queue.len() >= self.config.buffer_max || !spool.is_empty() {
+                if let Err(e) = spool.push(&event.routing_key(), &event.to_json()) {
+                    tracing::warn!(error = %e, "AMQP spool write failed; event dropped");
+                    self.lost(1);
+                }
+                self.spool_lost();
+                self.update_buffered();
+                return;
+            }
+        }
         if self.queue.len() >= self.config.buffer_max {
             if self.queue.remove(self.pinned).is_none() {
                 // Everything is in flight: the new event is the one that can't be kept.
@@ -103,9 +120,61 @@ impl Publisher {
             routing_key: event.routing_key(),
             body: event.to_json(),
         });
+        self.update_buffered();
+    }
+
+    fn update_buffered(&self) {
+        let spooled = self.spool.as_ref().map_or(0, |s| s.len());
         self.status
             .buffered
-            .store(self.queue.len() as u64, Ordering::Relaxed);
+            .store(self.queue.len() as u64 + spooled, Ordering::Relaxed);
+    }
+
+    /// Events the spool lost (torn lines, its size limit) become part of the next gap.
+    fn spool_lost(&mut self) {
+        if let Some(n) = self.spool.as_mut().map(|s| std::mem::take(&mut s.lost)) {
+            if n > 0 {
+                self.lost(n);
+            }
+        }
+    }
+
+    /// Moves spooled events into the memory queue once it has room for a batch.
+    fn refill(&mut self) {
+        let room = self.config.buffer_max.saturating_sub(self.queue.len());
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        if spool.is_empty() || room < self.config.buffer_max.div_ceil(2) {
+            return;
+        }
+        match spool.pop(room) {
+            Ok(records) => {
+                for (routing_key, body) in records {
+                    self.queue.push_back(Outgoing { routing_key, body });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "AMQP spool read failed"),
+        }
+        self.spool_lost();
+        self.update_buffered();
+    }
+
+    /// Stopping: what is still unconfirmed goes to the front of the spool for the next run.
+    fn save(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        let records: Vec<super::spool::Record> = self
+            .queue
+            .drain(..)
+            .map(|m| (m.routing_key, m.body))
+            .collect();
+        let n = records.len();
+        match spool.push_front(&records).and_then(|()| spool.sync()) {
+            Ok(()) => tracing::info!(events = n, spooled = spool.len(), "AMQP events spooled"),
+            Err(e) => tracing::error!(error = %e, events = n, "AMQP spool write failed"),
+        }
     }
 
     fn lost(&mut self, n: u64) {
@@ -146,23 +215,44 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs until the bus closes (shutdown). Never returns an error: failures are retried with
-/// backoff and shown in `status`.
+/// How long a stopping publisher keeps publishing before it spools the rest.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
+/// Runs until `stop` turns true (or the bus closes). Never returns an error: failures are
+/// retried with backoff and shown in `status`.
 pub async fn run(
     config: AmqpConfig,
     mut rx: broadcast::Receiver<Arc<Event>>,
     status: Arc<AmqpStatus>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let spool = config.spool_dir.as_ref().and_then(|dir| {
+        match super::spool::Spool::open(dir, config.spool_max_mb.saturating_mul(1 << 20)) {
+            Ok(s) => {
+                if !s.is_empty() {
+                    tracing::info!(events = s.len(), dir = %dir.display(), "AMQP spool resumed");
+                }
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "AMQP spool unusable");
+                None
+            }
+        }
+    });
     let mut p = Publisher {
         config,
         status,
         queue: VecDeque::new(),
         unreported: 0,
         pinned: 0,
+        spool,
     };
+    p.refill();
     let mut backoff = BACKOFF_MIN;
     loop {
-        if !p.drain(&mut rx) {
+        if !p.drain(&mut rx) || *stop.borrow() {
+            p.save();
             return;
         }
         let props = ConnectionProperties::default()
@@ -183,11 +273,14 @@ pub async fn run(
             Ok(Ok(conn)) => {
                 p.status.connects.fetch_add(1, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
-                let e = session(&conn, &mut p, &mut rx).await;
+                let e = session(&conn, &mut p, &mut rx, &mut stop).await;
                 p.pinned = 0;
                 let _ = conn.close(0, "").await;
                 match e {
-                    Ok(()) => return, // The bus closed: shutdown.
+                    Ok(()) => {
+                        p.save(); // Stopping: the unconfirmed rest waits on disk.
+                        return;
+                    }
                     Err(e) => e,
                 }
             }
@@ -204,8 +297,15 @@ pub async fn run(
                 e = rx.recv() => match e {
                     Ok(e) => p.push(&e),
                     Err(broadcast::error::RecvError::Lagged(n)) => p.lost(n),
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        p.save();
+                        return;
+                    }
                 },
+                _ = stop.changed() => {
+                    p.save();
+                    return;
+                }
             }
         }
         p.report_gap(unix_ms());
@@ -214,11 +314,13 @@ pub async fn run(
 }
 
 /// One connection's life: declare, then publish the queue's front with confirms. Ok when the
-/// bus closed, Err(message) when the connection or channel failed.
+/// bus closed or a stop was asked (after up to STOP_FLUSH of publishing), Err(message) when the
+/// connection or channel failed.
 async fn session(
     conn: &Connection,
     p: &mut Publisher,
     rx: &mut broadcast::Receiver<Arc<Event>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -241,8 +343,13 @@ async fn session(
     // Confirms of the first `inflight.len()` queue entries, in order.
     let mut inflight: VecDeque<PublisherConfirm> = VecDeque::new();
     let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut stopping: Option<tokio::time::Instant> = None;
     loop {
         p.report_gap(unix_ms());
+        p.refill();
+        if stopping.is_some() && p.queue.is_empty() {
+            return Ok(());
+        }
         while inflight.len() < WINDOW && inflight.len() < p.queue.len() {
             let m = &p.queue[inflight.len()];
             let props = BasicProperties::default()
@@ -275,18 +382,29 @@ async fn session(
                         p.queue.pop_front();
                         p.pinned = inflight.len();
                         p.status.confirmed.fetch_add(1, Ordering::Relaxed);
-                        p.status.buffered.store(p.queue.len() as u64, Ordering::Relaxed);
+                        p.update_buffered();
                     }
                     // The broker refused it: start over on a new connection.
                     Confirmation::Nack(_) => return Err("broker nacked a message".to_owned()),
                 }
             }
-            e = rx.recv() => match e {
+            e = rx.recv(), if stopping.is_none() => match e {
                 Ok(e) => p.push(&e),
                 Err(broadcast::error::RecvError::Lagged(n)) => p.lost(n),
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
+            _ = stop.changed(), if stopping.is_none() => {
+                // Take what the bus still holds, then publish for a moment before spooling.
+                p.drain(rx);
+                stopping = Some(tokio::time::Instant::now() + STOP_FLUSH);
+            }
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)),
+                if stopping.is_some() => return Ok(()),
             _ = health.tick() => {
+                if let Some(spool) = p.spool.as_mut() {
+                    // Spooled events reach the disk within a second.
+                    let _ = spool.sync();
+                }
                 if !conn.status().connected() {
                     return Err("connection lost".to_owned());
                 }

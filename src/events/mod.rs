@@ -1,8 +1,9 @@
-//! The call events every live consumer sees (AMQP today; the WebSockets of issue 7 next):
-//! one typed, versioned JSON shape, produced by the sans-IO session core as actions and fanned
-//! out by the control plane. Schema and examples: `docs/events.md`.
+//! The call events every live consumer sees (AMQP and the `/ws/*` WebSockets): one typed,
+//! versioned JSON shape, produced by the sans-IO session core as actions and fanned out by the
+//! control plane. Schema and examples: `docs/events.md`.
 
 pub mod amqp;
+pub mod spool;
 
 use serde::Serialize;
 
