@@ -32,6 +32,7 @@ fn params() -> StreamParams {
         },
         payload_types,
         sample_rate: 8000,
+        clock_rate: 8000,
         held: false,
         paused: false,
         transcribe: false,

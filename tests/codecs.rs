@@ -66,3 +66,86 @@ fn l16_wideband_is_recorded_exactly() {
     assert_eq!(meta["streams"][0]["codec"], "L16");
     assert_eq!(meta["streams"][0]["clock_rate"], 16000);
 }
+
+/// G.722 (static PT 9, `G722/8000` under RFC 3551's clock-rate quirk): the answer keeps it
+/// and telephone-event/8000, the leg is recorded at 16 kHz, and it is exactly what spandsp's
+/// decoder (an independent implementation, tests/tools/g722_ref.py) makes of the same
+/// spandsp-encoded stream.
+#[test]
+fn g722_is_recorded_at_16_khz_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1.5 s of 16 kHz audio.
+    let a = source_audio(5, 12_000);
+    let b = source_audio(6, 12_000);
+    let pcm: Vec<i16> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| [*x / 2, *y / 2])
+        .collect();
+    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(dir.path().join("in.raw"), raw).unwrap();
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/g722_ref.py");
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args(["in.raw", "coded.g722", "decoded.raw"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let coded = std::fs::read(dir.path().join("coded.g722")).unwrap();
+    let reference: Vec<i16> = std::fs::read(dir.path().join("decoded.raw"))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!((coded.len(), reference.len()), (12_000, 24_000));
+
+    let server = Server::start(50, &[]);
+    let ports = TestPorts::new(50);
+    let mut src = Src::new(ports.src_sip, ports.sip, "g722@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let body = body.replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n",
+        "RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n",
+    );
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    let answer = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(answer.contains("a=rtpmap:9 G722/8000\r\n"), "{answer}");
+    assert!(answer.contains("telephone-event/8000\r\n"), "{answer}");
+    src.ack();
+    let port = answer_ports(&answer)[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let t0 = Instant::now();
+    // 20 ms packets: 160 bytes, 320 samples, but 160 RTP timestamp units.
+    for (i, chunk) in coded.chunks(160).enumerate() {
+        let mut packet = Vec::new();
+        write_packet(
+            9,
+            100 + i as u16,
+            5000 + 160 * i as u32,
+            0x722,
+            chunk,
+            &mut packet,
+        );
+        let due = t0 + Duration::from_millis(20 * i as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let (channels, rate, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
+    assert_eq!((channels, rate), (1, 16_000));
+    let at = find(&leg, &reference[..4000]).expect("spandsp's decoding, sample for sample");
+    assert_eq!(
+        &leg[at..at + reference.len()],
+        &reference[..],
+        "the whole stream"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["codec"], "G722");
+    assert_eq!(meta["streams"][0]["clock_rate"], 8000);
+    assert_eq!(meta["streams"][0]["sample_rate"], 16000);
+}

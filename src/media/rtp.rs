@@ -22,10 +22,17 @@ pub enum PayloadKind {
     TelephoneEvent,
     /// RFC 3389 comfort noise: the gap stays silence.
     ComfortNoise,
+    /// G.722: stateful, 16 kHz out of an 8000 Hz RTP clock.
+    G722,
 }
 
 /// Decodes a payload into samples.
 type Decoder = fn(&[u8], &mut [i16]);
+
+/// Whether a PT map needs a G.722 decoder.
+fn has_g722(params: &StreamParams) -> bool {
+    params.payload_types.contains(&Some(PayloadKind::G722))
+}
 
 /// L16: big-endian 16-bit samples.
 fn decode_l16(payload: &[u8], out: &mut [i16]) {
@@ -40,8 +47,11 @@ pub struct StreamParams {
     pub key: StreamKey,
     /// PT → kind. `None` means the SDP answer did not accept that PT: counted and dropped.
     pub payload_types: [Option<PayloadKind>; 128],
-    /// Audio sample rate of the decoded PCM (8000 for G.711).
+    /// Audio sample rate of the decoded PCM (8000 for G.711, 16000 for G.722).
     pub sample_rate: u32,
+    /// RTP timestamp rate (`a=rtpmap`; 8000 for G.722 too). Timestamps are scaled by
+    /// sample_rate / clock_rate before they leave as sample positions.
+    pub clock_rate: u32,
     /// A held stream (a=inactive, port 0) still receives, but its silence is expected.
     pub held: bool,
     /// Recording paused by the API: packets are tracked (sequence, loss) but not recorded, so
@@ -173,6 +183,9 @@ pub struct RtpReceiver {
     /// Completed digits waiting for the data plane to report them (at most two per packet;
     /// a few slots, allocated once).
     digits: std::collections::VecDeque<Dtmf>,
+    /// The stream's G.722 decoder state when its PT map has G.722 (allocated when the stream
+    /// opens or is updated, never per packet).
+    g722: Option<Box<super::g722::G722Decoder>>,
 }
 
 /// A DTMF digit received as an RFC 4733 telephone-event.
@@ -200,7 +213,9 @@ fn dtmf_char(event: u8) -> Option<char> {
 
 impl RtpReceiver {
     pub fn new(params: StreamParams) -> Self {
+        let g722 = has_g722(&params).then(Box::default);
         RtpReceiver {
+            g722,
             params,
             ssrc: None,
             ssrc_trusted: false,
@@ -227,7 +242,8 @@ impl RtpReceiver {
         };
         let end = flags & 0x80 != 0;
         let duration = u32::from(u16::from_be_bytes([d0, d1]));
-        let rate = self.params.sample_rate.max(1);
+        // telephone-event shares the codec's RTP clock (the answer only keeps it then).
+        let rate = self.params.clock_rate.max(1);
         let ms = |units: u32| (u64::from(units) * 1000 / u64::from(rate)) as u32;
         match self.dtmf {
             Some((cur, _, _, reported)) if cur == ts => {
@@ -291,9 +307,12 @@ impl RtpReceiver {
         &self.params
     }
 
-    /// Replaces PT map and hold state (re-INVITE); SSRC and sequence state carry on.
+    /// Replaces PT map and hold state (re-INVITE); SSRC, sequence and decoder state carry on.
     pub fn update(&mut self, params: StreamParams) {
         debug_assert_eq!(params.key, self.params.key);
+        if has_g722(&params) && self.g722.is_none() {
+            self.g722 = Some(Box::default());
+        }
         self.params = params;
     }
 
@@ -364,11 +383,12 @@ impl RtpReceiver {
         let ext_ts = self.extend_timestamp(header.timestamp);
         self.update_jitter(now_ns, ext_ts);
         let payload = &packet[header.payload_start..header.payload_end];
-        // (decoder, bytes per sample)
-        let (decode, width): (Decoder, usize) = match kind {
-            PayloadKind::Pcmu => (g711::decode_ulaw, 1),
-            PayloadKind::Pcma => (g711::decode_alaw, 1),
-            PayloadKind::L16 => (decode_l16, 2),
+        // (stateless decoder, bytes per sample); None for G.722, which keeps state.
+        let (decode, width): (Option<Decoder>, usize) = match kind {
+            PayloadKind::Pcmu => (Some(g711::decode_ulaw), 1),
+            PayloadKind::Pcma => (Some(g711::decode_alaw), 1),
+            PayloadKind::L16 => (Some(decode_l16), 2),
+            PayloadKind::G722 => (None, 1),
             PayloadKind::TelephoneEvent => {
                 self.stats.telephone_events += 1;
                 self.track_dtmf(now_ns, header.timestamp, payload);
@@ -383,18 +403,43 @@ impl RtpReceiver {
             self.stats.malformed += 1;
             return Err(Drop::Malformed);
         }
-        if self.params.paused {
-            self.stats.paused += 1;
-            return Err(Drop::Paused);
-        }
-        // Longer payloads (> 120 ms of G.711, > 20 ms of 48 kHz L16) are cut at
-        // FRAME_SAMPLES_MAX: outside RFC 3551's recommendations, and no vendor we know sends
-        // them. An odd trailing L16 byte is ignored.
-        let n = (payload.len() / width).min(FRAME_SAMPLES_MAX);
-        decode(&payload[..n * width], &mut frame.samples[..n]);
+        // Longer payloads (> 120 ms of G.711, > 60 ms of G.722, > 20 ms of 48 kHz L16) are cut
+        // at FRAME_SAMPLES_MAX: outside RFC 3551's recommendations, and no vendor we know
+        // sends them. An odd trailing L16 byte is ignored.
+        let n = match (decode, self.g722.as_deref_mut()) {
+            (Some(decode), _) => {
+                if self.params.paused {
+                    self.stats.paused += 1;
+                    return Err(Drop::Paused);
+                }
+                let n = (payload.len() / width).min(FRAME_SAMPLES_MAX);
+                decode(&payload[..n * width], &mut frame.samples[..n]);
+                n
+            }
+            // Decoded even while paused: its predictor must follow the encoder's.
+            (None, Some(g722)) => {
+                let bytes = payload.len().min(FRAME_SAMPLES_MAX / 2);
+                let n = g722.decode(&payload[..bytes], &mut frame.samples[..bytes * 2]);
+                if self.params.paused {
+                    self.stats.paused += 1;
+                    return Err(Drop::Paused);
+                }
+                n
+            }
+            (None, None) => {
+                // A PT map with G.722 always comes with its decoder (`new`, `update`).
+                self.stats.unknown_pt += 1;
+                return Err(Drop::UnknownPayloadType);
+            }
+        };
         frame.key = self.params.key;
         frame.arrival_ns = now_ns;
-        frame.ext_ts = ext_ts;
+        // Sample positions at the decoded rate (G.722: two per RTP timestamp unit).
+        frame.ext_ts = if self.params.sample_rate == self.params.clock_rate {
+            ext_ts
+        } else {
+            ext_ts * u64::from(self.params.sample_rate) / u64::from(self.params.clock_rate.max(1))
+        };
         frame.ssrc_epoch = self.ssrc_epoch;
         frame.sample_rate = self.params.sample_rate;
         frame.len = n as u16;
@@ -506,7 +551,7 @@ impl RtpReceiver {
 
     /// RFC 3550 A.8: J += (|D| − J) / 16, D the change in transit time, in RTP units.
     fn update_jitter(&mut self, now_ns: u64, ext_ts: u64) {
-        let rate = u64::from(self.params.sample_rate.max(1));
+        let rate = u64::from(self.params.clock_rate.max(1));
         let arrival = (now_ns as u128 * rate as u128 / 1_000_000_000) as i64;
         let transit = arrival - ext_ts as i64;
         if let Some(last) = self.transit {
@@ -629,6 +674,7 @@ mod tests {
             },
             payload_types,
             sample_rate: 8000,
+            clock_rate: 8000,
             held: false,
             paused: false,
             transcribe: false,

@@ -15,6 +15,8 @@ pub enum Codec {
     Pcma,
     /// Linear 16-bit PCM, mono, big-endian (RFC 3551 §4.5.11), at its clock rate.
     L16(u32),
+    /// ITU-T G.722 at 64 kbit/s: 16 kHz audio under an 8000 Hz RTP clock (RFC 3551 §4.5.2).
+    G722,
 }
 
 impl Codec {
@@ -23,13 +25,23 @@ impl Codec {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
             Codec::L16(_) => "L16",
+            Codec::G722 => "G722",
         }
     }
 
+    /// The RTP timestamp rate, as signalled in `a=rtpmap`.
     pub fn clock_rate(&self) -> u32 {
         match self {
-            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
             Codec::L16(rate) => *rate,
+        }
+    }
+
+    /// The rate of the decoded audio (the recording's): the clock rate, except G.722's 16 kHz.
+    pub fn sample_rate(&self) -> u32 {
+        match self {
+            Codec::G722 => 16000,
+            c => c.clock_rate(),
         }
     }
 
@@ -37,6 +49,7 @@ impl Codec {
         match (encoding.to_ascii_uppercase().as_str(), rate, channels) {
             ("PCMU", 8000, None | Some(1)) => Some(Codec::Pcmu),
             ("PCMA", 8000, None | Some(1)) => Some(Codec::Pcma),
+            ("G722", 8000, None | Some(1)) => Some(Codec::G722),
             // Mono only; 20 ms at 48 kHz is the largest frame we carry.
             ("L16", 8000 | 16000 | 32000 | 44100 | 48000, None | Some(1)) => Some(Codec::L16(rate)),
             _ => None,

@@ -288,7 +288,7 @@ impl Call {
                 specs.push(StreamSpec {
                     index: stream.index,
                     file_stem: stream.file_stem.clone(),
-                    sample_rate: media.codec.clock_rate(),
+                    sample_rate: media.codec.sample_rate(),
                     in_mixed: call.combine_legs,
                 });
             }
@@ -905,7 +905,7 @@ impl Call {
                         spec: StreamSpec {
                             index: stream.index,
                             file_stem: stream.file_stem.clone(),
-                            sample_rate: media.codec.clock_rate(),
+                            sample_rate: media.codec.sample_rate(),
                             in_mixed: false,
                         },
                     }));
@@ -1066,6 +1066,7 @@ impl Call {
                 "codec": s.media.as_ref().map(|m| m.codec.name()),
                 "payload_type": s.media.as_ref().map(|m| m.pt),
                 "clock_rate": s.media.as_ref().map(|m| m.clock_rate),
+                "sample_rate": s.media.as_ref().map(|m| m.codec.sample_rate()),
                 "telephone_event_pt": s.media.as_ref().and_then(|m| m.telephone_event_pt),
                 "local_port": s.port,
                 "srtp": s.srtp_suite(),
@@ -1220,11 +1221,13 @@ fn stream_params(
         Codec::Pcmu => PayloadKind::Pcmu,
         Codec::Pcma => PayloadKind::Pcma,
         Codec::L16(_) => PayloadKind::L16,
+        Codec::G722 => PayloadKind::G722,
     };
     let mut payload_types = [None; 128];
-    // A PT switch mid-stream must keep the rate: the stream's file and timeline have one.
+    // A PT switch mid-stream must keep the rates: the stream's file and timeline have one.
     for &(pt, codec) in &media.decodable {
-        if codec.clock_rate() != media.codec.clock_rate() {
+        let rates = |c: Codec| (c.clock_rate(), c.sample_rate());
+        if rates(codec) != rates(media.codec) {
             continue;
         }
         if let Some(slot) = payload_types.get_mut(pt as usize) {
@@ -1253,7 +1256,8 @@ fn stream_params(
     StreamParams {
         key,
         payload_types,
-        sample_rate: media.codec.clock_rate(),
+        sample_rate: media.codec.sample_rate(),
+        clock_rate: media.codec.clock_rate(),
         held,
         paused,
         transcribe,
