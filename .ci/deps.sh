@@ -3,9 +3,11 @@
 # Idempotent: already-installed packages are skipped quickly. Run as root (or via sudo).
 set -euo pipefail
 
-# cmake builds whisper.cpp (whisper-rs-sys); flite speaks the STT tests' sentences.
+# cmake builds whisper.cpp (whisper-rs-sys); flite speaks the STT tests' sentences;
+# libbcg729-dev is the G.729 decoder siprec links; libspandsp2 is the independent G.722
+# implementation the codec tests compare against.
 packages=(build-essential pkg-config cmake libssl-dev python3 python3-venv sip-tester sox flite
-  tshark curl ca-certificates systemd)
+  tshark curl ca-certificates systemd libbcg729-dev libspandsp2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

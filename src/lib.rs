@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod events;
+pub mod ffi;
 pub mod media;
 pub mod proto;
 pub mod ring;

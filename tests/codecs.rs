@@ -149,3 +149,102 @@ fn g722_is_recorded_at_16_khz_bit_exact() {
     assert_eq!(meta["streams"][0]["clock_rate"], 8000);
     assert_eq!(meta["streams"][0]["sample_rate"], 16000);
 }
+
+/// G.729 (static PT 18, 20 ms = two 10-byte frames per packet): recorded at 8 kHz exactly as
+/// bcg729's own decoder (tests/tools/g729_ref.py) decodes the bcg729-encoded stream; a trailing
+/// Annex B SID frame and a mid-call switch to PCMU (same rate) are followed.
+#[test]
+fn g729_is_recorded_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcm: Vec<i16> = source_audio(7, 8_000).iter().map(|s| s / 2).collect();
+    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(dir.path().join("in.raw"), raw).unwrap();
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/g729_ref.py");
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args(["in.raw", "coded.g729", "decoded.raw"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let coded = std::fs::read(dir.path().join("coded.g729")).unwrap();
+    let reference: Vec<i16> = std::fs::read(dir.path().join("decoded.raw"))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!((coded.len(), reference.len()), (1000, 8000));
+
+    let server = Server::start(51, &[]);
+    let ports = TestPorts::new(51);
+    let mut src = Src::new(ports.src_sip, ports.sip, "g729@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let body = body.replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n",
+        "RTP/AVP 18 0 101\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=yes\r\n\
+         a=rtpmap:0 PCMU/8000\r\n",
+    );
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    let answer = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(answer.contains("a=rtpmap:18 G729/8000\r\n"), "{answer}");
+    src.ack();
+    let port = answer_ports(&answer)[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let t0 = Instant::now();
+    let packets = coded.chunks(20).count();
+    for (i, chunk) in coded.chunks(20).enumerate() {
+        let mut payload = chunk.to_vec();
+        if i == packets - 1 {
+            payload.extend_from_slice(&[0x2a, 0x80]); // An Annex B SID frame ends the talk.
+        }
+        let mut packet = Vec::new();
+        write_packet(
+            18,
+            300 + i as u16,
+            9000 + 160 * i as u32,
+            0x729,
+            &payload,
+            &mut packet,
+        );
+        let due = t0 + Duration::from_millis(20 * i as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
+    }
+    // Then PCMU on the same stream (PT switch, same 8 kHz): decoded too.
+    let tail = ulaw_roundtrip(&source_audio(8, 800));
+    let ulaw: Vec<u8> = source_audio(8, 800)
+        .iter()
+        .map(|&s| siprec::media::g711::linear_to_ulaw(s))
+        .collect();
+    let mut packet = Vec::new();
+    let i = packets + 1;
+    write_packet(
+        0,
+        300 + i as u16,
+        9000 + 160 * i as u32,
+        0x729,
+        &ulaw[..160],
+        &mut packet,
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let (channels, rate, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
+    assert_eq!((channels, rate), (1, 8_000));
+    let at = find(&leg, &reference[..800]).expect("bcg729's decoding, sample for sample");
+    assert_eq!(
+        &leg[at..at + reference.len()],
+        &reference[..],
+        "the whole stream"
+    );
+    assert!(
+        find(&leg, &tail[..160]).is_some(),
+        "the PCMU packet after the switch"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["codec"], "G729");
+}

@@ -24,14 +24,39 @@ pub enum PayloadKind {
     ComfortNoise,
     /// G.722: stateful, 16 kHz out of an 8000 Hz RTP clock.
     G722,
+    /// G.729(A/B): 10-byte frames of 80 samples, a trailing 2-byte SID frame for comfort noise.
+    G729,
 }
 
 /// Decodes a payload into samples.
 type Decoder = fn(&[u8], &mut [i16]);
 
-/// Whether a PT map needs a G.722 decoder.
-fn has_g722(params: &StreamParams) -> bool {
-    params.payload_types.contains(&Some(PayloadKind::G722))
+/// G.729 payload (RFC 3551 §4.5.6): whole 10-byte frames, then possibly one 2-byte Annex B
+/// SID frame; 80 samples each, at most FRAME_SAMPLES_MAX. A stray trailing byte count other
+/// than 0 or 2 is ignored.
+fn decode_g729(
+    decoder: &mut crate::ffi::bcg729::G729Decoder,
+    payload: &[u8],
+    out: &mut [i16; FRAME_SAMPLES_MAX],
+) -> usize {
+    use crate::ffi::bcg729::{FRAME_BYTES, FRAME_SAMPLES, SID_BYTES};
+    let mut n = 0;
+    let frames = payload
+        .chunks(FRAME_BYTES)
+        .filter(|f| f.len() == FRAME_BYTES || f.len() == SID_BYTES);
+    for (frame, slot) in frames.zip(out.chunks_exact_mut(FRAME_SAMPLES)) {
+        let slot: &mut [i16; FRAME_SAMPLES] = slot
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("chunks_exact yields FRAME_SAMPLES samples"));
+        decoder.decode(frame, slot);
+        n += FRAME_SAMPLES;
+    }
+    n
+}
+
+/// Whether a PT map has `kind` (and so needs its decoder state).
+fn has(params: &StreamParams, kind: PayloadKind) -> bool {
+    params.payload_types.contains(&Some(kind))
 }
 
 /// L16: big-endian 16-bit samples.
@@ -183,9 +208,10 @@ pub struct RtpReceiver {
     /// Completed digits waiting for the data plane to report them (at most two per packet;
     /// a few slots, allocated once).
     digits: std::collections::VecDeque<Dtmf>,
-    /// The stream's G.722 decoder state when its PT map has G.722 (allocated when the stream
-    /// opens or is updated, never per packet).
+    /// The stream's G.722 and G.729 decoder states when its PT map has those codecs
+    /// (allocated when the stream opens or is updated, never per packet).
     g722: Option<Box<super::g722::G722Decoder>>,
+    g729: Option<crate::ffi::bcg729::G729Decoder>,
 }
 
 /// A DTMF digit received as an RFC 4733 telephone-event.
@@ -213,9 +239,13 @@ fn dtmf_char(event: u8) -> Option<char> {
 
 impl RtpReceiver {
     pub fn new(params: StreamParams) -> Self {
-        let g722 = has_g722(&params).then(Box::default);
+        let g722 = has(&params, PayloadKind::G722).then(Box::default);
+        let g729 = has(&params, PayloadKind::G729)
+            .then(crate::ffi::bcg729::G729Decoder::new)
+            .flatten();
         RtpReceiver {
             g722,
+            g729,
             params,
             ssrc: None,
             ssrc_trusted: false,
@@ -310,8 +340,11 @@ impl RtpReceiver {
     /// Replaces PT map and hold state (re-INVITE); SSRC, sequence and decoder state carry on.
     pub fn update(&mut self, params: StreamParams) {
         debug_assert_eq!(params.key, self.params.key);
-        if has_g722(&params) && self.g722.is_none() {
+        if has(&params, PayloadKind::G722) && self.g722.is_none() {
             self.g722 = Some(Box::default());
+        }
+        if has(&params, PayloadKind::G729) && self.g729.is_none() {
+            self.g729 = crate::ffi::bcg729::G729Decoder::new();
         }
         self.params = params;
     }
@@ -388,7 +421,7 @@ impl RtpReceiver {
             PayloadKind::Pcmu => (Some(g711::decode_ulaw), 1),
             PayloadKind::Pcma => (Some(g711::decode_alaw), 1),
             PayloadKind::L16 => (Some(decode_l16), 2),
-            PayloadKind::G722 => (None, 1),
+            PayloadKind::G722 | PayloadKind::G729 => (None, 1),
             PayloadKind::TelephoneEvent => {
                 self.stats.telephone_events += 1;
                 self.track_dtmf(now_ns, header.timestamp, payload);
@@ -406,7 +439,7 @@ impl RtpReceiver {
         // Longer payloads (> 120 ms of G.711, > 60 ms of G.722, > 20 ms of 48 kHz L16) are cut
         // at FRAME_SAMPLES_MAX: outside RFC 3551's recommendations, and no vendor we know
         // sends them. An odd trailing L16 byte is ignored.
-        let n = match (decode, self.g722.as_deref_mut()) {
+        let n = match (decode, kind) {
             (Some(decode), _) => {
                 if self.params.paused {
                     self.stats.paused += 1;
@@ -416,8 +449,13 @@ impl RtpReceiver {
                 decode(&payload[..n * width], &mut frame.samples[..n]);
                 n
             }
-            // Decoded even while paused: its predictor must follow the encoder's.
-            (None, Some(g722)) => {
+            // Stateful decoders run even while paused: their predictors must follow the
+            // encoder's. A PT map with them always comes with their state (`new`, `update`).
+            (None, PayloadKind::G722) => {
+                let Some(g722) = self.g722.as_deref_mut() else {
+                    self.stats.unknown_pt += 1;
+                    return Err(Drop::UnknownPayloadType);
+                };
                 let bytes = payload.len().min(FRAME_SAMPLES_MAX / 2);
                 let n = g722.decode(&payload[..bytes], &mut frame.samples[..bytes * 2]);
                 if self.params.paused {
@@ -426,10 +464,21 @@ impl RtpReceiver {
                 }
                 n
             }
-            (None, None) => {
-                // A PT map with G.722 always comes with its decoder (`new`, `update`).
-                self.stats.unknown_pt += 1;
-                return Err(Drop::UnknownPayloadType);
+            (None, _) => {
+                let Some(g729) = self.g729.as_mut() else {
+                    self.stats.unknown_pt += 1;
+                    return Err(Drop::UnknownPayloadType);
+                };
+                let n = decode_g729(g729, payload, &mut frame.samples);
+                if n == 0 {
+                    self.stats.malformed += 1;
+                    return Err(Drop::Malformed);
+                }
+                if self.params.paused {
+                    self.stats.paused += 1;
+                    return Err(Drop::Paused);
+                }
+                n
             }
         };
         frame.key = self.params.key;

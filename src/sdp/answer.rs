@@ -17,6 +17,8 @@ pub enum Codec {
     L16(u32),
     /// ITU-T G.722 at 64 kbit/s: 16 kHz audio under an 8000 Hz RTP clock (RFC 3551 §4.5.2).
     G722,
+    /// ITU-T G.729 / G.729A, with Annex B comfort noise (RFC 3551 §4.5.6), through bcg729.
+    G729,
 }
 
 impl Codec {
@@ -26,13 +28,14 @@ impl Codec {
             Codec::Pcma => "PCMA",
             Codec::L16(_) => "L16",
             Codec::G722 => "G722",
+            Codec::G729 => "G729",
         }
     }
 
     /// The RTP timestamp rate, as signalled in `a=rtpmap`.
     pub fn clock_rate(&self) -> u32 {
         match self {
-            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
+            Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::G729 => 8000,
             Codec::L16(rate) => *rate,
         }
     }
@@ -50,6 +53,7 @@ impl Codec {
             ("PCMU", 8000, None | Some(1)) => Some(Codec::Pcmu),
             ("PCMA", 8000, None | Some(1)) => Some(Codec::Pcma),
             ("G722", 8000, None | Some(1)) => Some(Codec::G722),
+            ("G729" | "G729A", 8000, None | Some(1)) => Some(Codec::G729),
             // Mono only; 20 ms at 48 kHz is the largest frame we carry.
             ("L16", 8000 | 16000 | 32000 | 44100 | 48000, None | Some(1)) => Some(Codec::L16(rate)),
             _ => None,
