@@ -19,6 +19,8 @@ pub enum Codec {
     G722,
     /// ITU-T G.729 / G.729A, with Annex B comfort noise (RFC 3551 §4.5.6), through bcg729.
     G729,
+    /// Opus (RFC 7587): `opus/48000/2` whatever the channels sent; recorded mono at 48 kHz.
+    Opus,
 }
 
 impl Codec {
@@ -29,6 +31,7 @@ impl Codec {
             Codec::L16(_) => "L16",
             Codec::G722 => "G722",
             Codec::G729 => "G729",
+            Codec::Opus => "opus",
         }
     }
 
@@ -37,7 +40,13 @@ impl Codec {
         match self {
             Codec::Pcmu | Codec::Pcma | Codec::G722 | Codec::G729 => 8000,
             Codec::L16(rate) => *rate,
+            Codec::Opus => 48_000,
         }
+    }
+
+    /// The `/channels` part of its `a=rtpmap` in our answer (RFC 7587 §7 wants 2 for Opus).
+    pub fn rtpmap_channels(&self) -> Option<u16> {
+        (*self == Codec::Opus).then_some(2)
     }
 
     /// The rate of the decoded audio (the recording's): the clock rate, except G.722's 16 kHz.
@@ -54,6 +63,7 @@ impl Codec {
             ("PCMA", 8000, None | Some(1)) => Some(Codec::Pcma),
             ("G722", 8000, None | Some(1)) => Some(Codec::G722),
             ("G729" | "G729A", 8000, None | Some(1)) => Some(Codec::G729),
+            ("OPUS", 48_000, None | Some(1) | Some(2)) => Some(Codec::Opus),
             // Mono only; 20 ms at 48 kHz is the largest frame we carry.
             ("L16", 8000 | 16000 | 32000 | 44100 | 48000, None | Some(1)) => Some(Codec::L16(rate)),
             _ => None,
@@ -237,12 +247,14 @@ pub fn render_answer(
                     let _ = write!(fmts, " {te}");
                 }
                 let _ = write!(s, "m=audio {port} {proto} {fmts}\r\n");
+                let channels = a.codec.rtpmap_channels().map(|c| format!("/{c}"));
                 let _ = write!(
                     s,
-                    "a=rtpmap:{} {}/{}\r\n",
+                    "a=rtpmap:{} {}/{}{}\r\n",
                     a.pt,
                     a.codec.name(),
-                    a.clock_rate
+                    a.clock_rate,
+                    channels.unwrap_or_default()
                 );
                 if let Some(te) = a.telephone_event_pt {
                     let _ = write!(
@@ -301,13 +313,14 @@ mod tests {
         super::super::parse(text).unwrap()
     }
 
-    /// Two labelled m-lines: PCMU + telephone-event kept with fmtp, labels echoed, recvonly,
-    /// a video line and an SRTP line without a suite we support rejected with port 0.
+    /// Two labelled m-lines: PCMU (after GSM, which we don't decode) + telephone-event kept with
+    /// fmtp, labels echoed, recvonly, a video line and an SRTP line without a suite we support
+    /// rejected with port 0.
     #[test]
     fn answer_shape() {
         let o = offer(
             "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
-m=audio 4000 RTP/AVP 18 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=label:1\r\na=sendonly\r\na=rtcp-mux\r\n\
+m=audio 4000 RTP/AVP 3 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=label:1\r\na=sendonly\r\na=rtcp-mux\r\n\
 m=video 4002 RTP/AVP 96\r\n\
 m=audio 4004 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:xx\r\n\
 m=audio 4006 RTP/AVP 8\r\na=label:2\r\na=inactive\r\n",
@@ -335,10 +348,10 @@ m=audio 10002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=label:2\r\na=inactive\r\n"
         );
     }
 
-    /// Nothing recordable → NoUsableStream (488).
+    /// Nothing recordable (GSM only) → NoUsableStream (488).
     #[test]
     fn no_usable_stream() {
-        let o = offer("v=0\r\nm=audio 4000 RTP/AVP 18\r\nm=audio 0 RTP/AVP 0\r\n");
+        let o = offer("v=0\r\nm=audio 4000 RTP/AVP 3\r\nm=audio 0 RTP/AVP 0\r\n");
         assert!(plan_answer(&o, AnswerPolicy::default()).is_err());
     }
 
