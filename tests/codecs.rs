@@ -70,9 +70,9 @@ fn l16_wideband_is_recorded_exactly() {
 /// G.722 (static PT 9, `G722/8000` under RFC 3551's clock-rate quirk): the answer keeps it
 /// and telephone-event/8000, the leg is recorded at 16 kHz, and it is exactly what spandsp's
 /// decoder (an independent implementation, tests/tools/g722_ref.py) makes of the same
-/// spandsp-encoded stream.
+/// spandsp-encoded stream. Then an Opus call on the same server (`opus_call`).
 #[test]
-fn g722_is_recorded_at_16_khz_bit_exact() {
+fn wideband_g722_and_opus_are_recorded_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     // 1.5 s of 16 kHz audio.
     let a = source_audio(5, 12_000);
@@ -148,6 +148,92 @@ fn g722_is_recorded_at_16_khz_bit_exact() {
     assert_eq!(meta["streams"][0]["codec"], "G722");
     assert_eq!(meta["streams"][0]["clock_rate"], 8000);
     assert_eq!(meta["streams"][0]["sample_rate"], 16000);
+    drop((src, sock));
+    opus_call(&server, &ports, dir.path());
+}
+
+/// Opus (`opus/48000/2`, in-band FEC) on the same server: recorded mono at 48 kHz exactly as
+/// libopus decodes the stream when packet 20 never arrives and packet 21's FEC rebuilds it
+/// (tests/tools/opus_ref.py makes the same calls).
+fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
+    let pcm: Vec<i16> = source_audio(9, 48_000).iter().map(|s| s / 2).collect();
+    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(dir.join("in48.raw"), raw).unwrap();
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/opus_ref.py");
+    let out = std::process::Command::new("python3")
+        .arg(tool)
+        .args(["in48.raw", "packets.opus", "decoded48.raw", "20"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stream = std::fs::read(dir.join("packets.opus")).unwrap();
+    let mut packets = Vec::new();
+    let mut rest = &stream[..];
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        packets.push(rest[2..2 + n].to_vec());
+        rest = &rest[2 + n..];
+    }
+    let reference: Vec<i16> = std::fs::read(dir.join("decoded48.raw"))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!((packets.len(), reference.len()), (50, 48_000));
+
+    let mut src = Src::new(ports.src_sip, ports.sip, "opus@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let body = body.replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n",
+        "RTP/AVP 111 101\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n",
+    );
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    let answer = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(answer.contains("a=rtpmap:111 opus/48000/2\r\n"), "{answer}");
+    src.ack();
+    let port = answer_ports(&answer)[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let t0 = Instant::now();
+    for (i, p) in packets.iter().enumerate() {
+        let due = t0 + Duration::from_millis(20 * i as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        if i == 20 {
+            continue; // Lost on the way.
+        }
+        let mut packet = Vec::new();
+        write_packet(
+            111,
+            40 + i as u16,
+            2000 + 960 * i as u32,
+            0x0905,
+            p,
+            &mut packet,
+        );
+        sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+    let sessions = wait_sessions(&server.recordings(), 2, Duration::from_secs(10));
+    let dir = sessions
+        .iter()
+        .find(|d| {
+            std::fs::read_to_string(d.join("session.json")).is_ok_and(|j| j.contains("opus@"))
+        })
+        .unwrap();
+    let (channels, rate, leg) = read_wav(&dir.join("1.wav")).unwrap();
+    assert_eq!((channels, rate), (1, 48_000));
+    let at = find(&leg, &reference[..4800]).expect("libopus's decoding, sample for sample");
+    assert_eq!(
+        &leg[at..at + reference.len()],
+        &reference[..],
+        "the whole call, FEC included"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["codec"], "opus");
+    assert_eq!(meta["streams"][0]["rtp"]["lost"], 1);
 }
 
 /// G.729 (static PT 18, 20 ms = two 10-byte frames per packet): recorded at 8 kHz exactly as

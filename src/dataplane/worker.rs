@@ -162,7 +162,7 @@ fn deliver(
         .receiver
         .handle_packet_from(now, source, packet, frame)
     {
-        Ok(()) => {
+        Ok(()) => loop {
             // We purposely copy the frame into the ring slot rather than box it: no
             // allocation.
             if out.recorder.push(frame.clone()).is_err() {
@@ -178,7 +178,11 @@ fn deliver(
                     local.stt_ring_full += 1;
                 }
             }
-        }
+            // A packet that decoded to more than one frame (long Opus packets, filled gaps).
+            if !stream.receiver.next_frame(frame) {
+                break;
+            }
+        },
         Err(crate::media::rtp::Drop::TelephoneEvent) => {
             while let Some(digit) = stream.receiver.take_digit() {
                 let key = stream.receiver.params().key;

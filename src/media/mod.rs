@@ -6,6 +6,7 @@ pub mod activity;
 pub mod frame;
 pub mod g711;
 pub mod g722;
+pub mod opus;
 pub mod rtcp;
 pub mod rtp;
 

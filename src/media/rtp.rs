@@ -26,6 +26,8 @@ pub enum PayloadKind {
     G722,
     /// G.729(A/B): 10-byte frames of 80 samples, a trailing 2-byte SID frame for comfort noise.
     G729,
+    /// Opus at 48 kHz: up to 120 ms per packet, handed out over several frames.
+    Opus,
 }
 
 /// Decodes a payload into samples.
@@ -212,6 +214,7 @@ pub struct RtpReceiver {
     /// (allocated when the stream opens or is updated, never per packet).
     g722: Option<Box<super::g722::G722Decoder>>,
     g729: Option<crate::ffi::bcg729::G729Decoder>,
+    opus: Option<Box<super::opus::OpusState>>,
 }
 
 /// A DTMF digit received as an RFC 4733 telephone-event.
@@ -243,9 +246,14 @@ impl RtpReceiver {
         let g729 = has(&params, PayloadKind::G729)
             .then(crate::ffi::bcg729::G729Decoder::new)
             .flatten();
+        let opus = has(&params, PayloadKind::Opus)
+            .then(super::opus::OpusState::new)
+            .flatten()
+            .map(Box::new);
         RtpReceiver {
             g722,
             g729,
+            opus,
             params,
             ssrc: None,
             ssrc_trusted: false,
@@ -346,6 +354,9 @@ impl RtpReceiver {
         if has(&params, PayloadKind::G729) && self.g729.is_none() {
             self.g729 = crate::ffi::bcg729::G729Decoder::new();
         }
+        if has(&params, PayloadKind::Opus) && self.opus.is_none() {
+            self.opus = super::opus::OpusState::new().map(Box::new);
+        }
         self.params = params;
     }
 
@@ -421,7 +432,7 @@ impl RtpReceiver {
             PayloadKind::Pcmu => (Some(g711::decode_ulaw), 1),
             PayloadKind::Pcma => (Some(g711::decode_alaw), 1),
             PayloadKind::L16 => (Some(decode_l16), 2),
-            PayloadKind::G722 | PayloadKind::G729 => (None, 1),
+            PayloadKind::G722 | PayloadKind::G729 | PayloadKind::Opus => (None, 1),
             PayloadKind::TelephoneEvent => {
                 self.stats.telephone_events += 1;
                 self.track_dtmf(now_ns, header.timestamp, payload);
@@ -439,6 +450,8 @@ impl RtpReceiver {
         // Longer payloads (> 120 ms of G.711, > 60 ms of G.722, > 20 ms of 48 kHz L16) are cut
         // at FRAME_SAMPLES_MAX: outside RFC 3551's recommendations, and no vendor we know
         // sends them. An odd trailing L16 byte is ignored.
+        // Where the frame starts when the decoder says so (Opus after filling a gap).
+        let mut frame_at = None;
         let n = match (decode, kind) {
             (Some(decode), _) => {
                 if self.params.paused {
@@ -464,6 +477,28 @@ impl RtpReceiver {
                 }
                 n
             }
+            (None, PayloadKind::Opus) => {
+                let Some(opus) = self.opus.as_deref_mut() else {
+                    self.stats.unknown_pt += 1;
+                    return Err(Drop::UnknownPayloadType);
+                };
+                if !opus.decode(payload, ext_ts) {
+                    self.stats.malformed += 1;
+                    return Err(Drop::Malformed);
+                }
+                if self.params.paused {
+                    opus.discard();
+                    self.stats.paused += 1;
+                    return Err(Drop::Paused);
+                }
+                // The first frame here; the rest through `next_frame`.
+                let Some((at, n)) = opus.take(&mut frame.samples) else {
+                    self.stats.malformed += 1;
+                    return Err(Drop::Malformed);
+                };
+                frame_at = Some(at);
+                n
+            }
             (None, _) => {
                 let Some(g729) = self.g729.as_mut() else {
                     self.stats.unknown_pt += 1;
@@ -484,7 +519,9 @@ impl RtpReceiver {
         frame.key = self.params.key;
         frame.arrival_ns = now_ns;
         // Sample positions at the decoded rate (G.722: two per RTP timestamp unit).
-        frame.ext_ts = if self.params.sample_rate == self.params.clock_rate {
+        frame.ext_ts = if let Some(at) = frame_at {
+            at
+        } else if self.params.sample_rate == self.params.clock_rate {
             ext_ts
         } else {
             ext_ts * u64::from(self.params.sample_rate) / u64::from(self.params.clock_rate.max(1))
@@ -494,6 +531,23 @@ impl RtpReceiver {
         frame.len = n as u16;
         self.stats.audio_packets += 1;
         Ok(())
+    }
+
+    /// More audio of the packet just handled, when it decoded to more than one frame (Opus
+    /// packets over 20 ms, or a filled gap before one): fills `frame` (keeping the fields the
+    /// packet's frame set) and returns true, until there is none.
+    pub fn next_frame(&mut self, frame: &mut MediaFrame) -> bool {
+        let Some(opus) = self.opus.as_deref_mut() else {
+            return false;
+        };
+        match opus.take(&mut frame.samples) {
+            Some((at, n)) => {
+                frame.ext_ts = at;
+                frame.len = n as u16;
+                true
+            }
+            None => false,
+        }
     }
 
     /// SSRC lock: the first SSRC is recorded; another takes over when it comes from the SRC's

@@ -1223,6 +1223,7 @@ fn stream_params(
         Codec::L16(_) => PayloadKind::L16,
         Codec::G722 => PayloadKind::G722,
         Codec::G729 => PayloadKind::G729,
+        Codec::Opus => PayloadKind::Opus,
     };
     let mut payload_types = [None; 128];
     // A PT switch mid-stream must keep the rates: the stream's file and timeline have one.

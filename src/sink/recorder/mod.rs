@@ -15,10 +15,12 @@
 //! let one recording session's disk error affect another (it fails alone, with `SessionFailed`
 //! and headers valid for what is on disk), to panic on a frame it can't place (frames of unknown
 //! sessions, streams, or of a sample rate other than the stream's are counted and dropped), and
-//! to resample (a stream whose rate differs from the mix's first stream is left out of the mix).
+//! to change a leg's own file's rate: `mixed.wav` runs at its members' highest rate and slower
+//! legs are resampled into it (`mixrate.rs`), while each leg's file keeps its native rate.
 
 mod error;
 mod fsutil;
+mod mixrate;
 pub mod timeline;
 mod wav;
 pub use wav::IO_LATENCY;
@@ -28,7 +30,7 @@ pub use fsutil::{sanitize_component, write_atomic};
 pub use timeline::{position_at, StreamTimeline, TimelineStats};
 pub use wav::{read_wav, WavInfo, WavWriter};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -489,6 +491,16 @@ impl<C: MonotonicClock> Recorder<C> {
         recording.end_ns = Some(end_ns);
         let session = recording.id;
         let mut error = recording.commit_to(end_ns).err();
+        // Resampled legs' tails, then silence for any leg that ends short.
+        if let (None, Some(mixed)) = (&error, &mut recording.mixed) {
+            for &m in &mixed.members {
+                let s = &mut recording.streams[m];
+                if let Some(c) = &mut s.mix_conv {
+                    c.finish(&mut s.mix_fifo);
+                }
+            }
+            error = write_mix(&mut recording.streams, mixed, true).err();
+        }
         if let Some(report) = recording.activity_report(true) {
             self.emit(report);
         }
@@ -573,12 +585,15 @@ struct StreamRecording {
     in_mix: bool,
     /// One chunk of committed samples, for the mix. Allocated once (empty if not in the mix).
     chunk: Vec<i16>,
+    /// Committed samples at the mix's rate not yet in `mixed.wav` (a converter's step behind
+    /// at most), and the converter when this stream's rate is not the mix's.
+    mix_fifo: VecDeque<i16>,
+    mix_conv: Option<mixrate::RateConverter>,
     frames_rate_mismatch_dropped: u64,
 }
 
 struct MixedRecording {
     writer: WavWriter,
-    sample_rate: u32,
     /// Indices into `RecordingSession::streams`, in channel order.
     members: Vec<usize>,
     /// One interleaved chunk. Allocated once.
@@ -605,22 +620,28 @@ impl RecordingSession {
             activity: CallActivity::new(),
             reported_windows: 0,
         };
-        let mut mix_rate = None;
+        // The mix runs at its members' highest rate; slower legs are resampled into it.
+        let mix_rate = specs
+            .iter()
+            .filter(|s| config.combine_legs && s.in_mixed && s.sample_rate > 0)
+            .map(|s| s.sample_rate)
+            .max();
         for spec in specs {
-            let in_mix = config.combine_legs && spec.in_mixed && {
-                let rate = *mix_rate.get_or_insert(spec.sample_rate);
-                if rate != spec.sample_rate {
-                    warn!(
-                        session = id,
-                        stream = spec.index,
-                        rate = spec.sample_rate,
-                        mix_rate = rate,
-                        "stream left out of mixed.wav: its sample rate differs (no resampling)"
-                    );
-                }
-                rate == spec.sample_rate
-            };
+            let in_mix = config.combine_legs && spec.in_mixed;
             recording.add_stream_inner(spec, config.commit_delay_ms, in_mix)?;
+            let (Some(rate), Some(stream)) = (mix_rate, recording.streams.last_mut()) else {
+                continue;
+            };
+            if stream.in_mix && spec.sample_rate != rate {
+                match mixrate::RateConverter::new(spec.sample_rate, rate) {
+                    Ok(c) => stream.mix_conv = Some(c),
+                    Err(e) => {
+                        warn!(session = id, stream = spec.index, error = %e,
+                            "stream left out of mixed.wav");
+                        stream.in_mix = false;
+                    }
+                }
+            }
         }
         let members: Vec<usize> = (0..recording.streams.len())
             .filter(|&i| recording.streams[i].in_mix)
@@ -633,7 +654,6 @@ impl RecordingSession {
             let interleaved = Vec::with_capacity(MIX_CHUNK_FRAMES * members.len());
             recording.mixed = Some(MixedRecording {
                 writer,
-                sample_rate,
                 members,
                 interleaved,
             });
@@ -685,6 +705,8 @@ impl RecordingSession {
             writer,
             in_mix,
             chunk: Vec::with_capacity(if in_mix { MIX_CHUNK_FRAMES } else { 0 }),
+            mix_fifo: VecDeque::new(),
+            mix_conv: None,
             frames_rate_mismatch_dropped: 0,
         });
         Ok(())
@@ -713,8 +735,12 @@ impl RecordingSession {
         }
         self.committed_ns = target_ns;
         if let Some(mixed) = &mut self.mixed {
-            let upto = position_at(target_ns, self.start_ns, mixed.sample_rate).max(0) as u64;
-            commit_mixed(&mut self.streams, mixed, upto, &mut self.activity)?;
+            commit_mixed(
+                &mut self.streams,
+                mixed,
+                (target_ns, self.start_ns),
+                &mut self.activity,
+            )?;
         }
         for stream in self.streams.iter_mut().filter(|s| !s.in_mix) {
             let rate = stream.timeline.sample_rate();
@@ -828,50 +854,70 @@ fn commit_solo(
     result
 }
 
-/// Commits the mixed streams in lockstep, chunk by chunk: each chunk goes to every stream's own
-/// file and, interleaved, to `mixed.wav`. All members share one rate and one committed position.
+/// Commits each mixed stream at its own rate up to `target_ns` into its own file and, at the
+/// mix's rate, into its FIFO; then writes to `mixed.wav` what every FIFO has.
 fn commit_mixed(
     streams: &mut [StreamRecording],
     mixed: &mut MixedRecording,
-    upto: u64,
+    (target_ns, start_ns): (u64, u64),
     activity: &mut CallActivity,
 ) -> Result<(), RecorderError> {
-    loop {
-        let from = streams[mixed.members[0]].timeline.committed();
-        if from >= upto {
-            return Ok(());
-        }
-        let next = upto.min(from + MIX_CHUNK_FRAMES as u64);
-        for &m in &mixed.members {
-            let StreamRecording {
-                timeline,
-                writer,
-                chunk,
-                index,
-                ..
-            } = &mut streams[m];
-            debug_assert_eq!(
-                timeline.committed(),
-                from,
-                "mixed streams commit in lockstep"
-            );
+    for &m in &mixed.members {
+        let StreamRecording {
+            timeline,
+            writer,
+            chunk,
+            index,
+            mix_fifo,
+            mix_conv,
+            ..
+        } = &mut streams[m];
+        let upto = position_at(target_ns, start_ns, timeline.sample_rate()).max(0) as u64;
+        loop {
+            let from = timeline.committed();
+            if from >= upto {
+                break;
+            }
+            let next = upto.min(from + MIX_CHUNK_FRAMES as u64);
             chunk.clear();
             timeline.commit(next, |samples| chunk.extend_from_slice(samples));
             activity.feed(*index, chunk);
             writer.write_interleaved(chunk)?;
+            match mix_conv {
+                Some(c) => c.push(chunk, mix_fifo),
+                None => mix_fifo.extend(chunk.iter().copied()),
+            }
         }
-        let frames = (next - from) as usize;
-        let channels = mixed.members.len();
+    }
+    write_mix(streams, mixed, false)
+}
+
+/// Interleaves the members' FIFOs into `mixed.wav`: as many frames as every FIFO has, or at
+/// the end (`to_longest`) as many as the longest has, the others padded with silence.
+fn write_mix(
+    streams: &mut [StreamRecording],
+    mixed: &mut MixedRecording,
+    to_longest: bool,
+) -> Result<(), RecorderError> {
+    let lens = mixed.members.iter().map(|&m| streams[m].mix_fifo.len());
+    let mut left = if to_longest { lens.max() } else { lens.min() }.unwrap_or(0);
+    let channels = mixed.members.len();
+    while left > 0 {
+        let frames = left.min(MIX_CHUNK_FRAMES);
         mixed.interleaved.clear();
         mixed.interleaved.resize(frames * channels, 0);
         for (c, &m) in mixed.members.iter().enumerate() {
+            let fifo = &mut streams[m].mix_fifo;
+            let take = frames.min(fifo.len());
             let column = mixed.interleaved[c..].iter_mut().step_by(channels);
-            for (dst, &sample) in column.zip(&streams[m].chunk[..frames]) {
+            for (dst, sample) in column.zip(fifo.drain(..take)) {
                 *dst = sample;
             }
         }
         mixed.writer.write_interleaved(&mixed.interleaved)?;
+        left -= frames;
     }
+    Ok(())
 }
 
 /// Name of the multichannel file in a recording session's directory.
@@ -1181,13 +1227,15 @@ mod tests {
         rig.shutdown();
     }
 
-    /// A stream at another rate is left out of the mix but still gets its own file of the
-    /// session's exact duration at its own rate.
+    /// Legs at 8 and 16 kHz: each file keeps its rate and the session's exact duration;
+    /// `mixed.wav` runs at 16 kHz with the 8 kHz leg resampled into it — aligned (a tone
+    /// starting at 0.5 s starts there in the mix too) and band-limited (it matches the tone
+    /// generated at 16 kHz, which repeating samples would not).
     #[test]
-    fn mixed_excludes_other_rates() {
+    fn mixed_resamples_other_rates() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("s5");
-        let rig = Rig::new(RecorderConfig {
+        let mut rig = Rig::new(RecorderConfig {
             fsync: FsyncPolicy::Never,
             ..Default::default()
         });
@@ -1201,6 +1249,19 @@ mod tests {
             start_ns: START,
             streams: vec![spec(0, "a"), wideband],
         });
+        let tone = |n: usize, rate: f64| -> Vec<i16> {
+            (0..n)
+                .map(|i| (f64::from(i as u32) * std::f64::consts::TAU * 400.0 / rate).sin())
+                .map(|x| (x * 8000.0) as i16)
+                .collect()
+        };
+        // Leg a: 1 s of a 400 Hz tone from 0.5 s on, 20 ms packets.
+        let a = tone(8000, 8000.0);
+        for (k, chunk) in a.chunks(160).enumerate() {
+            let arrival = START + 500 * MS + (k as u64 + 1) * 20 * MS;
+            rig.advance(arrival);
+            rig.push(5, 0, arrival, 4000 + (k * 160) as u64, chunk);
+        }
         rig.send(RecorderCommand::StopSession {
             session: 5,
             end_ns: START + 1_500 * MS,
@@ -1217,10 +1278,34 @@ mod tests {
         let expected = vec![
             (Some(0), 1, 8000, 12_000),
             (Some(1), 1, 16_000, 24_000),
-            (None, 1, 8000, 12_000),
+            (None, 2, 16_000, 24_000),
         ];
         assert_eq!(summary, expected);
-        assert_eq!(read_wav(&dir.join("b.wav")).unwrap().1, 16_000);
+        let (_, _, leg) = read_wav(&dir.join("a.wav")).unwrap();
+        // The tone's first sample is sin(0) = 0: it starts one before the first non-zero.
+        let onset = leg.iter().position(|&x| x != 0).unwrap() - 1;
+        let (_, _, mixed) = read_wav(&dir.join("mixed.wav")).unwrap();
+        let channel: Vec<i16> = mixed.iter().step_by(2).copied().collect();
+        let direct = tone(16_000, 16_000.0);
+        let at = onset * 2;
+        let err = channel[at + 400..at + 15_600]
+            .iter()
+            .zip(&direct[400..15_600])
+            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+            .sum::<f64>()
+            / 15_200.0;
+        assert!(
+            err < 40.0,
+            "resampled leg vs the 16 kHz tone: mean error {err}"
+        );
+        assert!(
+            channel[..at - 40].iter().all(|&x| x.abs() < 50),
+            "silence before"
+        );
+        assert!(
+            mixed.iter().skip(1).step_by(2).all(|&x| x == 0),
+            "leg b, silent"
+        );
         rig.shutdown();
     }
 
