@@ -1,7 +1,8 @@
 //! Criterion benches of the per-packet path without the kernel: RTP header parse, the
 //! per-stream receive (SSRC, sequence, timestamp, G.711 decode into a frame), the SPSC ring
 //! hand-off, timeline placement and commit, and WAV appends. `baseline/copy_frame` (copying
-//! one 2 KiB frame) is measured in the same run so results can be read as ratios to it.
+//! one 2 KiB frame) is measured in the same run so results can be read as ratios to it. The
+//! `decode_20ms` group decodes one 20 ms frame per codec (PCMU as its baseline).
 
 use std::hint::black_box;
 
@@ -116,6 +117,58 @@ fn benches(c: &mut Criterion) {
                 w = WavWriter::create(&dir.path().join(format!("b{n}.wav")), 1, 8000).unwrap();
             }
             w.write_interleaved(black_box(&pcm)).unwrap()
+        })
+    });
+    g.finish();
+
+    // Decoding one 20 ms frame per codec, each with its per-stream state; PCMU is the
+    // baseline the others are read against.
+    let mut g = c.benchmark_group("decode_20ms");
+    g.throughput(Throughput::Elements(1));
+    let mut out = [0i16; siprec::media::FRAME_SAMPLES_MAX];
+    let ulaw: Vec<u8> = (0..160)
+        .map(|i| g711::linear_to_ulaw((i * 97) as i16))
+        .collect();
+    g.bench_function("pcmu", |b| {
+        b.iter(|| g711::decode_ulaw(black_box(&ulaw), &mut out[..160]))
+    });
+    g.bench_function("pcma", |b| {
+        b.iter(|| g711::decode_alaw(black_box(&ulaw), &mut out[..160]))
+    });
+    // Codec payloads: any bytes are a valid G.722 stream; G.729 frames of varied bits.
+    let g722: Vec<u8> = (0..160u32).map(|i| (i * 37 % 251) as u8).collect();
+    let mut d722 = siprec::media::g722::G722Decoder::new();
+    g.bench_function("g722", |b| {
+        b.iter(|| d722.decode(black_box(&g722), &mut out[..320]))
+    });
+    let g729: Vec<u8> = (0..20u32).map(|i| (i * 53 % 256) as u8).collect();
+    let mut d729 = siprec::ffi::bcg729::G729Decoder::new().unwrap();
+    let mut frame80 = [0i16; 80];
+    g.bench_function("g729", |b| {
+        b.iter(|| {
+            d729.decode(black_box(&g729[..10]), &mut frame80);
+            d729.decode(black_box(&g729[10..]), &mut frame80);
+        })
+    });
+    // Opus 20 ms voice packets from libopus's encoder (24 kbit/s VoIP, like SBCs send).
+    let mut enc =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    enc.set_bitrate(opus::Bitrate::Bits(24_000)).unwrap();
+    let voice: Vec<i16> = (0..960 * 50)
+        .map(|i| ((i as f64 * 0.0523).sin() * 6000.0 + (i as f64 * 0.31).sin() * 2000.0) as i16)
+        .collect();
+    let opus_packets: Vec<Vec<u8>> = voice
+        .chunks(960)
+        .map(|f| enc.encode_vec(f, 4000).unwrap())
+        .collect();
+    let mut dopus = siprec::media::opus::OpusState::new().unwrap();
+    let mut ts = 0u64;
+    g.bench_function("opus", |b| {
+        b.iter(|| {
+            let p = &opus_packets[(ts / 960) as usize % opus_packets.len()];
+            dopus.decode(black_box(p), ts);
+            ts += 960;
+            black_box(dopus.take(&mut out))
         })
     });
     g.finish();
