@@ -315,11 +315,39 @@ fn g729_is_recorded_bit_exact() {
     );
     std::thread::sleep(Duration::from_millis(20));
     sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
+    // The next PCMU packet is lost; the one after arrives: the gap is concealed.
+    let i = packets + 3;
+    packet.clear();
+    write_packet(
+        0,
+        300 + i as u16,
+        9000 + 160 * i as u32,
+        0x729,
+        &ulaw[320..480],
+        &mut packet,
+    );
+    std::thread::sleep(Duration::from_millis(40));
+    sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(src.bye().status, 200);
     let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
     let (channels, rate, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
     assert_eq!((channels, rate), (1, 8_000));
+    // G.711 concealment: the last packet heard, repeated and fading over 60 ms.
+    let concealed: Vec<i16> = (0..160)
+        .map(|k| (f32::from(tail[k]) * (1.0 - k as f32 / 480.0)) as i16)
+        .collect();
+    let p = find(&leg, &tail[..160]).expect("the PCMU packet after the switch");
+    assert_eq!(
+        &leg[p + 160..p + 320],
+        &concealed[..],
+        "the lost packet, concealed"
+    );
+    assert_eq!(
+        &leg[p + 320..p + 480],
+        &tail[320..480],
+        "then the next packet"
+    );
     let at = find(&leg, &reference[..800]).expect("bcg729's decoding, sample for sample");
     assert_eq!(
         &leg[at..at + reference.len()],

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod g711;
 pub mod g722;
 pub mod opus;
+pub mod plc;
 pub mod rtcp;
 pub mod rtp;
 

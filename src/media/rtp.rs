@@ -215,6 +215,10 @@ pub struct RtpReceiver {
     g722: Option<Box<super::g722::G722Decoder>>,
     g729: Option<crate::ffi::bcg729::G729Decoder>,
     opus: Option<Box<super::opus::OpusState>>,
+    /// Loss concealment of G.711 streams.
+    plc: Option<Box<super::plc::Plc>>,
+    /// Packets missing right before the one being handled (by sequence number).
+    lost_before: u64,
 }
 
 /// A DTMF digit received as an RFC 4733 telephone-event.
@@ -250,10 +254,14 @@ impl RtpReceiver {
             .then(super::opus::OpusState::new)
             .flatten()
             .map(Box::new);
+        let plc =
+            (has(&params, PayloadKind::Pcmu) || has(&params, PayloadKind::Pcma)).then(Box::default);
         RtpReceiver {
             g722,
             g729,
             opus,
+            plc,
+            lost_before: 0,
             params,
             ssrc: None,
             ssrc_trusted: false,
@@ -353,6 +361,11 @@ impl RtpReceiver {
         }
         if has(&params, PayloadKind::G729) && self.g729.is_none() {
             self.g729 = crate::ffi::bcg729::G729Decoder::new();
+        }
+        if (has(&params, PayloadKind::Pcmu) || has(&params, PayloadKind::Pcma))
+            && self.plc.is_none()
+        {
+            self.plc = Some(Box::default());
         }
         if has(&params, PayloadKind::Opus) && self.opus.is_none() {
             self.opus = super::opus::OpusState::new().map(Box::new);
@@ -460,6 +473,13 @@ impl RtpReceiver {
                 }
                 let n = (payload.len() / width).min(FRAME_SAMPLES_MAX);
                 decode(&payload[..n * width], &mut frame.samples[..n]);
+                if let (PayloadKind::Pcmu | PayloadKind::Pcma, Some(plc)) =
+                    (kind, self.plc.as_deref_mut())
+                {
+                    // A marker bit starts a talkspurt: the silence before it was meant.
+                    let lost = if header.marker { 0 } else { self.lost_before };
+                    plc.after_packet(ext_ts, &frame.samples[..n], lost);
+                }
                 n
             }
             // Stateful decoders run even while paused: their predictors must follow the
@@ -537,6 +557,15 @@ impl RtpReceiver {
     /// packets over 20 ms, or a filled gap before one): fills `frame` (keeping the fields the
     /// packet's frame set) and returns true, until there is none.
     pub fn next_frame(&mut self, frame: &mut MediaFrame) -> bool {
+        if let Some((at, n)) = self
+            .plc
+            .as_deref_mut()
+            .and_then(|plc| plc.take(&mut frame.samples))
+        {
+            frame.ext_ts = at;
+            frame.len = n as u16;
+            return true;
+        }
         let Some(opus) = self.opus.as_deref_mut() else {
             return false;
         };
@@ -609,6 +638,7 @@ impl RtpReceiver {
 
     /// Extends the 16-bit sequence number, detects duplicates and counts loss/reordering.
     fn track_sequence(&mut self, seq: u16) -> Result<(), Drop> {
+        self.lost_before = 0;
         if !self.started {
             self.started = true;
             self.highest_seq = (1 << 16) + seq as u64; // Room below for early reordering.
@@ -626,6 +656,7 @@ impl RtpReceiver {
                 return Ok(());
             }
             self.stats.lost += ahead - 1;
+            self.lost_before = ahead - 1;
             self.seen = if ahead >= SEQ_WINDOW {
                 0
             } else {
@@ -803,6 +834,31 @@ mod tests {
         rx.handle_packet(20, &pkt(0, 11, 1160, 7), &mut f).unwrap();
         assert_eq!(f.ext_ts - first, 160);
         assert_eq!(rx.stats().lost, 0);
+    }
+
+    /// A lost G.711 packet: the next packet's frame, then (next_frame) a concealment frame
+    /// where the lost one belonged; nothing more after that, nor for a packet after a gap in
+    /// timestamps only (silence suppression).
+    #[test]
+    fn g711_loss_is_concealed() {
+        let loud = |seq: u16, ts: u32| {
+            let mut out = Vec::new();
+            write_packet(0, seq, ts, 7, &[0x20; 160], &mut out);
+            out
+        };
+        let mut rx = RtpReceiver::new(params());
+        let mut f = MediaFrame::empty();
+        rx.handle_packet(0, &loud(1, 0), &mut f).unwrap();
+        let first = f.ext_ts;
+        assert!(!rx.next_frame(&mut f));
+        rx.handle_packet(40, &loud(3, 320), &mut f).unwrap();
+        assert_eq!(f.ext_ts - first, 320);
+        assert!(rx.next_frame(&mut f));
+        assert_eq!((f.ext_ts - first, f.len), (160, 160));
+        assert!(f.samples[..160].iter().any(|&x| x != 0));
+        assert!(!rx.next_frame(&mut f));
+        rx.handle_packet(60, &loud(4, 2000), &mut f).unwrap();
+        assert!(!rx.next_frame(&mut f));
     }
 
     /// Sequence and timestamp wrap without a discontinuity.
