@@ -265,24 +265,7 @@ fn publish_filters_are_honoured() {
 /// the `openssl` tool): the local RabbitMQ has no TLS listener, so this stands in for one.
 /// Returns its port and the certificate's path.
 fn tls_proxy(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
-    let (cert, key) = (dir.join("broker.crt"), dir.join("broker.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=broker",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (cert, key) = self_signed(dir, "broker");
     let mut b =
         openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls_server())
             .unwrap();

@@ -82,22 +82,7 @@ fn wideband_g722_and_opus_are_recorded_bit_exact() {
         .zip(&b)
         .flat_map(|(x, y)| [*x / 2, *y / 2])
         .collect();
-    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(dir.path().join("in.raw"), raw).unwrap();
-    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/g722_ref.py");
-    let out = std::process::Command::new("python3")
-        .arg(tool)
-        .args(["in.raw", "coded.g722", "decoded.raw"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let coded = std::fs::read(dir.path().join("coded.g722")).unwrap();
-    let reference: Vec<i16> = std::fs::read(dir.path().join("decoded.raw"))
-        .unwrap()
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let (coded, reference) = reference(dir.path(), "g722_ref.py", "g722", &pcm, &[]);
     assert_eq!((coded.len(), reference.len()), (12_000, 24_000));
 
     let server = Server::start(50, &[]);
@@ -157,17 +142,7 @@ fn wideband_g722_and_opus_are_recorded_bit_exact() {
 /// (tests/tools/opus_ref.py makes the same calls).
 fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
     let pcm: Vec<i16> = source_audio(9, 48_000).iter().map(|s| s / 2).collect();
-    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(dir.join("in48.raw"), raw).unwrap();
-    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/opus_ref.py");
-    let out = std::process::Command::new("python3")
-        .arg(tool)
-        .args(["in48.raw", "packets.opus", "decoded48.raw", "20"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let stream = std::fs::read(dir.join("packets.opus")).unwrap();
+    let (stream, reference) = reference(dir, "opus_ref.py", "opus", &pcm, &["20"]);
     let mut packets = Vec::new();
     let mut rest = &stream[..];
     while rest.len() >= 2 {
@@ -175,11 +150,6 @@ fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
         packets.push(rest[2..2 + n].to_vec());
         rest = &rest[2 + n..];
     }
-    let reference: Vec<i16> = std::fs::read(dir.join("decoded48.raw"))
-        .unwrap()
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
     assert_eq!((packets.len(), reference.len()), (50, 48_000));
 
     let mut src = Src::new(ports.src_sip, ports.sip, "opus@127.0.0.1");
@@ -243,22 +213,7 @@ fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
 fn g729_is_recorded_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
     let pcm: Vec<i16> = source_audio(7, 8_000).iter().map(|s| s / 2).collect();
-    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(dir.path().join("in.raw"), raw).unwrap();
-    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/g729_ref.py");
-    let out = std::process::Command::new("python3")
-        .arg(tool)
-        .args(["in.raw", "coded.g729", "decoded.raw"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let coded = std::fs::read(dir.path().join("coded.g729")).unwrap();
-    let reference: Vec<i16> = std::fs::read(dir.path().join("decoded.raw"))
-        .unwrap()
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let (coded, reference) = reference(dir.path(), "g729_ref.py", "g729", &pcm, &[]);
     assert_eq!((coded.len(), reference.len()), (1000, 8000));
 
     let server = Server::start(51, &[]);
@@ -361,4 +316,37 @@ fn g729_is_recorded_bit_exact() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
     assert_eq!(meta["streams"][0]["codec"], "G729");
+}
+
+/// Runs the reference codec tool `tests/tools/{tool}` in `dir` on `pcm` (written as
+/// `{stem}.raw`, little-endian): the encoding it wrote and its own decoding of it.
+fn reference(
+    dir: &std::path::Path,
+    tool: &str,
+    stem: &str,
+    pcm: &[i16],
+    extra: &[&str],
+) -> (Vec<u8>, Vec<i16>) {
+    let raw: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let (input, coded, decoded) = (
+        format!("{stem}.raw"),
+        format!("{stem}.coded"),
+        format!("{stem}.decoded"),
+    );
+    std::fs::write(dir.join(&input), raw).unwrap();
+    let path = format!("{}/tests/tools/{tool}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(path)
+        .args([&input, &coded, &decoded])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let reference = std::fs::read(dir.join(&decoded))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    (std::fs::read(dir.join(&coded)).unwrap(), reference)
 }

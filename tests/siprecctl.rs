@@ -161,28 +161,6 @@ fn siprecctl_drives_the_api() {
     assert_eq!(code, 1, "no token: refused: {out}");
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, written to `dir/{name}.crt|.key`.
-fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", &format!("/CN={name}")])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    (cert, key)
-}
-
 /// `curl -i` over HTTPS trusting `ca`: the status line and headers, or None when curl fails
 /// (certificate not trusted, handshake refused).
 fn curl(port: u16, ca: &std::path::Path, path: &str) -> Option<String> {
