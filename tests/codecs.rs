@@ -204,6 +204,7 @@ fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
         serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
     assert_eq!(meta["streams"][0]["codec"], "opus");
     assert_eq!(meta["streams"][0]["rtp"]["lost"], 1);
+    assert_eq!(meta["streams"][0]["rtp"]["concealed_samples"], 960);
 }
 
 /// G.729 (static PT 18, 20 ms = two 10-byte frames per packet): recorded at 8 kHz exactly as
@@ -316,6 +317,7 @@ fn g729_is_recorded_bit_exact() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
     assert_eq!(meta["streams"][0]["codec"], "G729");
+    assert_eq!(meta["streams"][0]["rtp"]["concealed_samples"], 160);
 }
 
 /// Runs the reference codec tool `tests/tools/{tool}` in `dir` on `pcm` (written as

@@ -128,6 +128,8 @@ pub struct RtpStats {
     pub ring_full: u64,
     /// Audio packets not recorded because recording was paused.
     pub paused: u64,
+    /// Samples made up for lost packets: G.711 repeat-and-fade, Opus FEC and concealment.
+    pub concealed_samples: u64,
     /// Interarrival jitter we measured (RFC 3550 §6.4.1, A.8), in microseconds.
     pub jitter_us: u64,
     /// RTCP packets received for this stream (port + 1 or muxed) and what they said.
@@ -165,6 +167,7 @@ impl RtpStats {
         self.ssrc_changes += o.ssrc_changes;
         self.ring_full += o.ring_full;
         self.paused += o.paused;
+        self.concealed_samples += o.concealed_samples;
         self.rtcp_packets += o.rtcp_packets;
         self.rtcp_sender_reports += o.rtcp_sender_reports;
         self.srtp_auth_failures += o.srtp_auth_failures;
@@ -502,10 +505,12 @@ impl RtpReceiver {
                     self.stats.unknown_pt += 1;
                     return Err(Drop::UnknownPayloadType);
                 };
+                let before = opus.concealed;
                 if !opus.decode(payload, ext_ts) {
                     self.stats.malformed += 1;
                     return Err(Drop::Malformed);
                 }
+                self.stats.concealed_samples += opus.concealed - before;
                 if self.params.paused {
                     opus.discard();
                     self.stats.paused += 1;
@@ -564,6 +569,7 @@ impl RtpReceiver {
         {
             frame.ext_ts = at;
             frame.len = n as u16;
+            self.stats.concealed_samples += n as u64;
             return true;
         }
         let Some(opus) = self.opus.as_deref_mut() else {
@@ -856,6 +862,7 @@ mod tests {
         assert!(rx.next_frame(&mut f));
         assert_eq!((f.ext_ts - first, f.len), (160, 160));
         assert!(f.samples[..160].iter().any(|&x| x != 0));
+        assert_eq!(rx.stats().concealed_samples, 160);
         assert!(!rx.next_frame(&mut f));
         rx.handle_packet(60, &loud(4, 2000), &mut f).unwrap();
         assert!(!rx.next_frame(&mut f));
