@@ -948,12 +948,14 @@ async fn compliance_route(
     }
 }
 
-/// The API key (`X-API-Key`, `?api_key=`) and bearer token (`Authorization: Bearer`,
-/// `?token=`) a request carries.
-pub(crate) fn credentials(
+/// Checks what a request carries against `policy` at the current time: its API key
+/// (`X-API-Key`, `?api_key=`), else its bearer token (`Authorization: Bearer`, `?token=`).
+/// HTTP routes and the WebSocket upgrade both come through here.
+pub(crate) fn check_request(
+    policy: &auth::Auth,
     headers: &hyper::HeaderMap,
     query: &str,
-) -> (Option<String>, Option<String>) {
+) -> Result<(), auth::Denied> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -971,7 +973,12 @@ pub(crate) fn credentials(
                 .then(|| token.trim().to_owned())
         })
         .or_else(|| query_param(query, "token"));
-    (key, bearer)
+    let credential = match (&key, &bearer) {
+        (Some(k), _) => auth::Credential::ApiKey(k),
+        (None, Some(t)) => auth::Credential::Bearer(t),
+        (None, None) => auth::Credential::None,
+    };
+    policy.check(credential, unix_ms() / 1000)
 }
 
 /// Checks the request's credential against the running policy (`auth.rs`): 401 with
@@ -986,13 +993,7 @@ fn authorize(
     if !policy.enabled() {
         return Ok(());
     }
-    let (key, bearer) = credentials(req.headers(), query);
-    let credential = match (&key, &bearer) {
-        (Some(k), _) => auth::Credential::ApiKey(k),
-        (None, Some(t)) => auth::Credential::Bearer(t),
-        (None, None) => auth::Credential::None,
-    };
-    match policy.check(credential, unix_ms() / 1000) {
+    match check_request(&policy, req.headers(), query) {
         Ok(()) => Ok(()),
         Err(auth::Denied::Missing) => {
             let msg = "X-API-Key or Authorization: Bearer required";

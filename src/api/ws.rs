@@ -91,13 +91,6 @@ pub struct WsCounters {
     pub slow_disconnects: AtomicU64,
 }
 
-fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| super::percent_decode(v))
-    })
-}
-
 /// Answers the upgrade request: 101 and a client task, or 426 when it isn't a WebSocket
 /// handshake. Refusals after the handshake (auth, too many clients) are an `error` message
 /// and a close frame, as the reference server does.
@@ -141,25 +134,17 @@ pub fn upgrade(
         return resp;
     };
     let query = req.uri().query().unwrap_or("").to_owned();
-    let call_id = query_param(&query, "call_id").filter(|c| !c.is_empty());
-    let session_id = query_param(&query, "session_id")
+    let call_id = super::query_param(&query, "call_id").filter(|c| !c.is_empty());
+    let session_id = super::query_param(&query, "session_id")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| {
             let mut b = [0u8; 8];
             let _ = getrandom::fill(&mut b);
             format!("ws-{:016x}", u64::from_le_bytes(b))
         });
-    let (api_key, bearer) = super::credentials(headers, &query);
     // Browsers cannot set headers on a WebSocket: `?token=` carries a JWT or an API key.
-    let credential = match (&api_key, &bearer) {
-        (Some(k), _) => super::auth::Credential::ApiKey(k),
-        (None, Some(t)) => super::auth::Credential::Bearer(t),
-        (None, None) => super::auth::Credential::None,
-    };
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let refusal: Option<(CloseCode, String)> = match (auth.check(credential, now_s), &hub) {
+    let checked = super::check_request(&auth, headers, &query);
+    let refusal: Option<(CloseCode, String)> = match (checked, &hub) {
         (_, None) => Some((CloseCode::Again, "event bus not running".into())),
         (Err(super::auth::Denied::Missing), _) => Some((CloseCode::Policy, "missing token".into())),
         (Err(super::auth::Denied::Invalid(why)), _) => Some((CloseCode::Policy, why)),
