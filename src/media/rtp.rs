@@ -56,11 +56,6 @@ fn decode_g729(
     n
 }
 
-/// Whether a PT map has `kind` (and so needs its decoder state).
-fn has(params: &StreamParams, kind: PayloadKind) -> bool {
-    params.payload_types.contains(&Some(kind))
-}
-
 /// L16: big-endian 16-bit samples.
 fn decode_l16(payload: &[u8], out: &mut [i16]) {
     for (o, b) in out.iter_mut().zip(payload.chunks_exact(2)) {
@@ -249,21 +244,11 @@ fn dtmf_char(event: u8) -> Option<char> {
 
 impl RtpReceiver {
     pub fn new(params: StreamParams) -> Self {
-        let g722 = has(&params, PayloadKind::G722).then(Box::default);
-        let g729 = has(&params, PayloadKind::G729)
-            .then(crate::ffi::bcg729::G729Decoder::new)
-            .flatten();
-        let opus = has(&params, PayloadKind::Opus)
-            .then(super::opus::OpusState::new)
-            .flatten()
-            .map(Box::new);
-        let plc =
-            (has(&params, PayloadKind::Pcmu) || has(&params, PayloadKind::Pcma)).then(Box::default);
-        RtpReceiver {
-            g722,
-            g729,
-            opus,
-            plc,
+        let mut rx = RtpReceiver {
+            g722: None,
+            g729: None,
+            opus: None,
+            plc: None,
             lost_before: 0,
             params,
             ssrc: None,
@@ -279,6 +264,27 @@ impl RtpReceiver {
             jitter: 0.0,
             dtmf: None,
             digits: std::collections::VecDeque::with_capacity(DIGITS_QUEUED),
+        };
+        rx.add_decoder_states();
+        rx
+    }
+
+    /// Creates the per-stream decoder states the PT map needs and doesn't have yet (when the
+    /// stream opens or a re-INVITE changes its codecs; never per packet). States already there
+    /// carry on.
+    fn add_decoder_states(&mut self) {
+        let has = |kind| self.params.payload_types.contains(&Some(kind));
+        if has(PayloadKind::G722) && self.g722.is_none() {
+            self.g722 = Some(Box::default());
+        }
+        if has(PayloadKind::G729) && self.g729.is_none() {
+            self.g729 = crate::ffi::bcg729::G729Decoder::new();
+        }
+        if has(PayloadKind::Opus) && self.opus.is_none() {
+            self.opus = super::opus::OpusState::new().map(Box::new);
+        }
+        if (has(PayloadKind::Pcmu) || has(PayloadKind::Pcma)) && self.plc.is_none() {
+            self.plc = Some(Box::default());
         }
     }
 
@@ -359,21 +365,8 @@ impl RtpReceiver {
     /// Replaces PT map and hold state (re-INVITE); SSRC, sequence and decoder state carry on.
     pub fn update(&mut self, params: StreamParams) {
         debug_assert_eq!(params.key, self.params.key);
-        if has(&params, PayloadKind::G722) && self.g722.is_none() {
-            self.g722 = Some(Box::default());
-        }
-        if has(&params, PayloadKind::G729) && self.g729.is_none() {
-            self.g729 = crate::ffi::bcg729::G729Decoder::new();
-        }
-        if (has(&params, PayloadKind::Pcmu) || has(&params, PayloadKind::Pcma))
-            && self.plc.is_none()
-        {
-            self.plc = Some(Box::default());
-        }
-        if has(&params, PayloadKind::Opus) && self.opus.is_none() {
-            self.opus = super::opus::OpusState::new().map(Box::new);
-        }
         self.params = params;
+        self.add_decoder_states();
     }
 
     pub fn stats(&self) -> &RtpStats {
