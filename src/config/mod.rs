@@ -602,16 +602,8 @@ impl Config {
                 .http
                 .ws_slow_client
                 .unwrap_or(crate::api::ws::SlowClient::DropOldest),
-            tls_cert_file: f
-                .http
-                .tls_cert_file
-                .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
-            tls_key_file: f
-                .http
-                .tls_key_file
-                .clone()
-                .filter(|p| !p.as_os_str().is_empty()),
+            tls_cert_file: path_set(&f.http.tls_cert_file),
+            tls_key_file: path_set(&f.http.tls_key_file),
         };
         if http.port == 0 {
             return Err(invalid("HTTP_PORT", "0", "a port 1-65535"));
@@ -706,9 +698,9 @@ impl Config {
                 .url
                 .clone()
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
-            tls_ca_file: a.tls_ca_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            tls_ca_file: path_set(&a.tls_ca_file),
             tls_ca_pem: None,
-            spool_dir: a.spool_dir.clone().filter(|p| !p.as_os_str().is_empty()),
+            spool_dir: path_set(&a.spool_dir),
             spool_max_mb: a.spool_max_mb.unwrap_or(1024),
             exchange: a
                 .exchange
@@ -883,6 +875,11 @@ impl Config {
     }
 }
 
+/// An optional path setting: an empty value (`KEY=` in the environment) means unset.
+fn path_set(p: &Option<PathBuf>) -> Option<PathBuf> {
+    p.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Checks the JWT keys here, so a bad key file fails start-up, validate and reload alike.
 fn auth_config(a: &FileAuth) -> Result<AuthConfig, ConfigError> {
     let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
@@ -891,10 +888,7 @@ fn auth_config(a: &FileAuth) -> Result<AuthConfig, ConfigError> {
         let allowed = "at least 32 bytes (RFC 7518 §3.2: an HS256 key of 256 bits or more)";
         return Err(invalid("AUTH_JWT_SECRET", "(hidden)", allowed));
     }
-    let jwt_public_key_file = a
-        .jwt_public_key_file
-        .clone()
-        .filter(|p| !p.as_os_str().is_empty());
+    let jwt_public_key_file = path_set(&a.jwt_public_key_file);
     if jwt_secret.is_some() && jwt_public_key_file.is_some() {
         let allowed = "either AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY_FILE, not both";
         return Err(invalid("AUTH_JWT_PUBLIC_KEY_FILE", "(both set)", allowed));
