@@ -290,34 +290,26 @@ fn tls_proxy(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
                 tls.get_ref().set_read_timeout(tick).unwrap();
                 upstream.set_read_timeout(tick).unwrap();
                 let mut buf = [0u8; 16384];
-                loop {
-                    match tls.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            if upstream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                        Err(_) => return,
-                    }
-                    match upstream.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            if tls.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                        Err(_) => return,
-                    }
-                }
+                while pump(&mut tls, &mut upstream, &mut buf)
+                    && pump(&mut upstream, &mut tls, &mut buf)
+                {}
             });
         }
     });
     (port, cert)
+}
+
+/// Moves what `from` has (if anything within its read timeout) to `to`; false once either
+/// side is closed or failed.
+fn pump(from: &mut impl Read, to: &mut impl Write, buf: &mut [u8]) -> bool {
+    match from.read(buf) {
+        Ok(0) => false,
+        Ok(n) => to.write_all(&buf[..n]).is_ok(),
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// `amqps://` with `AMQP_TLS_CA_FILE`: a call's events reach the consumer through TLS. Without
