@@ -5,9 +5,10 @@ set -euo pipefail
 
 # cmake builds whisper.cpp (whisper-rs-sys); flite speaks the STT tests' sentences;
 # libbcg729-dev and libopus-dev are the G.729 and Opus decoders siprec links; libspandsp2 is
-# the independent G.722 implementation the codec tests compare against.
+# the independent G.722 implementation the codec tests compare against; flac and opus-tools
+# are the reference codecs the FLAC and Ogg Opus recording tests check our files with.
 packages=(build-essential pkg-config cmake libssl-dev python3 python3-venv sip-tester sox flite
-  tshark curl ca-certificates systemd libbcg729-dev libopus-dev libspandsp2)
+  tshark curl ca-certificates systemd libbcg729-dev libopus-dev libspandsp2 flac opus-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

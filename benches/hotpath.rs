@@ -2,7 +2,8 @@
 //! per-stream receive (SSRC, sequence, timestamp, G.711 decode into a frame), the SPSC ring
 //! hand-off, timeline placement and commit, and WAV appends. `baseline/copy_frame` (copying
 //! one 2 KiB frame) is measured in the same run so results can be read as ratios to it. The
-//! `decode_20ms` group decodes one 20 ms frame per codec (PCMU as its baseline).
+//! `decode_20ms` group decodes one 20 ms frame per codec (PCMU as its baseline); `encode_1s`
+//! writes one second of a leg in each recording format (WAV as its baseline).
 
 use std::hint::black_box;
 
@@ -11,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use siprec::media::g711;
 use siprec::media::rtp::{parse_header, write_packet, PayloadKind, RtpReceiver, StreamParams};
 use siprec::media::{MediaFrame, StreamKey};
-use siprec::sink::recorder::{StreamTimeline, WavWriter};
+use siprec::sink::recorder::{AudioFormat, AudioWriter, StreamTimeline, WavWriter};
 
 fn packet(seq: u16, ts: u32) -> Vec<u8> {
     let payload: Vec<u8> = (0..160)
@@ -172,6 +173,47 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // One second of one 8 kHz leg into each recording format, as the recorder writes it: 50
+    // appends of 20 ms, then the per-second checkpoint. WAV is the baseline.
+    let mut g = c.benchmark_group("encode_1s");
+    g.throughput(Throughput::Elements(1));
+    let speech = voice_8k();
+    for format in [AudioFormat::Wav, AudioFormat::Flac, AudioFormat::Opus] {
+        let new = |n: u64| {
+            let stem = format!("{}-{n}", format.name());
+            AudioWriter::create(dir.path(), &stem, 1, 8000, format, 32_000).unwrap()
+        };
+        let mut w = new(0);
+        let mut n = 0u64;
+        g.bench_function(format.name(), |b| {
+            b.iter(|| {
+                n += 1;
+                // A fresh file every ~10 minutes of audio keeps the disk use small.
+                if n.is_multiple_of(600) {
+                    std::mem::replace(&mut w, new(n)).finish(false).unwrap();
+                }
+                for frame in speech.chunks(160) {
+                    w.write_interleaved(black_box(frame)).unwrap();
+                }
+                w.checkpoint(false).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+/// One second of speech-like 8 kHz audio: two tones under a syllable-rate envelope, a pause.
+fn voice_8k() -> Vec<i16> {
+    (0..8000)
+        .map(|i| {
+            let t = f64::from(i) / 8000.0;
+            let env = (std::f64::consts::PI * 4.0 * t).sin().abs() * f64::from(u8::from(i < 6400));
+            let v = (2.0 * std::f64::consts::PI * 220.0 * t).sin() * 0.6
+                + (2.0 * std::f64::consts::PI * 1300.0 * t).sin() * 0.25;
+            (v * env * 10_000.0) as i16
+        })
+        .collect()
 }
 
 criterion_group!(hotpath, benches);

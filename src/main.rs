@@ -216,6 +216,8 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         commit_delay_ms: 300,
         header_patch_interval_ms: 1000,
         fsync: config.recording.fsync,
+        format: config.recording.format,
+        opus_bitrate: config.recording.opus_bitrate,
     };
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
@@ -537,6 +539,7 @@ async fn control_plane(
         max_duration_ns: config.media.max_call_duration_s as u64 * 1_000_000_000,
         recording_root: config.recording.dir.clone(),
         combine_legs: config.recording.combine_legs,
+        recording_format: config.recording.format,
         advertised_ip: advertised,
         fallback_ip: default_route_ip(),
         sip_port: config.sip.ports[0],

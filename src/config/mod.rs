@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::recorder::FsyncPolicy;
+use crate::sink::recorder::{AudioFormat, FsyncPolicy};
 
 /// The validated configuration of one `siprec` process.
 #[derive(Debug, Clone, Serialize)]
@@ -258,6 +258,12 @@ pub struct RecordingConfig {
     pub combine_legs: bool,
     /// When WAV data reaches the disk: never forced, with each header patch, or on close.
     pub fsync: FsyncPolicy,
+    /// File format of recordings: wav, flac or opus (Opus in Ogg) (`RECORDING_FORMAT`).
+    /// Default wav. A stream a format cannot hold (FLAC over 8 channels, Opus over 2 or at
+    /// another rate than 8/12/16/24/48 kHz) is written as WAV.
+    pub format: AudioFormat,
+    /// Opus bit rate per channel in bit/s, 6000–256000 (`RECORDING_OPUS_BITRATE`). Default 32000.
+    pub opus_bitrate: u32,
     /// /health/ready fails below this much free space, in MiB.
     pub min_free_mb: u64,
 }
@@ -428,6 +434,8 @@ pub struct FileRecording {
     pub dir: Option<PathBuf>,
     pub combine_legs: Option<bool>,
     pub fsync: Option<FsyncPolicy>,
+    pub format: Option<AudioFormat>,
+    pub opus_bitrate: Option<u32>,
     pub min_free_mb: Option<u64>,
 }
 
@@ -475,6 +483,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("RECORDING_DIR", "recording.dir"),
     ("RECORDING_COMBINE_LEGS", "recording.combine_legs"),
     ("RECORDING_FSYNC", "recording.fsync"),
+    ("RECORDING_FORMAT", "recording.format"),
+    ("RECORDING_OPUS_BITRATE", "recording.opus_bitrate"),
     ("RECORDING_MIN_FREE_MB", "recording.min_free_mb"),
     ("DATAPLANE_BACKEND", "dataplane.backend"),
     ("DATAPLANE_WORKERS", "dataplane.workers"),
@@ -664,10 +674,20 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("./recordings")),
             combine_legs: f.recording.combine_legs.unwrap_or(true),
             fsync: f.recording.fsync.unwrap_or(FsyncPolicy::OnClose),
+            format: f.recording.format.unwrap_or_default(),
+            opus_bitrate: f.recording.opus_bitrate.unwrap_or(32_000),
             min_free_mb: f.recording.min_free_mb.unwrap_or(512),
         };
         if recording.dir.as_os_str().is_empty() {
             return Err(invalid("RECORDING_DIR", "", "a directory path"));
+        }
+        if !(6_000..=256_000).contains(&recording.opus_bitrate) {
+            let value = recording.opus_bitrate.to_string();
+            return Err(invalid(
+                "RECORDING_OPUS_BITRATE",
+                value,
+                "6000 to 256000 bit/s",
+            ));
         }
         let dataplane = DataplaneConfig {
             backend: f
@@ -1038,6 +1058,12 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
             };
             f.recording.fsync = Some(policy);
         }
+        "RECORDING_FORMAT" => {
+            let format =
+                AudioFormat::parse(v.trim()).ok_or_else(|| invalid(key, v, "wav, flac or opus"))?;
+            f.recording.format = Some(format);
+        }
+        "RECORDING_OPUS_BITRATE" => f.recording.opus_bitrate = Some(parse_num(key, v, COUNT)?),
         "RECORDING_MIN_FREE_MB" => f.recording.min_free_mb = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BACKEND" => {
             use crate::dataplane::BackendChoice;
@@ -1159,6 +1185,8 @@ mod tests {
             ("RTP_PORT_MIN", "10001", "an even port"),
             ("PORTS", "5060,x", "comma-separated"),
             ("RECORDING_COMBINE_LEGS", "maybe", "true or false"),
+            ("RECORDING_FORMAT", "mp3", "wav, flac or opus"),
+            ("RECORDING_OPUS_BITRATE", "500", "6000 to 256000 bit/s"),
             ("SIP_HOST", "256.1.1.1", "IPv4 or IPv6"),
             ("RTP_TIMEOUT", "0", "seconds"),
         ];

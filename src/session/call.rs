@@ -13,7 +13,9 @@ use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
 use crate::proto::{date_ymd, rfc3339_ms};
 use crate::sdp::{self, AcceptedMedia, AnswerParams, AnswerPolicy, Codec, Direction, MediaPlan};
-use crate::sink::recorder::{sanitize_component, RecorderCommand, RecorderEvent, StreamSpec};
+use crate::sink::recorder::{
+    sanitize_component, AudioFormat, RecordedFile, RecorderCommand, RecorderEvent, StreamSpec,
+};
 use crate::sip::{Method, NameAddr, Peer, Request, Response, Transport, TsxKey};
 use crate::siprec::{self, metadata::RecordingMetadata};
 
@@ -80,6 +82,7 @@ pub(super) struct CallSetup {
     pub peer: Peer,
     pub recording_root: PathBuf,
     pub combine_legs: bool,
+    pub recording_format: AudioFormat,
     pub branch_seed: u64,
     pub key_source: fn(&mut [u8]),
     pub require_srtp: bool,
@@ -146,6 +149,7 @@ pub(super) struct Call {
     end_unix_ms: Option<u64>,
     dir: PathBuf,
     combine_legs: bool,
+    recording_format: AudioFormat,
     branch_seed: u64,
     last_modify_ns: u64,
     pause: Option<Pause>,
@@ -273,6 +277,7 @@ impl Call {
             end_unix_ms: None,
             dir,
             combine_legs: setup.combine_legs,
+            recording_format: setup.recording_format,
             branch_seed: setup.branch_seed,
             last_modify_ns: now.mono_ns,
             pause: None,
@@ -1062,7 +1067,7 @@ impl Call {
             "streams": self.streams.iter().map(|s| json!({
                 "index": s.index,
                 "label": s.label,
-                "file": s.port.map(|_| format!("{}.wav", s.file_stem)),
+                "file": s.port.map(|_| self.stream_file(s, &files)),
                 "codec": s.media.as_ref().map(|m| m.codec.name()),
                 "payload_type": s.media.as_ref().map(|m| m.pt),
                 "clock_rate": s.media.as_ref().map(|m| m.clock_rate),
@@ -1109,6 +1114,24 @@ impl Call {
             .collect::<Vec<_>>())
     }
 
+    /// `<stem>.<ext>` in the format the recorder writes such a file in.
+    fn file_name(&self, stem: &str, channels: u16, rate: u32) -> String {
+        let format = self.recording_format.for_stream(channels, rate);
+        format!("{stem}.{}", format.extension())
+    }
+
+    /// A stream's file name: what the recorder reported writing, else what it would write.
+    fn stream_file(&self, s: &CallStream, files: &[RecordedFile]) -> String {
+        let recorded = files.iter().find(|f| f.stream == Some(s.index));
+        match recorded.and_then(|f| f.path.file_name()) {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => {
+                let rate = s.media.as_ref().map_or(8000, |m| m.codec.sample_rate());
+                self.file_name(&s.file_stem, 1, rate)
+            }
+        }
+    }
+
     pub(super) fn summary(&self) -> CallSummary {
         let participants = if self.metadata.participants.is_empty() {
             [&self.remote_party, &self.local_party]
@@ -1123,14 +1146,21 @@ impl Call {
                 .collect()
         };
         let recording = if self.combine_legs {
-            self.dir.join("mixed.wav")
+            let recorded = self.streams.iter().filter_map(|s| s.media.as_ref());
+            let channels = recorded.clone().count();
+            let rate = recorded
+                .map(|m| m.codec.sample_rate())
+                .max()
+                .unwrap_or(8000);
+            let channels = u16::try_from(channels).unwrap_or(u16::MAX);
+            self.dir.join(self.file_name("mixed", channels, rate))
         } else {
-            let stem = self
-                .streams
-                .iter()
-                .find(|s| s.port.is_some())
-                .map(|s| s.file_stem.as_str());
-            self.dir.join(format!("{}.wav", stem.unwrap_or("stream0")))
+            let stream = self.streams.iter().find(|s| s.port.is_some());
+            let rate = stream
+                .and_then(|s| s.media.as_ref())
+                .map_or(8000, |m| m.codec.sample_rate());
+            let stem = stream.map_or("stream0", |s| s.file_stem.as_str());
+            self.dir.join(self.file_name(stem, 1, rate))
         };
         CallSummary {
             call_id: self.call_id.clone(),

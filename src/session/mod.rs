@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::media::rtp::{RtpStats, StreamParams};
 use crate::media::StreamKey;
-use crate::sink::recorder::{RecorderCommand, RecorderEvent};
+use crate::sink::recorder::{AudioFormat, RecorderCommand, RecorderEvent};
 use crate::sip::{Peer, Request, Response, TsxEvent, TsxKey};
 
 use call::Call;
@@ -39,6 +39,8 @@ pub struct SessionConfig {
     pub max_duration_ns: u64,
     pub recording_root: PathBuf,
     pub combine_legs: bool,
+    /// The recorder's file format, for the file names the API and session.json report.
+    pub recording_format: AudioFormat,
     /// Address for SDP c=/o= and Contact when set (EXTERNAL_IP or a specific SIP_HOST).
     pub advertised_ip: Option<IpAddr>,
     /// Our SIP port, for Contact.
@@ -705,6 +707,7 @@ impl SessionManager {
             peer,
             recording_root: self.config.recording_root.clone(),
             combine_legs: self.config.combine_legs,
+            recording_format: self.config.recording_format,
             branch_seed: self.next_random(),
             key_source: self.config.key_source,
             require_srtp: self.config.require_srtp,

@@ -18,9 +18,10 @@ pub enum RecorderError {
         #[source]
         source: std::io::Error,
     },
-    /// A file read back with `read_wav` is not a canonical 16-bit PCM WAV file.
-    #[error("{}: not a 16-bit PCM WAV file: {reason}", path.display())]
-    InvalidWav { path: PathBuf, reason: &'static str },
+    /// A file read back (`read_wav`, `read_flac`, `read_ogg_opus`) is not a valid 16-bit WAV,
+    /// FLAC or Ogg Opus file.
+    #[error("{}: not a readable recording: {reason}", path.display())]
+    InvalidAudio { path: PathBuf, reason: &'static str },
     /// The WAV data chunk would exceed the 4 GiB the RIFF header can describe. The file is left
     /// valid for what it already holds.
     #[error("{}: WAV data would exceed the 4 GiB RIFF limit", path.display())]

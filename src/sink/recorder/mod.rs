@@ -18,20 +18,27 @@
 //! to change a leg's own file's rate: `mixed.wav` runs at its members' highest rate and slower
 //! legs are resampled into it (`mixrate.rs`), while each leg's file keeps its native rate.
 
+mod appendfile;
+mod audio;
 mod error;
+mod flac;
 mod fsutil;
 mod mixrate;
+mod oggopus;
 pub mod timeline;
 mod wav;
-pub use wav::IO_LATENCY;
+pub use appendfile::IO_LATENCY;
 
+pub use audio::{read_audio, AudioFormat, AudioWriter};
 pub use error::RecorderError;
+pub use flac::read_flac;
 pub use fsutil::{sanitize_component, write_atomic};
+pub use oggopus::read_ogg_opus;
 pub use timeline::{position_at, StreamTimeline, TimelineStats};
 pub use wav::{read_wav, WavInfo, WavWriter};
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +76,10 @@ pub struct RecorderConfig {
     /// SIGKILL loses at most this much of each file's tail (it stays on disk, undescribed).
     pub header_patch_interval_ms: u32,
     pub fsync: FsyncPolicy,
+    /// File format of every recording file (`RECORDING_FORMAT`). Default WAV.
+    pub format: AudioFormat,
+    /// Opus bit rate per channel, bit/s (`RECORDING_OPUS_BITRATE`). Default 32000.
+    pub opus_bitrate: u32,
 }
 
 impl Default for RecorderConfig {
@@ -78,6 +89,8 @@ impl Default for RecorderConfig {
             commit_delay_ms: 300,
             header_patch_interval_ms: 1000,
             fsync: FsyncPolicy::Periodic,
+            format: AudioFormat::Wav,
+            opus_bitrate: 32_000,
         }
     }
 }
@@ -358,8 +371,7 @@ impl<C: MonotonicClock> Recorder<C> {
                     );
                     return;
                 };
-                let delay = self.config.commit_delay_ms;
-                if let Err(e) = recording.add_stream(&spec, delay) {
+                if let Err(e) = recording.add_stream(&spec, &self.config) {
                     let recording = self.sessions.remove(&session).expect("looked up above");
                     self.fail(recording, e);
                 }
@@ -580,7 +592,7 @@ struct RecordingSession {
 struct StreamRecording {
     index: u32,
     timeline: StreamTimeline,
-    writer: WavWriter,
+    writer: AudioWriter,
     /// Channel of `mixed.wav`, if any. Mixed streams are committed together in chunks.
     in_mix: bool,
     /// One chunk of committed samples, for the mix. Allocated once (empty if not in the mix).
@@ -593,7 +605,7 @@ struct StreamRecording {
 }
 
 struct MixedRecording {
-    writer: WavWriter,
+    writer: AudioWriter,
     /// Indices into `RecordingSession::streams`, in channel order.
     members: Vec<usize>,
     /// One interleaved chunk. Allocated once.
@@ -628,7 +640,7 @@ impl RecordingSession {
             .max();
         for spec in specs {
             let in_mix = config.combine_legs && spec.in_mixed;
-            recording.add_stream_inner(spec, config.commit_delay_ms, in_mix)?;
+            recording.add_stream_inner(spec, config, in_mix)?;
             let (Some(rate), Some(stream)) = (mix_rate, recording.streams.last_mut()) else {
                 continue;
             };
@@ -649,8 +661,14 @@ impl RecordingSession {
         if let (false, Some(sample_rate)) = (members.is_empty(), mix_rate) {
             let channels = u16::try_from(members.len()).unwrap_or(u16::MAX);
             let members = members[..usize::from(channels)].to_vec();
-            let path = recording.dir.join(MIXED_FILE_NAME);
-            let writer = WavWriter::create(&path, channels, sample_rate)?;
+            let writer = AudioWriter::create(
+                &recording.dir,
+                MIXED_STEM,
+                channels,
+                sample_rate,
+                config.format,
+                config.opus_bitrate,
+            )?;
             let interleaved = Vec::with_capacity(MIX_CHUNK_FRAMES * members.len());
             recording.mixed = Some(MixedRecording {
                 writer,
@@ -662,8 +680,12 @@ impl RecordingSession {
     }
 
     /// A stream added by re-INVITE: silence from the session's start up to the current commit.
-    fn add_stream(&mut self, spec: &StreamSpec, commit_delay_ms: u32) -> Result<(), RecorderError> {
-        self.add_stream_inner(spec, commit_delay_ms, false)?;
+    fn add_stream(
+        &mut self,
+        spec: &StreamSpec,
+        config: &RecorderConfig,
+    ) -> Result<(), RecorderError> {
+        self.add_stream_inner(spec, config, false)?;
         let stream = self.streams.last_mut().expect("just added");
         let upto = position_at(
             self.committed_ns,
@@ -676,7 +698,7 @@ impl RecordingSession {
     fn add_stream_inner(
         &mut self,
         spec: &StreamSpec,
-        commit_delay_ms: u32,
+        config: &RecorderConfig,
         in_mix: bool,
     ) -> Result<(), RecorderError> {
         if self.streams.iter().any(|s| s.index == spec.index) {
@@ -695,9 +717,17 @@ impl RecordingSession {
                 source,
             ));
         }
-        let path = self.unique_path(spec);
-        let writer = WavWriter::create(&path, 1, spec.sample_rate)?;
-        let capacity = StreamTimeline::capacity_for(spec.sample_rate, commit_delay_ms);
+        let format = config.format.for_stream(1, spec.sample_rate);
+        let stem = self.unique_stem(spec, format);
+        let writer = AudioWriter::create(
+            &self.dir,
+            &stem,
+            1,
+            spec.sample_rate,
+            format,
+            config.opus_bitrate,
+        )?;
+        let capacity = StreamTimeline::capacity_for(spec.sample_rate, config.commit_delay_ms);
         self.activity.add_stream(spec.index, spec.sample_rate);
         self.streams.push(StreamRecording {
             index: spec.index,
@@ -712,19 +742,17 @@ impl RecordingSession {
         Ok(())
     }
 
-    /// `<stem>.wav`, or `<stem>-<index>.wav` if that name is taken in this session.
-    fn unique_path(&self, spec: &StreamSpec) -> PathBuf {
+    /// The stream's file stem, or `<stem>-<index>` if that name is taken in this session.
+    fn unique_stem(&self, spec: &StreamSpec, format: AudioFormat) -> String {
         let stem = sanitize_component(&spec.file_stem);
-        let taken = |p: &Path| {
-            p.file_name() == Some(MIXED_FILE_NAME.as_ref())
-                || self.streams.iter().any(|s| s.writer.path() == p)
+        let taken = |stem: &str| {
+            let path = audio::path_for(&self.dir, stem, format);
+            stem == MIXED_STEM || self.streams.iter().any(|s| s.writer.path() == path)
         };
-        let path = self.dir.join(format!("{stem}.wav"));
-        if !taken(&path) {
-            return path;
+        if !taken(&stem) {
+            return stem;
         }
-        let unique = sanitize_component(&format!("{stem}-{}", spec.index));
-        self.dir.join(format!("{unique}.wav"))
+        sanitize_component(&format!("{stem}-{}", spec.index))
     }
 
     /// Commits every stream up to `target_ns` (never past `end_ns`).
@@ -803,12 +831,8 @@ impl RecordingSession {
             .into_iter()
             .map(|s| (Some(s.index), s.writer))
             .chain(self.mixed.map(|m| (None, m.writer)));
-        for (stream, mut writer) in writers {
-            // Sync the data, patch the header, then sync again so the header is durable too.
-            let result = writer
-                .checkpoint(sync)
-                .and_then(|()| if sync { writer.sync() } else { Ok(()) })
-                .and_then(|()| writer.finish());
+        for (stream, writer) in writers {
+            let result = writer.finish(sync);
             match result {
                 Ok(info) => files.push(RecordedFile {
                     path: info.path,
@@ -920,8 +944,8 @@ fn write_mix(
     Ok(())
 }
 
-/// Name of the multichannel file in a recording session's directory.
-const MIXED_FILE_NAME: &str = "mixed.wav";
+/// Stem of the multichannel file in a recording session's directory (`mixed.wav`).
+const MIXED_STEM: &str = "mixed";
 
 /// Analysed windows between two `Activity` reports (5 s of call time).
 const ACTIVITY_REPORT_WINDOWS: u64 = 5000 / crate::media::activity::WINDOW_MS;
@@ -1062,7 +1086,7 @@ mod tests {
     }
 
     /// Compares a file with the expected 8 kHz samples, naming the first differing position.
-    fn assert_wav(path: &Path, channels: u16, expected: &[i16]) {
+    fn assert_wav(path: &std::path::Path, channels: u16, expected: &[i16]) {
         let (ch, rate, got) = read_wav(path).unwrap();
         assert_eq!(
             (ch, rate, got.len()),

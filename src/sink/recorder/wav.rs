@@ -10,10 +10,9 @@
 //! that did not reach the kernel (a failed write truncates back to the last complete write), to
 //! grow past the 4 GiB a RIFF header can express, and to read anything but 16-bit PCM.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::appendfile::AppendFile;
 use super::RecorderError;
 
 /// What a finished WAV file holds.
@@ -29,57 +28,12 @@ pub struct WavInfo {
 /// Appends interleaved 16-bit PCM to a new WAV file, keeping its header valid for what is on
 /// disk. Buffered: call `patch_header` (or `checkpoint`) periodically, `finish` at the end.
 /// Dropping it without `finish` still flushes and patches, best effort.
-/// How long the recorder's file operations take (`siprec_recorder_io_seconds{op}`): `write`
-/// (a buffer of up to 16 KiB to the page cache), `sync` (fdatasync) and `header` (the size
-/// patch). Process-wide; registered into the API's Prometheus registry at start-up.
-pub struct IoLatency {
-    pub vec: prometheus::HistogramVec,
-    write: prometheus::Histogram,
-    sync: prometheus::Histogram,
-    header: prometheus::Histogram,
-}
-
-pub static IO_LATENCY: std::sync::LazyLock<IoLatency> = std::sync::LazyLock::new(|| {
-    // 10 µs … 1 s: page-cache writes sit at the low end, fdatasync on a loaded disk high.
-    let buckets = vec![
-        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
-    ];
-    let opts = prometheus::HistogramOpts::new(
-        "recorder_io_seconds",
-        "Recorder file operations: write (buffer to page cache), sync (fdatasync), header",
-    )
-    .namespace("siprec")
-    .buckets(buckets);
-    let vec = prometheus::HistogramVec::new(opts, &["op"])
-        .unwrap_or_else(|e| unreachable!("static histogram options are valid: {e}"));
-    IoLatency {
-        write: vec.with_label_values(&["write"]),
-        sync: vec.with_label_values(&["sync"]),
-        header: vec.with_label_values(&["header"]),
-        vec,
-    }
-});
-
-fn timed<T>(h: &prometheus::Histogram, f: impl FnOnce() -> T) -> T {
-    let start = std::time::Instant::now();
-    let out = f();
-    h.observe(start.elapsed().as_secs_f64());
-    out
-}
-
 pub struct WavWriter {
-    file: File,
-    path: PathBuf,
+    file: AppendFile,
     channels: u16,
     sample_rate: u32,
-    /// Little-endian bytes not yet written to the file. Capacity fixed at creation.
-    buffer: Vec<u8>,
-    /// Data bytes written to the file (after the header), all complete sample frames.
-    data_bytes_on_disk: u64,
     /// Data bytes the header currently describes.
     data_bytes_in_header: u64,
-    /// Set after a failed write: the writer refuses more data.
-    failed: bool,
     /// Set by `finish`, so that `Drop` does nothing more.
     finished: bool,
 }
@@ -92,32 +46,18 @@ impl WavWriter {
         sample_rate: u32,
     ) -> Result<WavWriter, RecorderError> {
         assert!(channels > 0, "a WAV file needs at least one channel");
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| RecorderError::io("create", path, e))?;
-        let writer = WavWriter {
+        let file = AppendFile::create(path, &header_bytes(channels, sample_rate, 0))?;
+        Ok(WavWriter {
             file,
-            path: path.to_path_buf(),
             channels,
             sample_rate,
-            buffer: Vec::with_capacity(BUFFER_BYTES),
-            data_bytes_on_disk: 0,
             data_bytes_in_header: 0,
-            failed: false,
             finished: false,
-        };
-        let header = header_bytes(channels, sample_rate, 0);
-        writer
-            .file
-            .write_all_at(&header, 0)
-            .map_err(|e| RecorderError::io("write", path, e))?;
-        Ok(writer)
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     pub fn channels(&self) -> u16 {
@@ -130,36 +70,39 @@ impl WavWriter {
 
     /// Sample frames accepted so far (on disk or buffered).
     pub fn frames(&self) -> u64 {
-        (self.data_bytes_on_disk + self.buffer.len() as u64) / self.block_align()
+        (self.file.len() - HEADER_BYTES) / self.block_align()
     }
 
     /// Appends interleaved samples (`channels` per frame; a partial trailing frame is a bug of
     /// the caller). Buffered; writes to the file when the buffer fills.
     pub fn write_interleaved(&mut self, samples: &[i16]) -> Result<(), RecorderError> {
-        if self.failed {
-            return Err(RecorderError::WriterFailed {
-                path: self.path.clone(),
-            });
-        }
+        self.file.check()?;
         debug_assert_eq!(
             samples.len() % self.channels as usize,
             0,
             "partial sample frame"
         );
-        let total = self.data_bytes_on_disk + self.buffer.len() as u64 + 2 * samples.len() as u64;
+        let total = self.file.len() - HEADER_BYTES + 2 * samples.len() as u64;
         if total > DATA_BYTES_MAX {
             return Err(RecorderError::WavTooLarge {
-                path: self.path.clone(),
+                path: self.path().to_path_buf(),
             });
         }
-        for chunk in samples.chunks(BUFFER_BYTES / 2) {
-            if self.buffer.len() + 2 * chunk.len() > BUFFER_BYTES {
-                self.flush_buffer()?;
-            }
+        // Whole sample frames per chunk, so that the file only ever ends on a frame.
+        let per_chunk = CHUNK_SAMPLES - CHUNK_SAMPLES % usize::from(self.channels);
+        for chunk in samples.chunks(per_chunk) {
+            let buffer = match self.file.room_for(2 * chunk.len()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Keep the header consistent with what a failed write left on disk.
+                    let _ = self.write_sizes();
+                    return Err(e);
+                }
+            };
             // Resize then fill in place: the loop vectorizes (a push per byte does not).
-            let start = self.buffer.len();
-            self.buffer.resize(start + 2 * chunk.len(), 0);
-            for (dst, s) in self.buffer[start..].chunks_exact_mut(2).zip(chunk) {
+            let start = buffer.len();
+            buffer.resize(start + 2 * chunk.len(), 0);
+            for (dst, s) in buffer[start..].chunks_exact_mut(2).zip(chunk) {
                 dst.copy_from_slice(&s.to_le_bytes());
             }
         }
@@ -176,8 +119,11 @@ impl WavWriter {
     /// the header never describes data that a power loss could take away (it reaches the disk
     /// with the next sync).
     pub fn checkpoint(&mut self, sync: bool) -> Result<(), RecorderError> {
-        if !self.failed {
-            self.flush_buffer()?;
+        if !self.file.failed() {
+            if let Err(e) = self.file.flush() {
+                let _ = self.write_sizes();
+                return Err(e);
+            }
         }
         if sync {
             self.sync()?;
@@ -187,8 +133,7 @@ impl WavWriter {
 
     /// Fdatasyncs what was written to the file so far (not the buffer; patch first).
     pub fn sync(&mut self) -> Result<(), RecorderError> {
-        timed(&IO_LATENCY.sync, || self.file.sync_data())
-            .map_err(|e| RecorderError::io("fdatasync", &self.path, e))
+        self.file.sync()
     }
 
     /// Flushes, patches the header and closes the file. Does not fsync: call `sync` after
@@ -197,7 +142,7 @@ impl WavWriter {
         self.finished = true;
         self.checkpoint(false)?;
         Ok(WavInfo {
-            path: self.path.clone(),
+            path: self.path().to_path_buf(),
             channels: self.channels,
             sample_rate: self.sample_rate,
             frames: self.data_bytes_in_header / self.block_align(),
@@ -208,50 +153,18 @@ impl WavWriter {
         2 * u64::from(self.channels)
     }
 
-    fn flush_buffer(&mut self) -> Result<(), RecorderError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let offset = HEADER_BYTES + self.data_bytes_on_disk;
-        let written = timed(&IO_LATENCY.write, || {
-            self.file.write_all_at(&self.buffer, offset)
-        });
-        match written {
-            Ok(()) => {
-                self.data_bytes_on_disk += self.buffer.len() as u64;
-                self.buffer.clear();
-                Ok(())
-            }
-            Err(source) => {
-                // A partial write may have left a torn tail (disk full). Cut it off, so that the
-                // file ends on the last complete write, and keep the header consistent with it.
-                self.failed = true;
-                self.buffer.clear();
-                let _ = self.file.set_len(offset);
-                let _ = self.write_sizes();
-                Err(RecorderError::io("write", &self.path, source))
-            }
-        }
-    }
-
     fn write_sizes(&mut self) -> Result<(), RecorderError> {
-        let data = self.data_bytes_on_disk;
+        let data = self.file.on_disk() - HEADER_BYTES;
         if data == self.data_bytes_in_header {
             return Ok(());
         }
         // `write_interleaved` keeps `data` within DATA_BYTES_MAX, so both sizes fit in u32.
         let riff = u32::try_from(data + 36).expect("bounded by DATA_BYTES_MAX");
         let data32 = u32::try_from(data).expect("bounded by DATA_BYTES_MAX");
-        let patch = |offset: u64, v: u32| {
-            self.file
-                .write_all_at(&v.to_le_bytes(), offset)
-                .map_err(|e| RecorderError::io("patch header", &self.path, e))
-        };
         // Data size first: if the RIFF size write fails, readers that trust the data chunk
         // still see a size that is on disk.
-        timed(&IO_LATENCY.header, || {
-            patch(40, data32).and_then(|()| patch(4, riff))
-        })?;
+        self.file.patch(40, &data32.to_le_bytes())?;
+        self.file.patch(4, &riff.to_le_bytes())?;
         self.data_bytes_in_header = data;
         Ok(())
     }
@@ -269,11 +182,11 @@ impl Drop for WavWriter {
 impl std::fmt::Debug for WavWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WavWriter")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("channels", &self.channels)
             .field("sample_rate", &self.sample_rate)
             .field("frames", &self.frames())
-            .field("failed", &self.failed)
+            .field("failed", &self.file.failed())
             .finish()
     }
 }
@@ -282,7 +195,7 @@ impl std::fmt::Debug for WavWriter {
 /// chunk that claims more bytes than the file holds is an error, not a silent truncation.
 pub fn read_wav(path: &Path) -> Result<(u16, u32, Vec<i16>), RecorderError> {
     let bytes = std::fs::read(path).map_err(|e| RecorderError::io("read", path, e))?;
-    let invalid = |reason| RecorderError::InvalidWav {
+    let invalid = |reason| RecorderError::InvalidAudio {
         path: path.to_path_buf(),
         reason,
     };
@@ -365,9 +278,8 @@ const HEADER_BYTES: u64 = 44;
 /// Largest data chunk we write: the RIFF size (data + 36) must fit in a u32.
 const DATA_BYTES_MAX: u64 = u32::MAX as u64 - 36;
 
-/// Write buffer per file: 16 KiB is 1 s of 8 kHz mono. The header patch flushes every second
-/// anyway, so a larger buffer never fills and only costs memory per file (3 files per call).
-const BUFFER_BYTES: usize = 16 * 1024;
+/// Samples converted per append: 8 KiB of bytes.
+const CHUNK_SAMPLES: usize = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -434,12 +346,12 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(
             read_wav(&path),
-            Err(RecorderError::InvalidWav { .. })
+            Err(RecorderError::InvalidAudio { .. })
         ));
         std::fs::write(&path, b"not a wav file at all").unwrap();
         assert!(matches!(
             read_wav(&path),
-            Err(RecorderError::InvalidWav { .. })
+            Err(RecorderError::InvalidAudio { .. })
         ));
     }
 }

@@ -752,8 +752,8 @@ fn run_batch(
     }
 }
 
-/// Cuts every channel of a WAV file into utterances (the live segmenter, finals only), has
-/// the workers transcribe them, and puts the text back in time order.
+/// Cuts every channel of a recording (WAV, FLAC or Opus) into utterances (the live segmenter,
+/// finals only), has the workers transcribe them, and puts the text back in time order.
 fn transcribe_file(
     job: &jobs::Job,
     batch: &Sender<Job>,
@@ -763,17 +763,29 @@ fn transcribe_file(
     let size = std::fs::metadata(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
-    if size > BATCH_FILE_MAX_BYTES {
+    // FLAC and Opus decode to several times their size: a quarter of WAV's limit for them.
+    let wav = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+    let limit = if wav {
+        BATCH_FILE_MAX_BYTES
+    } else {
+        BATCH_FILE_MAX_BYTES / 4
+    };
+    if size > limit {
         return Err(format!(
-            "{} is {} MiB; jobs take up to 256 MiB",
+            "{} is {} MiB; jobs take up to {} MiB of this format",
             path.display(),
-            size >> 20
+            size >> 20,
+            limit >> 20
         ));
     }
     let (channels, rate, samples) =
-        crate::sink::recorder::read_wav(path).map_err(|e| e.to_string())?;
+        crate::sink::recorder::read_audio(path).map_err(|e| e.to_string())?;
     if channels == 0 || !(8000..=48000).contains(&rate) {
-        return Err(format!("unsupported WAV: {channels} channels at {rate} Hz"));
+        return Err(format!(
+            "unsupported audio: {channels} channels at {rate} Hz"
+        ));
     }
     let channels = usize::from(channels);
     let (tx, rx) = crossbeam_channel::unbounded();
