@@ -665,7 +665,7 @@ async fn control_plane(
                             }
                         }
                         dataplane::Report::Closed { key, stats } => {
-                            sessions.handle_stream_stats(key, stats)
+                            sessions.handle_stream_stats(key, *stats)
                         }
                         dataplane::Report::Dtmf { key, digit } => {
                             sessions.handle_dtmf(now, key, digit)

@@ -102,18 +102,21 @@ fn wideband_g722_and_opus_are_recorded_bit_exact() {
     let port = answer_ports(&answer)[0];
     let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let t0 = Instant::now();
-    // 20 ms packets: 160 bytes, 320 samples, but 160 RTP timestamp units.
-    for (i, chunk) in coded.chunks(160).enumerate() {
+    // 20 ms packets: 160 bytes, 320 samples, but 160 RTP timestamp units. The network swaps
+    // a pair, reverses a run of three and delivers one packet three slots late.
+    let chunks: Vec<&[u8]> = coded.chunks(160).collect();
+    let order = send_order(chunks.len(), &[(10, 11), (30, 32), (60, 63)]);
+    for (slot, &i) in order.iter().enumerate() {
         let mut packet = Vec::new();
         write_packet(
             9,
             100 + i as u16,
             5000 + 160 * i as u32,
             0x722,
-            chunk,
+            chunks[i],
             &mut packet,
         );
-        let due = t0 + Duration::from_millis(20 * i as u64);
+        let due = t0 + Duration::from_millis(20 * slot as u64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
     }
@@ -133,6 +136,10 @@ fn wideband_g722_and_opus_are_recorded_bit_exact() {
     assert_eq!(meta["streams"][0]["codec"], "G722");
     assert_eq!(meta["streams"][0]["clock_rate"], 8000);
     assert_eq!(meta["streams"][0]["sample_rate"], 16000);
+    // Decoded in sequence order: each reordered run (2, 3 and 4 packets) went through the
+    // hold, the late packet that completes it included.
+    assert_eq!(meta["streams"][0]["rtp"]["held_for_order"], 9);
+    assert_eq!(meta["streams"][0]["rtp"]["too_late_for_decoder"], 0);
     drop((src, sock));
     opus_call(&server, &ports, dir.path());
 }
@@ -166,8 +173,11 @@ fn opus_call(server: &Server, ports: &TestPorts, dir: &std::path::Path) {
     let port = answer_ports(&answer)[0];
     let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let t0 = Instant::now();
-    for (i, p) in packets.iter().enumerate() {
-        let due = t0 + Duration::from_millis(20 * i as u64);
+    // Reordered too: a swapped pair and a packet two slots late.
+    let order = send_order(packets.len(), &[(30, 31), (40, 42)]);
+    for (slot, &i) in order.iter().enumerate() {
+        let p = &packets[i];
+        let due = t0 + Duration::from_millis(20 * slot as u64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         if i == 20 {
             continue; // Lost on the way.
@@ -234,9 +244,12 @@ fn g729_is_recorded_bit_exact() {
     let port = answer_ports(&answer)[0];
     let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let t0 = Instant::now();
-    let packets = coded.chunks(20).count();
-    for (i, chunk) in coded.chunks(20).enumerate() {
-        let mut payload = chunk.to_vec();
+    let chunks: Vec<&[u8]> = coded.chunks(20).collect();
+    let packets = chunks.len();
+    // A swapped pair and a run of three reversed on the way.
+    let order = send_order(packets, &[(5, 6), (20, 22)]);
+    for (slot, &i) in order.iter().enumerate() {
+        let mut payload = chunks[i].to_vec();
         if i == packets - 1 {
             payload.extend_from_slice(&[0x2a, 0x80]); // An Annex B SID frame ends the talk.
         }
@@ -249,7 +262,7 @@ fn g729_is_recorded_bit_exact() {
             &payload,
             &mut packet,
         );
-        let due = t0 + Duration::from_millis(20 * i as u64);
+        let due = t0 + Duration::from_millis(20 * slot as u64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
     }
@@ -351,4 +364,14 @@ fn reference(
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
         .collect();
     (std::fs::read(dir.join(&coded)).unwrap(), reference)
+}
+
+/// Packet indices in sending order, with each (a, b) pair of slots swapped, as a network that
+/// reorders delivers them.
+fn send_order(n: usize, swaps: &[(usize, usize)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for &(a, b) in swaps {
+        order.swap(a, b);
+    }
+    order
 }

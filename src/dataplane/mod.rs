@@ -96,8 +96,11 @@ pub enum Report {
         worker: usize,
         streams: Vec<(StreamKey, RtpStats)>,
     },
-    /// A closed stream's final counters.
-    Closed { key: StreamKey, stats: RtpStats },
+    /// A closed stream's final counters (boxed: a close is rare, the enum stays small).
+    Closed {
+        key: StreamKey,
+        stats: Box<RtpStats>,
+    },
     /// A DTMF digit (RFC 4733) completed on a stream; sent when its end packet arrives.
     Dtmf {
         key: StreamKey,

@@ -318,7 +318,7 @@ impl Core {
         };
         if let Some(stream) = self.streams[slot].take() {
             backend.remove(slot, &stream);
-            let stats = *stream.receiver.stats();
+            let stats = Box::new(*stream.receiver.stats());
             drop(stream); // Closes the sockets.
             let _ = self.reports.try_send(Report::Closed { key, stats });
         }

@@ -8,6 +8,7 @@ pub mod g711;
 pub mod g722;
 pub mod opus;
 pub mod plc;
+pub mod reorder;
 pub mod rtcp;
 pub mod rtp;
 

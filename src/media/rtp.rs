@@ -2,13 +2,15 @@
 //! duplicate detection, payload type → decoder, decode into a [`MediaFrame`].
 //!
 //! No I/O. No clock: the receive time is an input. No allocation per packet: the caller owns
-//! the output frame. Reordering is not buffered here: frames carry their extended RTP
-//! timestamp and the recorder places them by it (see `docs/recording.md`).
+//! the output frame. Reordering is not buffered for stateless codecs: frames carry their
+//! extended RTP timestamp and the recorder places them by it (see `docs/recording.md`);
+//! stateful decoders get their packets in sequence order through `reorder.rs`.
 
 use std::net::SocketAddr;
 
 use super::frame::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
 use super::g711;
+use super::reorder::{Arrival, Reorder};
 
 /// What a payload type decodes to. Indexed by PT in a 128-entry table (rtpengine's
 /// `decoders[128]`), so the hot path never looks up a codec by name.
@@ -101,6 +103,9 @@ pub enum Drop {
     Paused,
     /// Not a drop: RTCP multiplexed on the RTP port, handled by `handle_rtcp`.
     Rtcp,
+    /// Not a drop: held until an earlier packet arrives or is given up (stateful codecs);
+    /// its audio comes out of a later call.
+    Held,
 }
 
 /// Per-stream counters, read by the control plane once a second (never per packet).
@@ -121,6 +126,11 @@ pub struct RtpStats {
     pub foreign_ssrc: u64,
     pub ssrc_changes: u64,
     pub ring_full: u64,
+    /// Packets of stateful codecs (G.722, G.729, Opus) held after a hole so that they are
+    /// decoded in sequence order, and those that came after their hole was given up (or were
+    /// held when the SSRC changed), dropped.
+    pub held_for_order: u64,
+    pub too_late_for_decoder: u64,
     /// Audio packets not recorded because recording was paused.
     pub paused: u64,
     /// Samples made up for lost packets: G.711 repeat-and-fade, Opus FEC and concealment.
@@ -161,6 +171,8 @@ impl RtpStats {
         self.foreign_ssrc += o.foreign_ssrc;
         self.ssrc_changes += o.ssrc_changes;
         self.ring_full += o.ring_full;
+        self.held_for_order += o.held_for_order;
+        self.too_late_for_decoder += o.too_late_for_decoder;
         self.paused += o.paused;
         self.concealed_samples += o.concealed_samples;
         self.rtcp_packets += o.rtcp_packets;
@@ -217,6 +229,8 @@ pub struct RtpReceiver {
     plc: Option<Box<super::plc::Plc>>,
     /// Packets missing right before the one being handled (by sequence number).
     lost_before: u64,
+    /// In-order delivery for the stateful decoders (`reorder.rs`).
+    reorder: Option<Box<Reorder>>,
 }
 
 /// A DTMF digit received as an RFC 4733 telephone-event.
@@ -250,6 +264,7 @@ impl RtpReceiver {
             opus: None,
             plc: None,
             lost_before: 0,
+            reorder: None,
             params,
             ssrc: None,
             ssrc_trusted: false,
@@ -285,6 +300,10 @@ impl RtpReceiver {
         }
         if (has(PayloadKind::Pcmu) || has(PayloadKind::Pcma)) && self.plc.is_none() {
             self.plc = Some(Box::default());
+        }
+        let stateful = has(PayloadKind::G722) || has(PayloadKind::G729) || has(PayloadKind::Opus);
+        if stateful && self.reorder.is_none() {
+            self.reorder = Some(Box::default());
         }
     }
 
@@ -432,25 +451,82 @@ impl RtpReceiver {
                 return Err(Drop::UnknownPayloadType);
             }
         };
-        self.track_sequence(header.seq)?;
+        let seq = self.track_sequence(header.seq)?;
         let ext_ts = self.extend_timestamp(header.timestamp);
         self.update_jitter(now_ns, ext_ts);
         let payload = &packet[header.payload_start..header.payload_end];
-        // (stateless decoder, bytes per sample); None for G.722, which keeps state.
+        let stateful = matches!(
+            kind,
+            PayloadKind::G722 | PayloadKind::G729 | PayloadKind::Opus
+        );
+        if let Some(reorder) = self.reorder.as_deref_mut() {
+            if !stateful {
+                reorder.seen(seq);
+            } else {
+                match reorder.arrive(seq) {
+                    Arrival::Now => {}
+                    Arrival::Late => {
+                        self.stats.too_late_for_decoder += 1;
+                        return Err(Drop::TooOld);
+                    }
+                    Arrival::Hold => {
+                        reorder.hold(seq, ext_ts, now_ns, header.marker, kind, payload);
+                        self.stats.held_for_order += 1;
+                        return self.release_held(frame);
+                    }
+                }
+            }
+        }
+        match kind {
+            PayloadKind::TelephoneEvent => {
+                self.stats.telephone_events += 1;
+                self.track_dtmf(now_ns, header.timestamp, payload);
+                Err(Drop::TelephoneEvent)
+            }
+            PayloadKind::ComfortNoise => {
+                self.stats.comfort_noise += 1;
+                Err(Drop::ComfortNoise)
+            }
+            _ => self.decode_audio(now_ns, kind, ext_ts, header.marker, payload, frame),
+        }
+    }
+
+    /// Decodes the oldest held packet that may go now into `frame`; `Drop::Held` if none.
+    fn release_held(&mut self, frame: &mut MediaFrame) -> Result<(), Drop> {
+        while let Some(held) = self.reorder.as_deref_mut().and_then(|r| r.release()) {
+            let payload = held.payload();
+            let decoded = self.decode_audio(
+                held.arrival_ns,
+                held.kind,
+                held.ext_ts,
+                held.marker,
+                payload,
+                frame,
+            );
+            // A paused or malformed packet is counted by `decode_audio`; try the next.
+            if decoded.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(Drop::Held)
+    }
+
+    /// Decodes one audio packet (in sequence order for stateful codecs) into `frame`.
+    fn decode_audio(
+        &mut self,
+        now_ns: u64,
+        kind: PayloadKind,
+        ext_ts: u64,
+        marker: bool,
+        payload: &[u8],
+        frame: &mut MediaFrame,
+    ) -> Result<(), Drop> {
+        // (stateless decoder, bytes per sample); None for the stateful codecs.
         let (decode, width): (Option<Decoder>, usize) = match kind {
             PayloadKind::Pcmu => (Some(g711::decode_ulaw), 1),
             PayloadKind::Pcma => (Some(g711::decode_alaw), 1),
             PayloadKind::L16 => (Some(decode_l16), 2),
-            PayloadKind::G722 | PayloadKind::G729 | PayloadKind::Opus => (None, 1),
-            PayloadKind::TelephoneEvent => {
-                self.stats.telephone_events += 1;
-                self.track_dtmf(now_ns, header.timestamp, payload);
-                return Err(Drop::TelephoneEvent);
-            }
-            PayloadKind::ComfortNoise => {
-                self.stats.comfort_noise += 1;
-                return Err(Drop::ComfortNoise);
-            }
+            _ => (None, 1),
         };
         if payload.len() < width {
             self.stats.malformed += 1;
@@ -473,7 +549,7 @@ impl RtpReceiver {
                     (kind, self.plc.as_deref_mut())
                 {
                     // A marker bit starts a talkspurt: the silence before it was meant.
-                    let lost = if header.marker { 0 } else { self.lost_before };
+                    let lost = if marker { 0 } else { self.lost_before };
                     plc.after_packet(ext_ts, &frame.samples[..n], lost);
                 }
                 n
@@ -565,17 +641,17 @@ impl RtpReceiver {
             self.stats.concealed_samples += n as u64;
             return true;
         }
-        let Some(opus) = self.opus.as_deref_mut() else {
-            return false;
-        };
-        match opus.take(&mut frame.samples) {
-            Some((at, n)) => {
-                frame.ext_ts = at;
-                frame.len = n as u16;
-                true
-            }
-            None => false,
+        if let Some((at, n)) = self
+            .opus
+            .as_deref_mut()
+            .and_then(|opus| opus.take(&mut frame.samples))
+        {
+            frame.ext_ts = at;
+            frame.len = n as u16;
+            return true;
         }
+        // Packets held for order that may go now.
+        self.release_held(frame).is_ok()
     }
 
     /// SSRC lock: the first SSRC is recorded; another takes over when it comes from the SRC's
@@ -633,16 +709,19 @@ impl RtpReceiver {
         self.started = false;
         self.last_ext_ts = 0;
         self.transit = None;
+        if let Some(reorder) = self.reorder.as_deref_mut() {
+            self.stats.too_late_for_decoder += reorder.reset() as u64;
+        }
     }
 
     /// Extends the 16-bit sequence number, detects duplicates and counts loss/reordering.
-    fn track_sequence(&mut self, seq: u16) -> Result<(), Drop> {
+    fn track_sequence(&mut self, seq: u16) -> Result<u64, Drop> {
         self.lost_before = 0;
         if !self.started {
             self.started = true;
             self.highest_seq = (1 << 16) + seq as u64; // Room below for early reordering.
             self.seen = 1;
-            return Ok(());
+            return Ok(self.highest_seq);
         }
         let delta = seq.wrapping_sub(self.highest_seq as u16) as i16 as i64;
         let ext = (self.highest_seq as i64 + delta) as u64;
@@ -652,7 +731,7 @@ impl RtpReceiver {
                 // The sender restarted its sequence; don't book thousands of losses.
                 self.highest_seq = ext;
                 self.seen = 1;
-                return Ok(());
+                return Ok(ext);
             }
             self.stats.lost += ahead - 1;
             self.lost_before = ahead - 1;
@@ -663,7 +742,7 @@ impl RtpReceiver {
             };
             self.seen |= 1;
             self.highest_seq = ext;
-            Ok(())
+            Ok(ext)
         } else {
             let behind = self.highest_seq - ext;
             if behind >= SEQ_WINDOW {
@@ -678,7 +757,7 @@ impl RtpReceiver {
             self.seen |= bit;
             self.stats.out_of_order += 1;
             self.stats.lost = self.stats.lost.saturating_sub(1);
-            Ok(())
+            Ok(ext)
         }
     }
 
