@@ -15,9 +15,9 @@ pub enum AudioFormat {
     /// RIFF/WAVE, 16-bit PCM: what every tool reads.
     #[default]
     Wav,
-    /// Lossless, about half the size of WAV for speech, far less for silence.
+    /// Lossless: two thirds of WAV for continuous speech, far less for silence.
     Flac,
-    /// Lossy Opus in Ogg at `opus_bitrate` per channel: a tenth of WAV's size or less.
+    /// Lossy Opus in Ogg at `opus_bitrate` per channel: a quarter of 8 kHz WAV at 32 kbit/s.
     #[serde(alias = "ogg")]
     Opus,
 }
