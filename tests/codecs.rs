@@ -375,3 +375,147 @@ fn send_order(n: usize, swaps: &[(usize, usize)]) -> Vec<usize> {
     }
     order
 }
+
+/// Packets of `payloads` (RTP `pt`, timestamps counting `units_per_byte` per payload byte
+/// from `ts0`, sequence from `seq0`) scheduled by their timestamp at `rate` units per second.
+fn schedule_by_ts(
+    port: u16,
+    pt: u8,
+    (seq0, ts0): (u16, u32),
+    rate: u32,
+    payloads: &[(u32, bool, Vec<u8>)],
+) -> Vec<Scheduled> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, (ts, marker, payload))| {
+            let mut bytes = Vec::new();
+            let pt = if payload.len() == 1 { 13 } else { pt }; // one byte: RFC 3389 CN
+            write_packet(pt, seq0 + i as u16, ts0 + ts, 0xC0DE, payload, &mut bytes);
+            if *marker {
+                bytes[1] |= 0x80;
+            }
+            let at = Duration::from_micros(u64::from(*ts) * 1_000_000 / u64::from(rate));
+            Scheduled { at, port, bytes }
+        })
+        .collect()
+}
+
+/// ptime changing mid-call (10, 30, 60, 20 ms on PCMU; 20, 40, 10 ms on G.722) and RFC 3389
+/// comfort noise: the recording stays sample-aligned. The PCMU leg is the source exactly,
+/// with silence of exactly the CN period's length (not concealment: no sequence gap); the
+/// G.722 leg is spandsp's decoding of the whole stream, sample for sample.
+#[test]
+fn ptime_changes_and_comfort_noise_keep_recordings_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(53, &[]);
+    let ports = TestPorts::new(53);
+
+    // PCMU: 13,760 samples in four ptimes, 0.5 s of CN, then 0.5 s of talk after a marker.
+    let pcm = source_audio(12, 13_760);
+    let after = source_audio(13, 4000);
+    let mut payloads = Vec::new();
+    let mut at = 0usize;
+    for (ptime_samples, until) in [(80, 4000), (240, 8800), (480, 12_160), (160, 13_760)] {
+        while at < until {
+            let chunk = &pcm[at..at + ptime_samples];
+            let ulaw = chunk
+                .iter()
+                .map(|&s| siprec::media::g711::linear_to_ulaw(s));
+            payloads.push((at as u32, false, ulaw.collect::<Vec<u8>>()));
+            at += ptime_samples;
+        }
+    }
+    for k in 0..5 {
+        payloads.push((13_760 + 800 * k, false, vec![0x40])); // CN every 100 ms
+    }
+    for (k, chunk) in after.chunks(160).enumerate() {
+        let ulaw = chunk
+            .iter()
+            .map(|&s| siprec::media::g711::linear_to_ulaw(s));
+        payloads.push((17_760 + 160 * k as u32, k == 0, ulaw.collect()));
+    }
+    let mut src = Src::new(ports.src_sip, ports.sip, "ptime@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    play(
+        &sock,
+        schedule_by_ts(port, 0, (7, 1000), 8000, &payloads),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let (_, _, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
+    let want = ulaw_roundtrip(&pcm);
+    let p = find(&leg, &want[..800]).expect("the first packets");
+    assert_eq!(&leg[p..p + want.len()], &want[..], "every ptime, in place");
+    let silence = &leg[p + 13_760..p + 17_760];
+    assert!(
+        silence.iter().all(|&s| s == 0),
+        "CN: silence, not concealment"
+    );
+    assert_eq!(
+        &leg[p + 17_760..p + 21_760],
+        &ulaw_roundtrip(&after)[..],
+        "talk after CN, exactly where its timestamps put it"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["rtp"]["comfort_noise"], 5);
+    assert_eq!(meta["streams"][0]["rtp"]["concealed_samples"], 0);
+    assert_eq!(meta["streams"][0]["rtp"]["lost"], 0);
+    drop((src, sock));
+
+    // G.722: 1.5 s at 16 kHz in 20, 40 and 10 ms packets (160, 320, 80 bytes).
+    let a = source_audio(14, 12_000);
+    let b = source_audio(15, 12_000);
+    let wide: Vec<i16> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| [*x / 2, *y / 2])
+        .collect();
+    let (coded, reference) = reference(dir.path(), "g722_ref.py", "g722", &wide, &[]);
+    let mut payloads = Vec::new();
+    let mut at = 0usize;
+    for (bytes, until) in [(160, 4000), (320, 7840), (80, 12_000)] {
+        while at < until {
+            payloads.push((at as u32, false, coded[at..at + bytes].to_vec()));
+            at += bytes;
+        }
+    }
+    let mut src = Src::new(ports.src_sip, ports.sip, "ptime722@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let body = body.replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n",
+        "RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n",
+    );
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    // The G.722 RTP clock is 8000 Hz: one unit per byte.
+    play(
+        &sock,
+        schedule_by_ts(port, 9, (300, 7), 8000, &payloads),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+    let sessions = wait_sessions(&server.recordings(), 2, Duration::from_secs(10));
+    let dir = sessions
+        .iter()
+        .find(|d| {
+            std::fs::read_to_string(d.join("session.json")).is_ok_and(|j| j.contains("ptime722@"))
+        })
+        .unwrap();
+    let (_, rate, leg) = read_wav(&dir.join("1.wav")).unwrap();
+    assert_eq!(rate, 16_000);
+    let p = find(&leg, &reference[..4000]).expect("spandsp's decoding");
+    assert_eq!(&leg[p..p + reference.len()], &reference[..], "every ptime");
+}
