@@ -6,9 +6,11 @@ set -euo pipefail
 # cmake builds whisper.cpp (whisper-rs-sys); flite speaks the STT tests' sentences;
 # libbcg729-dev and libopus-dev are the G.729 and Opus decoders siprec links; libspandsp2 is
 # the independent G.722 implementation the codec tests compare against; flac and opus-tools
-# are the reference codecs the FLAC and Ogg Opus recording tests check our files with.
+# are the reference codecs the FLAC and Ogg Opus recording tests check our files with;
+# dpkg-dev lets cargo-deb compute the package's library dependencies (systemd/deb.sh).
 packages=(build-essential pkg-config cmake libssl-dev python3 python3-venv sip-tester sox flite
-  tshark curl ca-certificates systemd libbcg729-dev libopus-dev libspandsp2 flac opus-tools)
+  tshark curl ca-certificates systemd libbcg729-dev libopus-dev libspandsp2 flac opus-tools
+  dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,6 +52,11 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
+fi
+# cargo-deb builds the Debian package (systemd/deb.sh); tests/package.rs installs it.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-deb from crates.io"
+  cargo install --locked cargo-deb
 fi
 # pylibsrtp (libsrtp wrapped for Python) is the independent SRTP sender of the interop tests:
 # a virtualenv inside the checkout keeps it off the system Python.
