@@ -376,6 +376,29 @@ fn send_order(n: usize, swaps: &[(usize, usize)]) -> Vec<usize> {
     order
 }
 
+/// A one-stream SIPREC call (`siprec_body` with the `offer` replacements): plays what
+/// `packets` schedules for the answered RTP port, then hangs up.
+fn play_call(
+    ports: &TestPorts,
+    call_id: &str,
+    offer: &[(&str, &str)],
+    packets: impl FnOnce(u16) -> Vec<Scheduled>,
+) {
+    let mut src = Src::new(ports.src_sip, ports.sip, call_id);
+    let (ct, mut body) = siprec_body(1, "sendonly", ports.src_rtp);
+    for (from, to) in offer {
+        body = body.replace(from, to);
+    }
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    play(&sock, packets(port), Instant::now());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(src.bye().status, 200);
+}
+
 /// Packets of `payloads` (RTP `pt`, timestamps counting `units_per_byte` per payload byte
 /// from `ts0`, sequence from `seq0`) scheduled by their timestamp at `rate` units per second.
 fn schedule_by_ts(
@@ -435,20 +458,9 @@ fn ptime_changes_and_comfort_noise_keep_recordings_aligned() {
             .map(|&s| siprec::media::g711::linear_to_ulaw(s));
         payloads.push((17_760 + 160 * k as u32, k == 0, ulaw.collect()));
     }
-    let mut src = Src::new(ports.src_sip, ports.sip, "ptime@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
-    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
-    play(
-        &sock,
-        schedule_by_ts(port, 0, (7, 1000), 8000, &payloads),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(src.bye().status, 200);
+    play_call(&ports, "ptime@127.0.0.1", &[], |port| {
+        schedule_by_ts(port, 0, (7, 1000), 8000, &payloads)
+    });
     let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
     let (_, _, leg) = read_wav(&sessions[0].join("1.wav")).unwrap();
     let want = ulaw_roundtrip(&pcm);
@@ -469,7 +481,6 @@ fn ptime_changes_and_comfort_noise_keep_recordings_aligned() {
     assert_eq!(meta["streams"][0]["rtp"]["comfort_noise"], 5);
     assert_eq!(meta["streams"][0]["rtp"]["concealed_samples"], 0);
     assert_eq!(meta["streams"][0]["rtp"]["lost"], 0);
-    drop((src, sock));
 
     // G.722: 1.5 s at 16 kHz in 20, 40 and 10 ms packets (160, 320, 80 bytes).
     let a = source_audio(14, 12_000);
@@ -488,25 +499,14 @@ fn ptime_changes_and_comfort_noise_keep_recordings_aligned() {
             at += bytes;
         }
     }
-    let mut src = Src::new(ports.src_sip, ports.sip, "ptime722@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let body = body.replace(
+    let g722 = (
         "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n",
         "RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n",
     );
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
-    let sock = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     // The G.722 RTP clock is 8000 Hz: one unit per byte.
-    play(
-        &sock,
-        schedule_by_ts(port, 9, (300, 7), 8000, &payloads),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(src.bye().status, 200);
+    play_call(&ports, "ptime722@127.0.0.1", &[g722], |port| {
+        schedule_by_ts(port, 9, (300, 7), 8000, &payloads)
+    });
     let sessions = wait_sessions(&server.recordings(), 2, Duration::from_secs(10));
     let dir = sessions
         .iter()

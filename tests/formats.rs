@@ -35,6 +35,24 @@ fn from_le(bytes: &[u8]) -> Vec<i16> {
         .collect()
 }
 
+/// The reference decoder's samples of a FLAC file (`flac -d` to raw little-endian).
+fn flac_decode(file: &Path) -> Vec<i16> {
+    let raw = file.with_extension("raw");
+    run(Command::new("flac")
+        .args([
+            "-d",
+            "-s",
+            "-f",
+            "--force-raw-format",
+            "--endian=little",
+            "--sign=signed",
+        ])
+        .arg("-o")
+        .arg(&raw)
+        .arg(file));
+    from_le(&std::fs::read(&raw).unwrap())
+}
+
 /// Stereo test audio: two distinct signals interleaved, with a stretch of silence.
 fn stereo(frames: usize) -> Vec<i16> {
     let a = source_audio(1, frames);
@@ -84,22 +102,7 @@ fn flac_interoperates_with_the_reference_codec() {
     write(dir.path(), "ours", AudioFormat::Flac, 2, 8000, &pcm);
     let ours = dir.path().join("ours.flac");
     run(Command::new("flac").args(["-t", "-s"]).arg(&ours));
-    let raw = dir.path().join("ours.raw");
-    run(Command::new("flac")
-        .args([
-            "-d",
-            "-s",
-            "--force-raw-format",
-            "--endian=little",
-            "--sign=signed",
-            "-o",
-        ])
-        .arg(&raw)
-        .arg(&ours));
-    assert!(
-        from_le(&std::fs::read(&raw).unwrap()) == pcm,
-        "flac -d differs"
-    );
+    assert!(flac_decode(&ours) == pcm, "flac -d differs");
     assert!(std::fs::metadata(&ours).unwrap().len() < 2 * pcm.len() as u64 * 7 / 10);
 
     // A crash: no STREAMINFO length, no MD5, frames up to the last checkpoint.
@@ -110,19 +113,7 @@ fn flac_interoperates_with_the_reference_codec() {
     w.checkpoint(true).unwrap();
     w.write_interleaved(&mono[16_000..]).unwrap();
     std::mem::forget(w); // SIGKILL: no Drop, no finish
-    let raw = dir.path().join("cut.raw");
-    run(Command::new("flac")
-        .args([
-            "-d",
-            "-s",
-            "--force-raw-format",
-            "--endian=little",
-            "--sign=signed",
-            "-o",
-        ])
-        .arg(&raw)
-        .arg(&cut));
-    assert!(from_le(&std::fs::read(&raw).unwrap()) == mono[..16_000]);
+    assert!(flac_decode(&cut) == mono[..16_000]);
     assert!(read_flac(&cut).unwrap().2 == mono[..16_000]);
 
     // The reference encoder's output read by ours.
