@@ -199,6 +199,16 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         )
     })?;
 
+    // Before any call: recordings a crash left unfinished get their headers and session.json.
+    let recovered = recorder::recover(
+        &config.recording.dir,
+        &siprec::proto::rfc3339_ms(now().unix_ms),
+    );
+    for r in &recovered {
+        tracing::warn!(dir = %r.dir.display(), files = r.files.len(), headers_repaired = r.repaired,
+            "interrupted recording finished (session.json marked interrupted)");
+    }
+
     let nofile = dataplane::raise_nofile_limit();
     tracing::debug!(nofile, "open file limit");
     let stt_wanted = config.stt.provider != config::SttProvider::None;
@@ -684,6 +694,11 @@ async fn control_plane(
                     last_session_tick = Instant::now();
                     pike.forget_idle(dataplane::mono_now_ns());
                     sessions.handle_tick(now, &mut ports);
+                    // Below RECORDING_MIN_FREE_MB new calls and OPTIONS get 503, as
+                    // /health/ready does: SBCs fork elsewhere before the disk is full.
+                    let free = api::free_mb(&config.recording.dir);
+                    let floor = config.recording.min_free_mb;
+                    sessions.set_storage_low(free.is_some_and(|mb| mb < floor));
                     // The watchdog is fed only while every worker's loop is turning, so a stuck
                     // data plane gets the service restarted.
                     let ages = dataplane.heartbeat_ages_ns(dataplane::mono_now_ns());
@@ -837,8 +852,19 @@ fn pump(
                     }
                 }
                 Action::WriteFile { path, bytes } => {
+                    // The recorder thread creates a session's directory; a file written at the
+                    // start of the call may come first.
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
                     if let Err(e) = recorder::write_atomic(&path, &bytes) {
                         tracing::error!(path = %path.display(), error = %e, "cannot write file");
+                    }
+                }
+                Action::DropPartialSession { dir } => {
+                    if dir.join("session.json").exists() {
+                        let partial = dir.join(siprec::session::PARTIAL_SESSION_FILE);
+                        let _ = std::fs::remove_file(partial);
                     }
                 }
                 Action::Event(e) => {

@@ -413,6 +413,34 @@ fn sigkill_leaves_playable_files() {
     let p = find(&leg, &ra[..800]).expect("audio present");
     let n = leg.len() - p;
     assert_eq!(&leg[p..], &ra[..n], "what is there is exact");
+    assert!(
+        dir.join("session.partial.json").exists(),
+        "the call's copy for recovery"
+    );
+
+    // The next start finishes it: the header covers every whole frame on disk, session.json
+    // comes from the partial copy, marked interrupted.
+    let on_disk = (std::fs::metadata(dir.join("1.wav")).unwrap().len() - 44) / 2;
+    let recordings = server.recordings().display().to_string();
+    let again = Server::start(11, &[("RECORDING_DIR", recordings.as_str())]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["interrupted"], true);
+    assert_eq!(meta["end_reason"], "interrupted");
+    assert_eq!(meta["call_id"], "sigkill@127.0.0.1");
+    assert_eq!(meta["streams"][0]["file"], "1.wav");
+    assert_eq!(meta["files"][0]["frames"].as_u64(), Some(on_disk));
+    assert!(!dir.join("session.partial.json").exists());
+    let (_, _, repaired) = read_wav(&dir.join("1.wav")).unwrap();
+    assert_eq!(repaired.len() as u64, on_disk);
+    assert!(repaired.len() >= leg.len());
+    let n = repaired.len() - p;
+    assert_eq!(&repaired[p..], &ra[..n], "the repaired file is exact too");
+    let (_, metrics) = http_get(again.ports.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("siprec_recordings_recovered_total 1"),
+        "{metrics}"
+    );
 }
 
 /// During and after a real call with RTP: /metrics counts the INVITE, the 200s, the RTP packets
@@ -564,4 +592,165 @@ fn drain_timeout_ends_remaining_calls() {
     let dir = &wait_sessions(&server.recordings(), 1, Duration::from_secs(1))[0];
     let json = std::fs::read_to_string(dir.join("session.json")).unwrap();
     assert!(json.contains("\"end_reason\": \"shutdown\""), "{json}");
+}
+
+/// Unmounts a test tmpfs on drop (lazily: a dying server may still hold files).
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Bytes free under `path` (df).
+fn avail_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// Disk full (RECORDING_DIR on a 4 MiB tmpfs; mounting needs root, so the test is skipped
+/// with a message otherwise): the running recording ends with BYE and files that are valid and
+/// exact up to the failure; readiness, OPTIONS and new INVITEs say 503; nothing crashes; when
+/// space returns the server is ready again and records the next call.
+#[test]
+fn disk_full_ends_recordings_cleanly_and_refuses_calls() {
+    let holder = tempfile::tempdir().unwrap();
+    let mnt = holder.path().join("rec");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED disk_full test: cannot mount a tmpfs (needs root): {mounted:?}");
+        return;
+    }
+    let _tmpfs = Tmpfs(mnt.clone());
+    let dir = mnt.display().to_string();
+    let server = Server::start(
+        54,
+        &[("RECORDING_DIR", &dir), ("RECORDING_MIN_FREE_MB", "2")],
+    );
+    let ports = TestPorts::new(54);
+    let mut src = Src::new(ports.src_sip, ports.sip, "diskfull@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
+    let ok = src.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    src.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let a = source_audio(21, 8000 * 4);
+    let filler = mnt.join("filler");
+    let bye = std::thread::scope(|s| {
+        s.spawn(|| {
+            play(
+                &rtp,
+                audio_packets(port, 0xD15C, 1, 0, d(0), &a),
+                Instant::now(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1200));
+        // Leave 8 KiB: the recorder's next writes fail with ENOSPC.
+        let fill = avail_bytes(&mnt).saturating_sub(8192);
+        std::fs::write(&filler, vec![0u8; fill as usize]).unwrap();
+        src.wait_request(Duration::from_secs(8))
+    });
+    let bye = bye.expect("the server ends a call it can no longer record");
+    assert_eq!(bye.method, siprec::sip::Method::Bye);
+    src.answer_server_request(&bye);
+    drop(src); // its SIP port serves the next calls
+
+    // What was written is a valid recording, exact up to where the disk filled.
+    let day = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .unwrap()
+        .path();
+    let session = std::fs::read_dir(day)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (_, _, leg) = read_wav(&session.join("1.wav")).unwrap();
+    let ra = ulaw_roundtrip(&a);
+    let p = find(&leg, &ra[..800]).expect("the audio before the disk filled");
+    let n = leg.len() - p;
+    assert!(n >= 4000, "at least 0.5 s recorded: {n}");
+    assert_eq!(&leg[p..], &ra[..n], "exact up to the failure");
+    read_wav(&session.join("mixed.wav")).expect("mixed.wav valid too");
+    assert!(
+        session.join("session.json").exists() || session.join("session.partial.json").exists(),
+        "session.json, or its partial copy for recovery"
+    );
+
+    // Below RECORDING_MIN_FREE_MB: not ready, OPTIONS and INVITE 503 with Retry-After.
+    let (status, _) = http_get(ports.http, "/health/ready").unwrap();
+    assert_eq!(status, 503);
+    std::thread::sleep(Duration::from_millis(1500)); // the control plane checks each second
+    let mut second = Src::new(ports.src_sip, ports.sip, "diskfull-2@127.0.0.1");
+    let refused = second.invite(&ct, &body);
+    assert_eq!(refused.status, 503);
+    assert!(refused.headers.get("Retry-After").is_some());
+    drop(second);
+    // Counters reach /metrics with the next snapshot (each tick).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, metrics) = http_get(ports.http, "/metrics").unwrap();
+        if metrics.contains("siprec_calls_total{outcome=\"rejected_storage\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Space back: ready again, and the next call is recorded.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(ports.http, "/health/ready").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "not ready after space returned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut third = Src::new(ports.src_sip, ports.sip, "diskfull-3@127.0.0.1");
+    let ok = third.invite(&ct, &body);
+    assert_eq!(ok.status, 200);
+    third.ack();
+    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let b = source_audio(22, 8000);
+    play(
+        &rtp,
+        audio_packets(port, 0xD15D, 1, 0, d(0), &b),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(third.bye().status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let found = wait_sessions(&mnt, 1, Duration::from_secs(1));
+        let third = found.into_iter().find(|d| {
+            std::fs::read_to_string(d.join("session.json")).is_ok_and(|j| j.contains("diskfull-3@"))
+        });
+        if let Some(dir) = third {
+            break dir;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call after recovery has no session.json"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (_, _, leg) = read_wav(&done.join("1.wav")).unwrap();
+    assert!(find(&leg, &ulaw_roundtrip(&b)[..800]).is_some());
+    drop(server);
 }

@@ -196,6 +196,7 @@ impl Metrics {
         let io = crate::sink::recorder::IO_LATENCY.vec.clone();
         let _ = r.register(Box::new(io));
         let _ = r.register(Box::new(crate::sink::stt::LATENCY.clone()));
+        let _ = r.register(Box::new(crate::sink::recorder::RECOVERED.clone()));
         let stt_seconds = prometheus::CounterVec::new(
             Opts::new(
                 "stt_seconds_total",
@@ -390,6 +391,7 @@ impl Metrics {
             ("rejected_sdp", c.calls_rejected_sdp),
             ("rejected_not_siprec", c.calls_rejected_not_siprec),
             ("rejected_source_limit", c.calls_rejected_source_limit),
+            ("rejected_storage", c.calls_rejected_storage),
             ("cancelled", c.calls_cancelled),
             ("ended_rtp_timeout", c.calls_rtp_timeout),
             ("ended_duration_cap", c.calls_duration_cap),

@@ -1322,7 +1322,8 @@ fn storage_status(dir: &std::path::Path) -> (bool, u64) {
     (writable, free_mb(dir).unwrap_or(0))
 }
 
-fn free_mb(dir: &std::path::Path) -> Option<u64> {
+/// Free space for unprivileged writers under `dir`, in MiB.
+pub fn free_mb(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs is plain data; path is a valid NUL-terminated string; result checked.

@@ -21,6 +21,10 @@ use crate::siprec::{self, metadata::RecordingMetadata};
 
 use super::{Action, MediaPorts, Now, SessionConfig, SessionCounters};
 
+/// Written when recording starts and removed once session.json is written; found by
+/// `recorder::recover` after a crash.
+pub const PARTIAL_SESSION_FILE: &str = "session.partial.json";
+
 /// DTMF digits kept per call for session.json (later ones still become events).
 const DTMF_MAX: usize = 1000;
 
@@ -314,6 +318,7 @@ impl Call {
             start_ns: call.start_ns,
             streams: specs,
         }));
+        actions.push_back(call.partial_session_file());
         let data = json!({
             "siprec": call.is_siprec,
             "participants": call.participants_json(),
@@ -1052,7 +1057,52 @@ impl Call {
             .unwrap_or(now.mono_ns)
             .saturating_sub(self.start_ns) as f64
             / 1e9;
-        let doc = json!({
+        let doc = self.session_doc(
+            Some((end_unix_ms, duration_s)),
+            &files,
+            &record_stats,
+            error,
+        );
+        let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        bytes.push(b'\n');
+        actions.push_back(Action::WriteFile {
+            path: self.dir.join("session.json"),
+            bytes,
+        });
+        // The call is complete: the crash-recovery copy goes (once session.json is there).
+        actions.push_back(Action::DropPartialSession {
+            dir: self.dir.clone(),
+        });
+        true
+    }
+
+    /// `session.partial.json`: what session.json will say, written when recording starts, so
+    /// that a crash leaves the call's parties and streams next to its audio; recovery at the
+    /// next start turns it into session.json marked `interrupted`.
+    pub(super) fn partial_session_file(&self) -> Action {
+        let doc = self.session_doc(None, &[], &[], None);
+        let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        bytes.push(b'\n');
+        Action::WriteFile {
+            path: self.dir.join(PARTIAL_SESSION_FILE),
+            bytes,
+        }
+    }
+
+    /// session.json's document; `end` (wall-clock ms, duration in s) is `None` while the call
+    /// runs.
+    fn session_doc(
+        &self,
+        end: Option<(u64, f64)>,
+        files: &[RecordedFile],
+        record_stats: &[crate::sink::recorder::StreamRecordStats],
+        error: Option<String>,
+    ) -> serde_json::Value {
+        let (end_unix_ms, duration_s) = match end {
+            Some((ms, d)) => (Some(rfc3339_ms(ms)), Some(d)),
+            None => (None, None),
+        };
+        json!({
             "version": 1,
             "session_id": self.session_id,
             "call_id": self.call_id,
@@ -1060,14 +1110,14 @@ impl Call {
             "end_reason": self.end_reason,
             "created_at": rfc3339_ms(self.created_unix_ms),
             "start": rfc3339_ms(self.created_unix_ms),
-            "end": rfc3339_ms(end_unix_ms),
+            "end": end_unix_ms,
             "duration_s": duration_s,
             "recording_sessions": self.metadata.sessions,
             "participants": self.participants_json(),
             "streams": self.streams.iter().map(|s| json!({
                 "index": s.index,
                 "label": s.label,
-                "file": s.port.map(|_| self.stream_file(s, &files)),
+                "file": s.port.map(|_| self.stream_file(s, files)),
                 "codec": s.media.as_ref().map(|m| m.codec.name()),
                 "payload_type": s.media.as_ref().map(|m| m.pt),
                 "clock_rate": s.media.as_ref().map(|m| m.clock_rate),
@@ -1090,14 +1140,7 @@ impl Call {
             "metadata": self.metadata,
             "metadata_history": self.metadata_history,
             "error": error,
-        });
-        let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        bytes.push(b'\n');
-        actions.push_back(Action::WriteFile {
-            path: self.dir.join("session.json"),
-            bytes,
-        });
-        true
+        })
     }
 
     fn participants_json(&self) -> serde_json::Value {

@@ -24,7 +24,7 @@ use crate::sink::recorder::{AudioFormat, RecorderCommand, RecorderEvent};
 use crate::sip::{Peer, Request, Response, TsxEvent, TsxKey};
 
 use call::Call;
-pub use call::{CallState, CallSummary, PauseStatus};
+pub use call::{CallState, CallSummary, PauseStatus, PARTIAL_SESSION_FILE};
 
 /// How long an ended call waits for the recorder's report before it is written off.
 const RECORDER_REPORT_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -123,6 +123,11 @@ pub enum Action {
         path: PathBuf,
         bytes: Vec<u8>,
     },
+    /// Remove `dir`'s session.partial.json once its session.json is there (if writing
+    /// session.json failed, say on a full disk, the partial copy stays for recovery).
+    DropPartialSession {
+        dir: PathBuf,
+    },
     /// A call event for live consumers, numbered in the order actions are handed out.
     Event(crate::events::Event),
 }
@@ -137,6 +142,8 @@ pub struct SessionCounters {
     pub calls_rejected_not_siprec: u64,
     /// INVITEs refused because their source already had SIP_MAX_CALLS_PER_SOURCE calls.
     pub calls_rejected_source_limit: u64,
+    /// INVITEs refused because the recording disk is below RECORDING_MIN_FREE_MB.
+    pub calls_rejected_storage: u64,
     pub calls_cancelled: u64,
     pub calls_rtp_timeout: u64,
     pub calls_duration_cap: u64,
@@ -158,6 +165,8 @@ pub struct SessionManager {
     instance: u64,
     event_seq: u64,
     draining: bool,
+    /// The recording disk is below RECORDING_MIN_FREE_MB (`set_storage_low`).
+    storage_low: bool,
     counters: SessionCounters,
     /// The earliest `auto_resume_at` deadline (monotonic ns; MAX for none).
     next_resume_ns: u64,
@@ -181,6 +190,7 @@ impl SessionManager {
             instance: 0,
             event_seq: 0,
             draining: false,
+            storage_low: false,
             counters: SessionCounters::default(),
             next_resume_ns: u64::MAX,
             closed_rtp: RtpStats::default(),
@@ -545,6 +555,23 @@ impl SessionManager {
         self.draining = draining;
     }
 
+    /// The recording disk is below its free-space floor: new calls and OPTIONS get 503 until
+    /// it is not. Running calls go on (a failed write ends a call by itself).
+    pub fn set_storage_low(&mut self, low: bool) {
+        if low != self.storage_low {
+            tracing::warn!(
+                low,
+                "recording storage below RECORDING_MIN_FREE_MB: {}",
+                if low {
+                    "refusing new calls"
+                } else {
+                    "taking calls again"
+                }
+            );
+        }
+        self.storage_low = low;
+    }
+
     // --- poll ---
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -573,7 +600,7 @@ impl SessionManager {
         match request.method {
             Method::Invite if !in_dialog => self.handle_new_invite(now, ports, key, request, peer),
             Method::Options => {
-                let status = if self.draining || self.at_capacity() {
+                let status = if self.draining || self.storage_low || self.at_capacity() {
                     503
                 } else {
                     200
@@ -673,6 +700,10 @@ impl SessionManager {
         }
         if self.draining || self.at_capacity() {
             self.counters.calls_rejected_capacity += 1;
+            return reject(&mut self.actions, 503, true);
+        }
+        if self.storage_low {
+            self.counters.calls_rejected_storage += 1;
             return reject(&mut self.actions, 503, true);
         }
         let limit = self.config.max_calls_per_source;

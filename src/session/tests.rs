@@ -596,6 +596,28 @@ fn per_source_call_limit() {
     assert_eq!(response_of(&drain(&mut m)).status, 200);
 }
 
+/// Recording disk below RECORDING_MIN_FREE_MB: new INVITEs get 503 + Retry-After (counted),
+/// and they are taken again once space is back.
+#[test]
+fn low_storage_refuses_new_calls() {
+    let mut m = SessionManager::new(config());
+    let mut pool = ports::PortPool::new(10000, 10099, 0);
+    let mut keys = Keys::new();
+    let body = sdp("sendonly", 4000);
+    m.set_storage_low(true);
+    let first = invite("disk-1", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(0), &mut pool, keys.event(first));
+    let resp = drain(&mut m);
+    let resp = response_of(&resp);
+    assert_eq!(resp.status, 503);
+    assert!(resp.headers.get("Retry-After").is_some());
+    assert_eq!(m.counters().calls_rejected_storage, 1);
+    m.set_storage_low(false);
+    let second = invite("disk-2", 1, None, &body, "application/sdp");
+    m.handle_tsx_event(now(10), &mut pool, keys.event(second));
+    assert_eq!(response_of(&drain(&mut m)).status, 200);
+}
+
 /// `auto_resume_at`: the pause shows when it ends, a re-INVITE keeps it, and the call
 /// resumes by itself on the first tick at or after the deadline (streams unpaused, event
 /// out); a later plain pause cancels the timer.

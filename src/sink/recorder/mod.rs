@@ -25,6 +25,7 @@ mod flac;
 mod fsutil;
 mod mixrate;
 mod oggopus;
+mod recover;
 pub mod timeline;
 mod wav;
 pub use appendfile::IO_LATENCY;
@@ -34,6 +35,7 @@ pub use error::RecorderError;
 pub use flac::read_flac;
 pub use fsutil::{sanitize_component, write_atomic};
 pub use oggopus::read_ogg_opus;
+pub use recover::{recover, Recovered, RECOVERED};
 pub use timeline::{position_at, StreamTimeline, TimelineStats};
 pub use wav::{read_wav, WavInfo, WavWriter};
 
