@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use siprec::api::{self, ApiState, MetricsSnapshot, RecorderTotals, SipCounters, Snapshot};
 use siprec::config::{self, Config, FileConfig, Override};
 use siprec::dataplane::{self, Dataplane, DataplaneSettings, StreamSockets};
+use siprec::proto::pii::{self, Pii};
 use siprec::session::{
     self, ports::PortPool, Action, MediaPorts, Now, SessionConfig, SessionManager,
 };
@@ -192,6 +193,10 @@ impl ConfigSource {
 
 fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "siprec starting");
+    // Personal data in logs shows as hashes salted per process (LOG_PII=true shows it).
+    let mut salt = [0u8; 8];
+    os_random(&mut salt);
+    pii::configure(config.log.pii, u64::from_le_bytes(salt));
     std::fs::create_dir_all(&config.recording.dir).with_context(|| {
         format!(
             "cannot create RECORDING_DIR {}",
@@ -205,7 +210,8 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         &siprec::proto::rfc3339_ms(now().unix_ms),
     );
     for r in &recovered {
-        tracing::warn!(dir = %r.dir.display(), files = r.files.len(), headers_repaired = r.repaired,
+        let (dir, files) = (Pii(r.dir.display()), r.files.len());
+        tracing::warn!(%dir, files, headers_repaired = r.repaired,
             "interrupted recording finished (session.json marked interrupted)");
     }
 
@@ -641,7 +647,8 @@ async fn control_plane(
                     io.sip.borrow_mut().flood_dropped += 1;
                     if new {
                         let secs = config.sip.flood_block_s;
-                        tracing::warn!(source = %ip, block_s = secs, "SIP flood: source blocked");
+                        let source = Pii(ip);
+                        tracing::warn!(%source, block_s = secs, "SIP flood: source blocked");
                     }
                 } else {
                     io.count_inbound(&inbound.message);
@@ -858,7 +865,9 @@ fn pump(
                         let _ = std::fs::create_dir_all(dir);
                     }
                     if let Err(e) = recorder::write_atomic(&path, &bytes) {
-                        tracing::error!(path = %path.display(), error = %e, "cannot write file");
+                        let e = pii::redact_in(&e.to_string(), &path.display().to_string());
+                        let path = Pii(path.display());
+                        tracing::error!(%path, error = %e, "cannot write file");
                     }
                 }
                 Action::DropPartialSession { dir } => {
@@ -1045,7 +1054,7 @@ impl Io {
                             tracing::warn!("SIP TCP connection backlogged; message dropped");
                         }
                     }
-                    None => tracing::warn!(addr = %peer.addr, "SIP TCP connection gone"),
+                    None => tracing::warn!(addr = %Pii(peer.addr), "SIP TCP connection gone"),
                 }
             }
         }

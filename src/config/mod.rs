@@ -24,6 +24,15 @@ pub struct Config {
     pub stt: SttConfig,
     pub analytics: AnalyticsConfig,
     pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// What the log may hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// `LOG_PII`: show Call-IDs, URIs, addresses and recording paths in logs as they are,
+    /// instead of as salted hashes (`proto::pii`). Default false; for a debugging session.
+    pub pii: bool,
 }
 
 /// Who may call the HTTP API besides `API_KEY` (`docs/api.md`, Authentication). Everything
@@ -325,6 +334,14 @@ pub struct FileConfig {
     pub analytics: FileAnalytics,
     #[serde(default)]
     pub auth: FileAuth,
+    #[serde(default)]
+    pub log: FileLog,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub pii: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -536,6 +553,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("STT_DEEPGRAM_API_KEY", "stt.deepgram_api_key"),
     ("STT_DEEPGRAM_MODEL", "stt.deepgram_model"),
     ("ANALYTICS_KEYWORDS", "analytics.keywords"),
+    ("LOG_PII", "log.pii"),
     ("API_KEYS", "auth.api_keys"),
     ("AUTH_JWT_SECRET", "auth.jwt_secret"),
     ("AUTH_JWT_PUBLIC_KEY_FILE", "auth.jwt_public_key_file"),
@@ -879,6 +897,9 @@ impl Config {
                     .filter(|k| !k.is_empty())
                     .collect(),
             },
+            log: LogConfig {
+                pii: f.log.pii.unwrap_or(false),
+            },
         })
     }
 
@@ -1119,6 +1140,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "STT_DEEPGRAM_URL" => f.stt.deepgram_url = Some(v.trim().to_owned()),
         "STT_DEEPGRAM_API_KEY" => f.stt.deepgram_api_key = Some(v.trim().to_owned()),
         "STT_DEEPGRAM_MODEL" => f.stt.deepgram_model = Some(v.trim().to_owned()),
+        "LOG_PII" => f.log.pii = Some(parse_bool(key, v)?),
         "ANALYTICS_KEYWORDS" => {
             f.analytics.keywords = Some(v.split(',').map(|k| k.trim().to_owned()).collect())
         }

@@ -11,6 +11,7 @@ use crate::events::{Event, EventKind};
 use crate::media::activity::{ActivityTotals, SpeakerChange, WINDOW_MS};
 use crate::media::rtp::{PayloadKind, RtpStats, StreamParams};
 use crate::media::StreamKey;
+use crate::proto::pii::{self, Pii};
 use crate::proto::{date_ymd, rfc3339_ms};
 use crate::sdp::{self, AcceptedMedia, AnswerParams, AnswerPolicy, Codec, Direction, MediaPlan};
 use crate::sink::recorder::{
@@ -205,7 +206,8 @@ impl Call {
         let metadata = match body.metadata.as_deref().map(siprec::metadata::parse) {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                tracing::warn!(call_id = %setup.call_id, error = %e, "unusable recording metadata");
+                tracing::warn!(call_id = %Pii(&setup.call_id), error = %e,
+                    "unusable recording metadata");
                 metadata_error = true;
                 RecordingMetadata::default()
             }
@@ -327,7 +329,7 @@ impl Call {
         actions.push_back(call.event(now, EventKind::CallStarted, data));
         tracing::info!(
             session = call.session,
-            session_id = %call.session_id,
+            session_id = %Pii(&call.session_id),
             streams = call.streams.iter().filter(|s| s.port.is_some()).count(),
             siprec = call.is_siprec,
             "recording session started"
@@ -1044,6 +1046,7 @@ impl Call {
             RecorderEvent::Activity { .. } => return false,
         };
         if let Some(e) = &error {
+            let e = pii::redact_in(e, &self.dir.display().to_string());
             tracing::error!(session = self.session, error = %e, "recording failed");
         }
         if self.state != CallState::Ending {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use crate::media::rtp::{RtpStats, StreamParams};
 use crate::media::StreamKey;
+use crate::proto::pii::Pii;
 use crate::sink::recorder::{AudioFormat, RecorderCommand, RecorderEvent};
 use crate::sip::{Peer, Request, Response, TsxEvent, TsxKey};
 
@@ -487,7 +488,7 @@ impl SessionManager {
         for call in self.calls.values_mut().filter(|c| c.is_active()) {
             match call.resume_deadline_ns() {
                 Some(at) if at <= now.mono_ns => {
-                    tracing::info!(call_id = call.call_id(), "auto_resume_at reached");
+                    tracing::info!(call_id = %Pii(call.call_id()), "auto_resume_at reached");
                     call.set_pause(now, (false, false), None, &mut self.actions);
                 }
                 Some(at) => next = next.min(at),

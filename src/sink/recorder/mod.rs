@@ -50,6 +50,7 @@ use tracing::{info, warn};
 
 use crate::media::activity::{ActivityTotals, CallActivity, SpeakerChange};
 use crate::media::{MediaFrame, StreamKey, FRAME_SAMPLES_MAX};
+use crate::proto::pii;
 use crate::ring::Consumer;
 
 /// When WAV data is fdatasynced.
@@ -346,6 +347,7 @@ impl<C: MonotonicClock> Recorder<C> {
                     return;
                 }
                 let config = &self.config;
+                let shown = dir.display().to_string();
                 match RecordingSession::open(session, dir, start_ns, &streams, config) {
                     // The next regular commit catches up with a start in the past. Not here: a
                     // StopSession queued right behind must be seen first.
@@ -356,7 +358,8 @@ impl<C: MonotonicClock> Recorder<C> {
                         self.counters
                             .sessions_failed
                             .fetch_add(1, Ordering::Relaxed);
-                        warn!(session, error = %e, "recording session failed to start");
+                        let logged = pii::redact_in(&e.to_string(), &shown);
+                        warn!(session, error = %logged, "recording session failed to start");
                         self.emit(RecorderEvent::SessionFailed {
                             session,
                             error: e.to_string(),
@@ -519,13 +522,15 @@ impl<C: MonotonicClock> Recorder<C> {
             self.emit(report);
         }
         let streams = recording.stats();
+        let shown = recording.dir.display().to_string();
         let (files, close_error) = recording.close_files(self.config.fsync);
         error = error.or(close_error);
         self.counters
             .sessions_closed
             .fetch_add(1, Ordering::Relaxed);
         if let Some(e) = &error {
-            warn!(session, error = %e, "recording session closed with an error");
+            let logged = pii::redact_in(&e.to_string(), &shown);
+            warn!(session, error = %logged, "recording session closed with an error");
         }
         let error = error.map(|e| e.to_string());
         self.emit(RecorderEvent::SessionClosed {

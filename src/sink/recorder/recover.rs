@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{fsutil, read_audio, RecordedFile, RecorderError};
+use crate::proto::pii::{self, Pii};
 use crate::session::PARTIAL_SESSION_FILE as PARTIAL;
 
 /// `siprec_recordings_recovered_total`: interrupted recordings finished at start-up.
@@ -61,7 +62,8 @@ pub fn recover(root: &Path, now_rfc3339: &str) -> Vec<Recovered> {
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(dir = %dir.display(), error = %e,
+                    let e = pii::redact_in(&e.to_string(), &dir.display().to_string());
+                    tracing::error!(dir = %Pii(dir.display()), error = %e,
                         "interrupted recording left as found")
                 }
             }

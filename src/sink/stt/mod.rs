@@ -733,7 +733,8 @@ fn run_batch(
         let Some(job) = jobs.take_next(Duration::from_millis(500), unix_ms()) else {
             continue;
         };
-        info!(job = %job.job_id, path = %job.audio_path, "STT job started");
+        let path = crate::proto::pii::Pii(&job.audio_path);
+        info!(job = %job.job_id, path = %path, "STT job started");
         let started = Instant::now();
         let outcome = transcribe_file(&job, batch, segmenter).map(|mut r| {
             r.processing_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
