@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use siprec::media::g711;
 use siprec::media::rtp::{parse_header, write_packet, PayloadKind, RtpReceiver, StreamParams};
 use siprec::media::{MediaFrame, StreamKey};
-use siprec::sink::recorder::{AudioFormat, AudioWriter, StreamTimeline, WavWriter};
+use siprec::sink::recorder::{AudioFormat, AudioWriter, Keyring, StreamTimeline, WavWriter};
 
 fn packet(seq: u16, ts: u32) -> Vec<u8> {
     let payload: Vec<u8> = (0..160)
@@ -179,14 +179,21 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_1s");
     g.throughput(Throughput::Elements(1));
     let speech = voice_8k();
-    for format in [AudioFormat::Wav, AudioFormat::Flac, AudioFormat::Opus] {
+    let keys = Keyring::parse(&format!("bench {}", "5a".repeat(32))).unwrap();
+    let variants = [
+        ("wav", AudioFormat::Wav, None),
+        ("flac", AudioFormat::Flac, None),
+        ("opus", AudioFormat::Opus, None),
+        ("wav_encrypted", AudioFormat::Wav, Some(&keys)),
+    ];
+    for (name, format, keyring) in variants {
         let new = |n: u64| {
-            let stem = format!("{}-{n}", format.name());
-            AudioWriter::create(dir.path(), &stem, 1, 8000, format, 32_000).unwrap()
+            let stem = format!("{name}-{n}");
+            AudioWriter::create(dir.path(), &stem, 1, 8000, format, 32_000, keyring).unwrap()
         };
         let mut w = new(0);
         let mut n = 0u64;
-        g.bench_function(format.name(), |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 n += 1;
                 // A fresh file every ~10 minutes of audio keeps the disk use small.

@@ -234,6 +234,13 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         fsync: config.recording.fsync,
         format: config.recording.format,
         opus_bitrate: config.recording.opus_bitrate,
+        // Checked when the configuration was built; read again here.
+        encryption: match &config.recording.encryption_key_file {
+            Some(path) => Some(Arc::new(
+                recorder::Keyring::load(path).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        },
     };
     let (recorder, recorder_thread) =
         recorder::spawn(recorder_config, consumers, recorder::SystemMonotonicClock)
@@ -556,6 +563,7 @@ async fn control_plane(
         recording_root: config.recording.dir.clone(),
         combine_legs: config.recording.combine_legs,
         recording_format: config.recording.format,
+        recording_encrypted: config.recording.encryption_key_file.is_some(),
         advertised_ip: advertised,
         fallback_ip: default_route_ip(),
         sip_port: config.sip.ports[0],

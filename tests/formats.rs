@@ -71,7 +71,7 @@ fn stereo(frames: usize) -> Vec<i16> {
 }
 
 fn write(dir: &Path, stem: &str, format: AudioFormat, channels: u16, rate: u32, pcm: &[i16]) {
-    let mut w = AudioWriter::create(dir, stem, channels, rate, format, 32_000).unwrap();
+    let mut w = AudioWriter::create(dir, stem, channels, rate, format, 32_000, None).unwrap();
     for (i, chunk) in pcm.chunks(160 * usize::from(channels)).enumerate() {
         w.write_interleaved(chunk).unwrap();
         if i % 50 == 49 {
@@ -107,7 +107,8 @@ fn flac_interoperates_with_the_reference_codec() {
 
     // A crash: no STREAMINFO length, no MD5, frames up to the last checkpoint.
     let cut = dir.path().join("cut.flac");
-    let mut w = AudioWriter::create(dir.path(), "cut", 1, 16_000, AudioFormat::Flac, 0).unwrap();
+    let mut w =
+        AudioWriter::create(dir.path(), "cut", 1, 16_000, AudioFormat::Flac, 0, None).unwrap();
     let mono = source_audio(3, 20_000);
     w.write_interleaved(&mono[..16_000]).unwrap();
     w.checkpoint(true).unwrap();
@@ -277,9 +278,10 @@ fn aligned_similarity(got: &[i16], want: &[i16]) -> f64 {
 
 /// A real call recorded as FLAC: per-leg and mixed files are `.flac`, hold the G.711 audio
 /// sample for sample, pass `flac -t`, and session.json names them. A server killed mid-call
-/// leaves FLAC files that decode. Then the same call recorded as Opus in Ogg.
+/// leaves FLAC files that decode. Then the same call recorded as Opus in Ogg, then encrypted
+/// at rest.
 #[test]
-fn flac_and_opus_recordings_end_to_end() {
+fn flac_opus_and_encrypted_recordings_end_to_end() {
     let pcm = source_audio(7, 16_000); // 2 s
     let want = ulaw_roundtrip(&pcm);
     let half: Vec<i16> = ulaw_roundtrip(&pcm.iter().map(|s| s / 2).collect::<Vec<_>>());
@@ -361,4 +363,56 @@ fn flac_and_opus_recordings_end_to_end() {
         size * 3 < wav_size,
         "Opus is smaller: {size} B vs {wav_size} B of WAV"
     );
+    drop(server);
+
+    // Encrypted at rest: the key file's first key (k2) seals every file; nothing readable is
+    // on disk; `siprecctl decrypt` gives back the exact WAV; an altered file is refused.
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    let k2 = "a1".repeat(32);
+    let k1 = "b2".repeat(32);
+    std::fs::write(keys.path(), format!("k2 {k2}\nk1 {k1}\n")).unwrap();
+    let key_file = keys.path().display().to_string();
+    let server = Server::start(52, &[("RECORDING_ENCRYPTION_KEY_FILE", &key_file)]);
+    call(&server, "sealed@127.0.0.1", &pcm, true);
+    let sessions = wait_sessions(&server.recordings(), 1, Duration::from_secs(10));
+    let session = &sessions[0];
+    for file in ["1.wav.enc", "2.wav.enc", "mixed.wav.enc"] {
+        let bytes = std::fs::read(session.join(file)).unwrap();
+        assert!(bytes.starts_with(b"SIPRECE1"), "{file}");
+        assert!(
+            !bytes.windows(4).any(|w| w == b"RIFF" || w == b"data"),
+            "{file} is sealed"
+        );
+    }
+    assert!(!session.join("1.wav").exists());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(session.join("session.json")).unwrap()).unwrap();
+    assert_eq!(meta["streams"][0]["file"], "1.wav.enc");
+    assert_eq!(meta["files"][0]["key_id"], "k2");
+    assert!(
+        !meta.to_string().contains(&k2),
+        "session.json names the key, never holds it"
+    );
+    let siprecctl = env!("CARGO_BIN_EXE_siprecctl");
+    let out = run(Command::new(siprecctl)
+        .args(["decrypt", "--key-file", &key_file])
+        .arg(session.join("1.wav.enc")));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("key k2, complete"));
+    let (_, _, leg) = siprec::sink::recorder::read_wav(&session.join("1.wav")).unwrap();
+    assert!(
+        find(&leg, &want).is_some(),
+        "decrypted: the call's audio sample for sample"
+    );
+    let mut altered = std::fs::read(session.join("2.wav.enc")).unwrap();
+    let at = altered.len() / 2;
+    altered[at] ^= 0x01;
+    let bad = session.join("bad.wav.enc");
+    std::fs::write(&bad, altered).unwrap();
+    let refused = Command::new(siprecctl)
+        .args(["decrypt", "--key-file", &key_file])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("authentication failed"));
 }

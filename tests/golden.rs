@@ -41,6 +41,7 @@ fn config() -> SessionConfig {
         recording_root: PathBuf::from("/rec"),
         combine_legs: true,
         recording_format: siprec::sink::recorder::AudioFormat::Wav,
+        recording_encrypted: false,
         advertised_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
         fallback_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         sip_port: 5060,

@@ -273,6 +273,9 @@ pub struct RecordingConfig {
     pub format: AudioFormat,
     /// Opus bit rate per channel in bit/s, 6000–256000 (`RECORDING_OPUS_BITRATE`). Default 32000.
     pub opus_bitrate: u32,
+    /// Encrypt every recording file at rest (AES-256-GCM) with the first key of this file of
+    /// `<key-id> <64 hex digits>` lines (`RECORDING_ENCRYPTION_KEY_FILE`). Default: plain files.
+    pub encryption_key_file: Option<PathBuf>,
     /// /health/ready fails below this much free space, in MiB.
     pub min_free_mb: u64,
 }
@@ -453,6 +456,7 @@ pub struct FileRecording {
     pub fsync: Option<FsyncPolicy>,
     pub format: Option<AudioFormat>,
     pub opus_bitrate: Option<u32>,
+    pub encryption_key_file: Option<PathBuf>,
     pub min_free_mb: Option<u64>,
 }
 
@@ -502,6 +506,10 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("RECORDING_FSYNC", "recording.fsync"),
     ("RECORDING_FORMAT", "recording.format"),
     ("RECORDING_OPUS_BITRATE", "recording.opus_bitrate"),
+    (
+        "RECORDING_ENCRYPTION_KEY_FILE",
+        "recording.encryption_key_file",
+    ),
     ("RECORDING_MIN_FREE_MB", "recording.min_free_mb"),
     ("DATAPLANE_BACKEND", "dataplane.backend"),
     ("DATAPLANE_WORKERS", "dataplane.workers"),
@@ -694,10 +702,21 @@ impl Config {
             fsync: f.recording.fsync.unwrap_or(FsyncPolicy::OnClose),
             format: f.recording.format.unwrap_or_default(),
             opus_bitrate: f.recording.opus_bitrate.unwrap_or(32_000),
+            encryption_key_file: path_set(&f.recording.encryption_key_file),
             min_free_mb: f.recording.min_free_mb.unwrap_or(512),
         };
         if recording.dir.as_os_str().is_empty() {
             return Err(invalid("RECORDING_DIR", "", "a directory path"));
+        }
+        if let Some(keys) = &recording.encryption_key_file {
+            crate::sink::recorder::Keyring::load(keys).map_err(|e| {
+                let allowed = format!("a file of `<key-id> <64 hex digits>` lines ({e})");
+                invalid(
+                    "RECORDING_ENCRYPTION_KEY_FILE",
+                    keys.display().to_string(),
+                    allowed,
+                )
+            })?;
         }
         if !(6_000..=256_000).contains(&recording.opus_bitrate) {
             let value = recording.opus_bitrate.to_string();
@@ -1085,6 +1104,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
             f.recording.format = Some(format);
         }
         "RECORDING_OPUS_BITRATE" => f.recording.opus_bitrate = Some(parse_num(key, v, COUNT)?),
+        "RECORDING_ENCRYPTION_KEY_FILE" => f.recording.encryption_key_file = Some(v.trim().into()),
         "RECORDING_MIN_FREE_MB" => f.recording.min_free_mb = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BACKEND" => {
             use crate::dataplane::BackendChoice;

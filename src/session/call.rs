@@ -88,6 +88,7 @@ pub(super) struct CallSetup {
     pub recording_root: PathBuf,
     pub combine_legs: bool,
     pub recording_format: AudioFormat,
+    pub recording_encrypted: bool,
     pub branch_seed: u64,
     pub key_source: fn(&mut [u8]),
     pub require_srtp: bool,
@@ -155,6 +156,7 @@ pub(super) struct Call {
     dir: PathBuf,
     combine_legs: bool,
     recording_format: AudioFormat,
+    recording_encrypted: bool,
     branch_seed: u64,
     last_modify_ns: u64,
     pause: Option<Pause>,
@@ -284,6 +286,7 @@ impl Call {
             dir,
             combine_legs: setup.combine_legs,
             recording_format: setup.recording_format,
+            recording_encrypted: setup.recording_encrypted,
             branch_seed: setup.branch_seed,
             last_modify_ns: now.mono_ns,
             pause: None,
@@ -1163,7 +1166,8 @@ impl Call {
     /// `<stem>.<ext>` in the format the recorder writes such a file in.
     fn file_name(&self, stem: &str, channels: u16, rate: u32) -> String {
         let format = self.recording_format.for_stream(channels, rate);
-        format!("{stem}.{}", format.extension())
+        let enc = if self.recording_encrypted { ".enc" } else { "" };
+        format!("{stem}.{}{enc}", format.extension())
     }
 
     /// A stream's file name: what the recorder reported writing, else what it would write.

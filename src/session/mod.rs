@@ -42,6 +42,8 @@ pub struct SessionConfig {
     pub combine_legs: bool,
     /// The recorder's file format, for the file names the API and session.json report.
     pub recording_format: AudioFormat,
+    /// Files are encrypted at rest (`.enc` after the extension).
+    pub recording_encrypted: bool,
     /// Address for SDP c=/o= and Contact when set (EXTERNAL_IP or a specific SIP_HOST).
     pub advertised_ip: Option<IpAddr>,
     /// Our SIP port, for Contact.
@@ -740,6 +742,7 @@ impl SessionManager {
             recording_root: self.config.recording_root.clone(),
             combine_legs: self.config.combine_legs,
             recording_format: self.config.recording_format,
+            recording_encrypted: self.config.recording_encrypted,
             branch_seed: self.next_random(),
             key_source: self.config.key_source,
             require_srtp: self.config.require_srtp,

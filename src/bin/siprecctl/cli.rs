@@ -104,6 +104,18 @@ pub enum Command {
     },
     /// Print the man page (roff, generated at build time): `siprecctl man | man -l -`.
     Man,
+    /// Decrypt a recording encrypted at rest (`*.enc`) into a playable file; offline, no
+    /// server needed. Exit 1 on a wrong key or an altered file.
+    Decrypt {
+        /// The encrypted file (e.g. 1.wav.enc).
+        input: std::path::PathBuf,
+        /// Where to write (must not exist); default: the input without `.enc`.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// The key file the server uses (`<key-id> <64 hex digits>` lines).
+        #[arg(long, env = "RECORDING_ENCRYPTION_KEY_FILE")]
+        key_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
@@ -52,6 +53,11 @@ fn main() {
             print!("{}", include_str!(concat!(env!("OUT_DIR"), "/siprecctl.1")));
             return;
         }
+        Command::Decrypt {
+            input,
+            output,
+            key_file,
+        } => std::process::exit(decrypt(input, output.as_deref(), key_file)),
         _ => {}
     }
     let id = |s: &str| encode(s);
@@ -106,7 +112,10 @@ fn main() {
                 ("POST", "/api/config/validate".into(), Some(body))
             }
         },
-        Command::Events { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Events { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Decrypt { .. } => {
             unreachable!("handled above")
         }
         Command::Gdpr { action } => {
@@ -511,4 +520,42 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `siprecctl decrypt`: exit status 0, or 1 with the reason on stderr.
+fn decrypt(input: &Path, output: Option<&Path>, key_file: &Path) -> i32 {
+    use siprec::sink::recorder::{decrypt_file, Keyring};
+    let output = match output {
+        Some(o) => o.to_path_buf(),
+        None if input.extension().is_some_and(|e| e == "enc") => input.with_extension(""),
+        None => {
+            eprintln!(
+                "siprecctl: {} does not end in .enc; give --output",
+                input.display()
+            );
+            return 1;
+        }
+    };
+    let result = Keyring::load(key_file).and_then(|k| decrypt_file(&k, input, &output));
+    match result {
+        Ok(opened) => {
+            let state = if opened.complete {
+                "complete"
+            } else {
+                "cut short (the server stopped while recording): decrypted up to its last whole \
+                 record"
+            };
+            println!(
+                "{}: {} bytes, key {}, {state}",
+                output.display(),
+                opened.plaintext.len(),
+                opened.key_id
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("siprecctl: {e}");
+            1
+        }
+    }
 }

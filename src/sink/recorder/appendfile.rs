@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::encrypt::Sealer;
 use super::RecorderError;
 
 /// Write buffer per file: 16 KiB is 1 s of 8 kHz mono WAV. The checkpoint flushes every second
@@ -51,21 +52,40 @@ pub(super) struct AppendFile {
     path: PathBuf,
     /// Bytes not yet written; past `BUFFER_BYTES` only when one unit is larger.
     buffer: Vec<u8>,
-    /// Bytes in the file, all complete units.
+    /// Bytes of the recording in the file, all complete units (plaintext when encrypted).
     on_disk: u64,
     /// Set after a failed write: the file refuses more data.
     failed: bool,
+    /// Encryption at rest (`encrypt.rs`): every flush and patch becomes a sealed record.
+    sealer: Option<Sealer>,
+    /// Bytes in the file (records and header when encrypted; `on_disk` otherwise).
+    file_len: u64,
+    /// One sealed record on its way to the file. Empty unless encrypting.
+    sealed: Vec<u8>,
 }
 
 impl AppendFile {
-    /// Creates `path` (which must not exist: a recording is never clobbered) holding `head`.
-    pub(super) fn create(path: &Path, head: &[u8]) -> Result<AppendFile, RecorderError> {
+    /// Creates `path` (which must not exist: a recording is never clobbered) holding `head`,
+    /// encrypted with `sealer` if given.
+    pub(super) fn create(
+        path: &Path,
+        head: &[u8],
+        mut sealer: Option<Sealer>,
+    ) -> Result<AppendFile, RecorderError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(|e| RecorderError::io("create", path, e))?;
-        file.write_all_at(head, 0)
+        let mut first = Vec::new();
+        match &mut sealer {
+            Some(s) => {
+                first.extend_from_slice(s.header());
+                s.data(0, head, &mut first);
+            }
+            None => first.extend_from_slice(head),
+        }
+        file.write_all_at(&first, 0)
             .map_err(|e| RecorderError::io("write", path, e))?;
         Ok(AppendFile {
             file,
@@ -73,7 +93,15 @@ impl AppendFile {
             buffer: Vec::with_capacity(BUFFER_BYTES),
             on_disk: head.len() as u64,
             failed: false,
+            sealer,
+            file_len: first.len() as u64,
+            sealed: Vec::new(),
         })
+    }
+
+    /// The id of the key the file is encrypted with, if it is.
+    pub(super) fn key_id(&self) -> Option<&str> {
+        self.sealer.as_ref().map(Sealer::key_id)
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -121,15 +149,23 @@ impl AppendFile {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let offset = self.on_disk;
+        let offset = self.file_len;
         let len = self.buffer.len() as u64;
-        let written = timed(&IO_LATENCY.write, || {
-            self.file.write_all_at(&self.buffer, offset)
-        });
+        let bytes = match &mut self.sealer {
+            Some(s) => {
+                self.sealed.clear();
+                s.data(self.on_disk, &self.buffer, &mut self.sealed);
+                &self.sealed
+            }
+            None => &self.buffer,
+        };
+        let written = timed(&IO_LATENCY.write, || self.file.write_all_at(bytes, offset));
+        let written_len = bytes.len() as u64;
         self.buffer.clear();
         match written {
             Ok(()) => {
                 self.on_disk += len;
+                self.file_len += written_len;
                 Ok(())
             }
             Err(source) => {
@@ -140,9 +176,42 @@ impl AppendFile {
         }
     }
 
-    /// Rewrites `bytes` at `offset`, inside what is on disk (a header field).
-    pub(super) fn patch(&self, offset: u64, bytes: &[u8]) -> Result<(), RecorderError> {
+    /// Marks an encrypted file complete (its end record); nothing for a plain file.
+    pub(super) fn seal_end(&mut self) -> Result<(), RecorderError> {
+        let Some(s) = &mut self.sealer else {
+            return Ok(());
+        };
+        self.sealed.clear();
+        s.end(self.on_disk, &mut self.sealed);
+        self.append_sealed("seal")
+    }
+
+    fn append_sealed(&mut self, op: &'static str) -> Result<(), RecorderError> {
+        let offset = self.file_len;
+        match self.file.write_all_at(&self.sealed, offset) {
+            Ok(()) => {
+                self.file_len += self.sealed.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(offset);
+                Err(RecorderError::io(op, &self.path, e))
+            }
+        }
+    }
+
+    /// Rewrites `bytes` at `offset`, inside what is on disk (a header field). Encrypted, the
+    /// patch is a record of its own, applied when the file is decrypted.
+    pub(super) fn patch(&mut self, offset: u64, bytes: &[u8]) -> Result<(), RecorderError> {
         debug_assert!(offset + bytes.len() as u64 <= self.on_disk);
+        if let Some(s) = &mut self.sealer {
+            self.sealed.clear();
+            s.patch(offset, bytes, &mut self.sealed);
+            let start = std::time::Instant::now();
+            let result = self.append_sealed("patch header");
+            IO_LATENCY.header.observe(start.elapsed().as_secs_f64());
+            return result;
+        }
         timed(&IO_LATENCY.header, || self.file.write_all_at(bytes, offset))
             .map_err(|e| RecorderError::io("patch header", &self.path, e))
     }

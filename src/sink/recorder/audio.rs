@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::encrypt::{Keyring, Sealer};
 use super::flac::{self, FlacWriter};
 use super::oggopus::{self, OggOpusWriter};
 use super::wav::{read_wav, WavInfo, WavWriter};
@@ -71,7 +72,8 @@ pub enum AudioWriter {
 
 impl AudioWriter {
     /// Creates `<dir>/<stem>.<ext>` (which must not exist) in `format`, or in WAV when the
-    /// format cannot hold the stream (`AudioFormat::for_stream`).
+    /// format cannot hold the stream (`AudioFormat::for_stream`); encrypted at rest under the
+    /// keyring's active key when one is given (`<stem>.<ext>.enc`).
     pub fn create(
         dir: &Path,
         stem: &str,
@@ -79,19 +81,33 @@ impl AudioWriter {
         sample_rate: u32,
         format: AudioFormat,
         opus_bitrate: u32,
+        keyring: Option<&Keyring>,
     ) -> Result<AudioWriter, RecorderError> {
         let format = format.for_stream(channels, sample_rate);
-        let path = path_for(dir, stem, format);
+        let path = path_for(dir, stem, format, keyring.is_some());
+        let sealer = match keyring {
+            Some(k) => Some(
+                Sealer::new(k)
+                    .map_err(|e| RecorderError::io("encrypt", &path, std::io::Error::other(e)))?,
+            ),
+            None => None,
+        };
         Ok(match format {
-            AudioFormat::Wav => AudioWriter::Wav(WavWriter::create(&path, channels, sample_rate)?),
+            AudioFormat::Wav => AudioWriter::Wav(WavWriter::create_sealed(
+                &path,
+                channels,
+                sample_rate,
+                sealer,
+            )?),
             AudioFormat::Flac => {
-                AudioWriter::Flac(FlacWriter::create(&path, channels, sample_rate)?)
+                AudioWriter::Flac(FlacWriter::create(&path, channels, sample_rate, sealer)?)
             }
             AudioFormat::Opus => AudioWriter::Opus(OggOpusWriter::create(
                 &path,
                 channels,
                 sample_rate,
                 opus_bitrate,
+                sealer,
             )?),
         })
     }
@@ -140,9 +156,10 @@ impl AudioWriter {
     }
 }
 
-/// `<dir>/<stem>.<ext>`.
-pub fn path_for(dir: &Path, stem: &str, format: AudioFormat) -> PathBuf {
-    dir.join(format!("{stem}.{}", format.extension()))
+/// `<dir>/<stem>.<ext>`, `.enc` after it when encrypted.
+pub fn path_for(dir: &Path, stem: &str, format: AudioFormat, encrypted: bool) -> PathBuf {
+    let enc = if encrypted { ".enc" } else { "" };
+    dir.join(format!("{stem}.{}{enc}", format.extension()))
 }
 
 /// Reads a recording in any of the formats, told apart by their first bytes: `(channels,
@@ -155,6 +172,10 @@ pub fn read_audio(path: &Path) -> Result<(u16, u32, Vec<i16>), RecorderError> {
     match (&magic, read) {
         (b"fLaC", Ok(())) => flac::read_flac(path),
         (b"OggS", Ok(())) => oggopus::read_ogg_opus(path),
+        (b"SIPR", Ok(())) => Err(RecorderError::InvalidAudio {
+            path: path.to_path_buf(),
+            reason: "encrypted at rest: decrypt it first (siprecctl decrypt)",
+        }),
         _ => read_wav(path),
     }
 }

@@ -15,6 +15,7 @@ use std::path::Path;
 use openssl::hash::{Hasher, MessageDigest};
 
 use super::appendfile::AppendFile;
+use super::encrypt::Sealer;
 use super::wav::WavInfo;
 use super::RecorderError;
 
@@ -51,17 +52,19 @@ pub struct FlacWriter {
 }
 
 impl FlacWriter {
+    /// Creates `path` (which must not exist), encrypted at rest when `sealer` is given.
     pub fn create(
         path: &Path,
         channels: u16,
         sample_rate: u32,
+        sealer: Option<Sealer>,
     ) -> Result<FlacWriter, RecorderError> {
         assert!(
             (1..=MAX_CHANNELS).contains(&channels),
             "FLAC takes 1–8 channels"
         );
         let head = head_bytes(channels, sample_rate, 0, (0, 0), [0; 16]);
-        let file = AppendFile::create(path, &head)?;
+        let file = AppendFile::create(path, &head, sealer)?;
         let md5 = Hasher::new(MessageDigest::md5())
             .map_err(|e| RecorderError::io("md5", path, std::io::Error::other(e)))?;
         Ok(FlacWriter {
@@ -141,6 +144,7 @@ impl FlacWriter {
         };
         let head = head_bytes(self.channels, self.sample_rate, self.encoded, sizes, md5);
         self.file.patch(0, &head)?;
+        self.file.seal_end()?;
         if sync {
             self.file.sync()?;
         }
@@ -149,6 +153,7 @@ impl FlacWriter {
             channels: self.channels,
             sample_rate: self.sample_rate,
             frames: self.encoded,
+            key_id: self.file.key_id().map(str::to_owned),
         })
     }
 
@@ -824,7 +829,7 @@ mod tests {
             samples[100] = i16::MIN;
             samples[101] = i16::MAX;
             samples[102] = i16::MIN;
-            let mut w = FlacWriter::create(&path, channels, rate).unwrap();
+            let mut w = FlacWriter::create(&path, channels, rate, None).unwrap();
             let step = 333 * usize::from(channels);
             for (i, chunk) in samples.chunks(step).enumerate() {
                 w.write_interleaved(chunk).unwrap();
@@ -849,7 +854,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.flac");
         let samples = signal(20_000);
-        let mut w = FlacWriter::create(&path, 1, 8000).unwrap();
+        let mut w = FlacWriter::create(&path, 1, 8000, None).unwrap();
         assert_eq!(read_flac(&path).unwrap().2, Vec::<i16>::new());
         w.write_interleaved(&samples[..10_000]).unwrap();
         w.checkpoint(true).unwrap();
@@ -868,7 +873,7 @@ mod tests {
     fn reader_checks_crcs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.flac");
-        let mut w = FlacWriter::create(&path, 1, 8000).unwrap();
+        let mut w = FlacWriter::create(&path, 1, 8000, None).unwrap();
         w.write_interleaved(&signal(9000)).unwrap();
         w.finish(false).unwrap();
         let good = std::fs::read(&path).unwrap();

@@ -20,6 +20,7 @@
 
 mod appendfile;
 mod audio;
+mod encrypt;
 mod error;
 mod flac;
 mod fsutil;
@@ -31,6 +32,7 @@ mod wav;
 pub use appendfile::IO_LATENCY;
 
 pub use audio::{read_audio, AudioFormat, AudioWriter};
+pub use encrypt::{decrypt_file, is_encrypted, Keyring, Opened};
 pub use error::RecorderError;
 pub use flac::read_flac;
 pub use fsutil::{sanitize_component, write_atomic};
@@ -83,6 +85,9 @@ pub struct RecorderConfig {
     pub format: AudioFormat,
     /// Opus bit rate per channel, bit/s (`RECORDING_OPUS_BITRATE`). Default 32000.
     pub opus_bitrate: u32,
+    /// Encryption at rest (`RECORDING_ENCRYPTION_KEY_FILE`): every file under the keyring's
+    /// active key. Default none.
+    pub encryption: Option<std::sync::Arc<Keyring>>,
 }
 
 impl Default for RecorderConfig {
@@ -94,6 +99,7 @@ impl Default for RecorderConfig {
             fsync: FsyncPolicy::Periodic,
             format: AudioFormat::Wav,
             opus_bitrate: 32_000,
+            encryption: None,
         }
     }
 }
@@ -140,6 +146,9 @@ pub struct RecordedFile {
     pub channels: u16,
     pub sample_rate: u32,
     pub frames: u64,
+    /// The id of the key the file is encrypted with (never the key); absent when plain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -675,6 +684,7 @@ impl RecordingSession {
                 sample_rate,
                 config.format,
                 config.opus_bitrate,
+                config.encryption.as_deref(),
             )?;
             let interleaved = Vec::with_capacity(MIX_CHUNK_FRAMES * members.len());
             recording.mixed = Some(MixedRecording {
@@ -725,7 +735,7 @@ impl RecordingSession {
             ));
         }
         let format = config.format.for_stream(1, spec.sample_rate);
-        let stem = self.unique_stem(spec, format);
+        let stem = self.unique_stem(spec, format, config.encryption.is_some());
         let writer = AudioWriter::create(
             &self.dir,
             &stem,
@@ -733,6 +743,7 @@ impl RecordingSession {
             spec.sample_rate,
             format,
             config.opus_bitrate,
+            config.encryption.as_deref(),
         )?;
         let capacity = StreamTimeline::capacity_for(spec.sample_rate, config.commit_delay_ms);
         self.activity.add_stream(spec.index, spec.sample_rate);
@@ -750,10 +761,10 @@ impl RecordingSession {
     }
 
     /// The stream's file stem, or `<stem>-<index>` if that name is taken in this session.
-    fn unique_stem(&self, spec: &StreamSpec, format: AudioFormat) -> String {
+    fn unique_stem(&self, spec: &StreamSpec, format: AudioFormat, encrypted: bool) -> String {
         let stem = sanitize_component(&spec.file_stem);
         let taken = |stem: &str| {
-            let path = audio::path_for(&self.dir, stem, format);
+            let path = audio::path_for(&self.dir, stem, format, encrypted);
             stem == MIXED_STEM || self.streams.iter().any(|s| s.writer.path() == path)
         };
         if !taken(&stem) {
@@ -847,6 +858,7 @@ impl RecordingSession {
                     channels: info.channels,
                     sample_rate: info.sample_rate,
                     frames: info.frames,
+                    key_id: info.key_id,
                 }),
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -15,6 +15,7 @@ use std::path::Path;
 use opus::{Application, Bitrate, Channels, Decoder, Encoder};
 
 use super::appendfile::AppendFile;
+use super::encrypt::Sealer;
 use super::wav::WavInfo;
 use super::RecorderError;
 
@@ -52,12 +53,13 @@ pub struct OggOpusWriter {
 }
 
 impl OggOpusWriter {
-    /// `bitrate` is in bit/s per channel.
+    /// `bitrate` is in bit/s per channel; encrypted at rest when `sealer` is given.
     pub fn create(
         path: &Path,
         channels: u16,
         sample_rate: u32,
         bitrate: u32,
+        sealer: Option<Sealer>,
     ) -> Result<OggOpusWriter, RecorderError> {
         let opus_err = |e: opus::Error| RecorderError::io("opus", path, std::io::Error::other(e));
         let layout = match channels {
@@ -91,7 +93,7 @@ impl OggOpusWriter {
         );
         let tags = opus_tags();
         push_page(&mut head, serial, 1, 0x00, 0, &[tags.len() as u8], &tags);
-        let file = AppendFile::create(path, &head)?;
+        let file = AppendFile::create(path, &head, sealer)?;
         Ok(OggOpusWriter {
             file,
             encoder,
@@ -154,6 +156,7 @@ impl OggOpusWriter {
         }
         self.end_page(true)?;
         self.file.flush()?;
+        self.file.seal_end()?;
         if sync {
             self.file.sync()?;
         }
@@ -162,6 +165,7 @@ impl OggOpusWriter {
             channels: self.channels,
             sample_rate: self.sample_rate,
             frames: self.frames_in,
+            key_id: self.file.key_id().map(str::to_owned),
         })
     }
 
@@ -451,7 +455,7 @@ mod tests {
             let path = dir.path().join(format!("{channels}-{rate}.opus"));
             let n = rate as usize * 3 + 77;
             let samples = tone(n, usize::from(channels), rate);
-            let mut w = OggOpusWriter::create(&path, channels, rate, 32_000).unwrap();
+            let mut w = OggOpusWriter::create(&path, channels, rate, 32_000, None).unwrap();
             for (i, chunk) in samples.chunks(321 * usize::from(channels)).enumerate() {
                 w.write_interleaved(chunk).unwrap();
                 if i % 9 == 0 {
@@ -475,7 +479,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.opus");
         let samples = tone(16_000, 1, 8000);
-        let mut w = OggOpusWriter::create(&path, 1, 8000, 24_000).unwrap();
+        let mut w = OggOpusWriter::create(&path, 1, 8000, 24_000, None).unwrap();
         assert!(read_ogg_opus(&path).unwrap().2.is_empty());
         w.write_interleaved(&samples[..8000]).unwrap();
         w.checkpoint(true).unwrap();

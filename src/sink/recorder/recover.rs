@@ -82,7 +82,7 @@ fn recover_session(dir: &Path, now: &str) -> Result<Option<Recovered>, RecorderE
             let hidden = p
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            !hidden && matches!(ext, "wav" | "flac" | "opus")
+            !hidden && matches!(ext, "wav" | "flac" | "opus" | "enc")
         })
         .collect();
     audio.sort();
@@ -97,7 +97,15 @@ fn recover_session(dir: &Path, now: &str) -> Result<Option<Recovered>, RecorderE
     let mut files = Vec::new();
     let mut repaired = 0;
     for path in &audio {
-        let info = if path.extension().is_some_and(|e| e == "wav") {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let key_id = (ext == "enc")
+            .then(|| super::encrypt::key_id_of(path))
+            .flatten();
+        let info = if ext == "enc" {
+            // Encrypted files are whole records up to the crash; `siprecctl decrypt` reads
+            // them, and their length is only known decrypted.
+            (0, 0, 0)
+        } else if ext == "wav" {
             let (info, changed) = repair_wav(path)?;
             repaired += usize::from(changed);
             info
@@ -112,6 +120,7 @@ fn recover_session(dir: &Path, now: &str) -> Result<Option<Recovered>, RecorderE
             channels: info.0,
             sample_rate: info.1,
             frames: info.2,
+            key_id,
         });
     }
     if let Some(obj) = doc.as_object_mut() {

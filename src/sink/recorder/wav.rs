@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use super::appendfile::AppendFile;
+use super::encrypt::Sealer;
 use super::RecorderError;
 
 /// What a finished WAV file holds.
@@ -23,6 +24,8 @@ pub struct WavInfo {
     pub sample_rate: u32,
     /// Sample frames in the data chunk (one sample per channel each).
     pub frames: u64,
+    /// The key the file is encrypted with (`encrypt.rs`), if it is.
+    pub key_id: Option<String>,
 }
 
 /// Appends interleaved 16-bit PCM to a new WAV file, keeping its header valid for what is on
@@ -45,8 +48,18 @@ impl WavWriter {
         channels: u16,
         sample_rate: u32,
     ) -> Result<WavWriter, RecorderError> {
+        WavWriter::create_sealed(path, channels, sample_rate, None)
+    }
+
+    /// `create`, encrypted at rest when `sealer` is given.
+    pub fn create_sealed(
+        path: &Path,
+        channels: u16,
+        sample_rate: u32,
+        sealer: Option<Sealer>,
+    ) -> Result<WavWriter, RecorderError> {
         assert!(channels > 0, "a WAV file needs at least one channel");
-        let file = AppendFile::create(path, &header_bytes(channels, sample_rate, 0))?;
+        let file = AppendFile::create(path, &header_bytes(channels, sample_rate, 0), sealer)?;
         Ok(WavWriter {
             file,
             channels,
@@ -141,11 +154,13 @@ impl WavWriter {
     pub fn finish(mut self) -> Result<WavInfo, RecorderError> {
         self.finished = true;
         self.checkpoint(false)?;
+        self.file.seal_end()?;
         Ok(WavInfo {
             path: self.path().to_path_buf(),
             channels: self.channels,
             sample_rate: self.sample_rate,
             frames: self.data_bytes_in_header / self.block_align(),
+            key_id: self.file.key_id().map(str::to_owned),
         })
     }
 
