@@ -495,6 +495,9 @@ struct Inbound {
 
 type TcpConns = Arc<Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>>;
 
+/// The SIP over TLS context; replaced on reload so renewed certificates need no restart.
+type SipTls = Arc<Mutex<Option<Arc<openssl::ssl::SslAcceptor>>>>;
+
 async fn control_plane(
     mut config: Config,
     source: ConfigSource,
@@ -527,6 +530,25 @@ async fn control_plane(
         tokio::spawn(tcp_accept(listener, conns.clone(), tx.clone(), errors));
         tracing::info!(%addr, "SIP listening on UDP and TCP");
         udp.push(socket);
+    }
+    let sip_tls: SipTls = Arc::default();
+    let tls_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(acceptor) = sip_tls_context(&config.sip).map_err(anyhow::Error::msg)? {
+        *sip_tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(acceptor));
+        let addr = SocketAddr::new(config.sip.host, config.sip.tls_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind SIP TLS {addr}"))?;
+        tokio::spawn(tls_accept(
+            listener,
+            sip_tls.clone(),
+            conns.clone(),
+            tx.clone(),
+            parse_errors.clone(),
+            tls_failures.clone(),
+        ));
+        let mutual = config.sip.tls_ca_file.is_some();
+        tracing::info!(%addr, mutual, "SIP listening on TLS");
     }
     let http_addr = SocketAddr::new(config.http.host, config.http.port);
     let api_listener = api::bind(http_addr)
@@ -567,6 +589,7 @@ async fn control_plane(
         advertised_ip: advertised,
         fallback_ip: default_route_ip(),
         sip_port: config.sip.ports[0],
+        sip_tls_port: config.sip.tls_port,
         seed: u64::from_le_bytes(seed),
         key_source: os_random,
         require_srtp: config.media.srtp_required,
@@ -624,6 +647,7 @@ async fn control_plane(
         conns,
         sip: Default::default(),
         parse_errors,
+        tls_failures,
         events,
         amqp: amqp_status,
         stt: stt.as_ref().map(|s| s.commands.clone()),
@@ -669,14 +693,14 @@ async fn control_plane(
             Some(request) = api_rx.recv() => {
                 let value = match request.op {
                     api::ApiOp::Reload => {
-                        Some(reload(&source, &mut config, &mut sessions, &api_state))
+                        Some(reload(&source, &mut config, &mut sessions, &api_state, &sip_tls))
                     }
                     op => handle_api(&mut sessions, &mut ports, op),
                 };
                 let _ = request.reply.send(value);
             }
             _ = sighup.recv() => {
-                let result = reload(&source, &mut config, &mut sessions, &api_state);
+                let result = reload(&source, &mut config, &mut sessions, &api_state, &sip_tls);
                 tracing::info!(%result, "SIGHUP: configuration reloaded");
             }
             _ = tick.tick() => {
@@ -1001,6 +1025,8 @@ struct Io {
     sip: std::cell::RefCell<SipCounters>,
     /// Unparsable SIP messages, counted by the receive tasks.
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
+    /// Failed SIP TLS handshakes, counted by the accept task.
+    tls_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Io {
@@ -1016,6 +1042,7 @@ impl Io {
     fn sip_counters(&self) -> SipCounters {
         let mut c = self.sip.borrow().clone();
         c.parse_errors = self.parse_errors.load(std::sync::atomic::Ordering::Relaxed);
+        c.tls_handshake_failures = self.tls_failures.load(std::sync::atomic::Ordering::Relaxed);
         c
     }
 
@@ -1054,7 +1081,7 @@ impl Io {
                     tracing::warn!(error = %e, "SIP UDP send failed");
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
                 match peer.conn.and_then(|c| conns.get(&c)) {
                     Some(tx) => {
@@ -1066,6 +1093,19 @@ impl Io {
                 }
             }
         }
+    }
+}
+
+/// The SIP over TLS context of `SIP_TLS_CERT_FILE`/`SIP_TLS_KEY_FILE` (and `SIP_TLS_CA_FILE`),
+/// None without TLS.
+fn sip_tls_context(
+    sip: &siprec::config::SipConfig,
+) -> Result<Option<openssl::ssl::SslAcceptor>, String> {
+    match (&sip.tls_cert_file, &sip.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            api::tls::sip_acceptor(cert, key, sip.tls_ca_file.as_deref()).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -1087,6 +1127,7 @@ fn reload(
     config: &mut Config,
     sessions: &mut SessionManager,
     api_state: &ApiState,
+    sip_tls: &SipTls,
 ) -> serde_json::Value {
     use serde_json::json;
     let at = siprec::proto::rfc3339_ms(now().unix_ms);
@@ -1123,9 +1164,26 @@ fn reload(
                 "http.tls_key_file",
                 "recording.min_free_mb",
             ];
-            let (applied, restart): (Vec<String>, Vec<String>) = changed
-                .into_iter()
-                .partition(|k| LIVE.contains(&k.as_str()) || k.starts_with("auth."));
+            // SIP TLS files reload live when TLS runs; starting it needs a restart (its port).
+            let mut sip_tls = sip_tls.lock().unwrap_or_else(|e| e.into_inner());
+            let tls_running = sip_tls.is_some();
+            let tls_files = ["sip.tls_cert_file", "sip.tls_key_file", "sip.tls_ca_file"];
+            let (applied, restart): (Vec<String>, Vec<String>) =
+                changed.into_iter().partition(|k| {
+                    LIVE.contains(&k.as_str())
+                        || k.starts_with("auth.")
+                        || (tls_running && tls_files.contains(&k.as_str()))
+                });
+            if tls_running {
+                match sip_tls_context(&new.sip) {
+                    Ok(Some(ctx)) => *sip_tls = Some(Arc::new(ctx)),
+                    Ok(None) => tracing::warn!("SIP TLS stays on until a restart"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIP TLS certificate unusable; keeping the old")
+                    }
+                }
+            }
+            drop(sip_tls);
             sessions.set_limits(
                 new.sip.max_concurrent_calls,
                 new.sip.require_siprec,
@@ -1153,6 +1211,11 @@ fn reload(
             merged.auth = new.auth.clone();
             merged.http.tls_cert_file = new.http.tls_cert_file.clone();
             merged.http.tls_key_file = new.http.tls_key_file.clone();
+            if tls_running {
+                merged.sip.tls_cert_file = new.sip.tls_cert_file.clone();
+                merged.sip.tls_key_file = new.sip.tls_key_file.clone();
+                merged.sip.tls_ca_file = new.sip.tls_ca_file.clone();
+            }
             merged.http.rate_limit_per_s = new.http.rate_limit_per_s;
             merged.recording.min_free_mb = new.recording.min_free_mb;
             *config = merged;
@@ -1368,13 +1431,15 @@ async fn udp_receive(
     }
 }
 
+/// Connection ids of SIP TCP and TLS connections (UDP sockets are numbered from 0).
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
+
 async fn tcp_accept(
     listener: TcpListener,
     conns: TcpConns,
     tx: mpsc::Sender<Inbound>,
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let mut next_id: u64 = 1 << 32;
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -1384,54 +1449,103 @@ async fn tcp_accept(
                 continue;
             }
         };
-        next_id += 1;
-        let id = next_id;
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-        conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, out_tx);
-        let (mut reader, mut writer) = stream.into_split();
+        let (conns, tx, errors) = (conns.clone(), tx.clone(), parse_errors.clone());
+        serve_sip_stream(stream, addr, Transport::Tcp, conns, tx, errors);
+    }
+}
+
+/// SIP over TLS: each accepted connection completes its handshake (with the context of the
+/// moment: a reload swaps it for new connections) before it is served like TCP.
+async fn tls_accept(
+    listener: TcpListener,
+    tls: SipTls,
+    conns: TcpConns,
+    tx: mpsc::Sender<Inbound>,
+    parse_errors: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
+) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP TLS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(acceptor) = tls.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            continue;
+        };
+        let (conns, tx, errors) = (conns.clone(), tx.clone(), parse_errors.clone());
+        let failures = failures.clone();
         tokio::spawn(async move {
-            while let Some(bytes) = out_rx.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
-                    break;
+            match api::tls_accept(&acceptor, stream).await {
+                Ok(tls) => serve_sip_stream(tls, addr, Transport::Tls, conns, tx, errors),
+                Err(e) => {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(addr = %Pii(addr), error = %e, "SIP TLS handshake failed");
                 }
             }
         });
-        let tx = tx.clone();
-        let conns = conns.clone();
-        let parse_errors = parse_errors.clone();
-        tokio::spawn(async move {
-            let mut framer = sip::StreamFramer::new();
-            let mut buf = vec![0u8; 16 * 1024];
-            'conn: loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                framer.push(&buf[..n]);
-                while let Some(result) = framer.next_message() {
-                    match result {
-                        Ok(message) => {
-                            let peer = Peer {
-                                transport: Transport::Tcp,
-                                addr,
-                                conn: Some(id),
-                            };
-                            if tx.send(Inbound { peer, message }).await.is_err() {
-                                break 'conn;
-                            }
-                        }
-                        Err(e) => {
-                            parse_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::debug!(%addr, error = %e, "SIP TCP framing error; closing");
+    }
+}
+
+/// Reads SIP messages off one TCP or TLS connection (framed by Content-Length) and writes
+/// what the driver queues for it; the connection is known by an id while it lasts.
+fn serve_sip_stream<S>(
+    stream: S,
+    addr: SocketAddr,
+    transport: Transport,
+    conns: TcpConns,
+    tx: mpsc::Sender<Inbound>,
+    parse_errors: Arc<std::sync::atomic::AtomicU64>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let id = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, out_tx);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut framer = sip::StreamFramer::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        'conn: loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            framer.push(&buf[..n]);
+            while let Some(result) = framer.next_message() {
+                match result {
+                    Ok(message) => {
+                        let peer = Peer {
+                            transport,
+                            addr,
+                            conn: Some(id),
+                        };
+                        if tx.send(Inbound { peer, message }).await.is_err() {
                             break 'conn;
                         }
                     }
+                    Err(e) => {
+                        parse_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(addr = %Pii(addr), error = %e,
+                            "SIP stream framing error; closing");
+                        break 'conn;
+                    }
                 }
             }
-            conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        });
-    }
+        }
+        conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    });
 }

@@ -45,6 +45,7 @@ fn config() -> SessionConfig {
         advertised_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
         fallback_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         sip_port: 5060,
+        sip_tls_port: 5061,
         seed: 7,
         key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
         require_srtp: false,

@@ -24,6 +24,9 @@ pub struct SipCounters {
     pub acl_denied: u64,
     /// Messages dropped from sources blocked for flooding (SIP_FLOOD_LIMIT).
     pub flood_dropped: u64,
+    /// SIP over TLS connections whose handshake failed (bad or missing client certificate
+    /// under mutual TLS, protocol mismatch, timeout).
+    pub tls_handshake_failures: u64,
 }
 
 /// Recorder totals at the time of the snapshot.
@@ -383,6 +386,11 @@ impl Metrics {
         follow(&self.sip_parse_errors, &["unparsable"], s.sip.parse_errors);
         follow(&self.sip_parse_errors, &["acl"], s.sip.acl_denied);
         follow(&self.sip_parse_errors, &["flood"], s.sip.flood_dropped);
+        follow(
+            &self.sip_parse_errors,
+            &["tls_handshake"],
+            s.sip.tls_handshake_failures,
+        );
         let c = &s.calls;
         for (outcome, n) in [
             ("accepted", c.calls_total),

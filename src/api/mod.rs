@@ -315,7 +315,7 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// A client that hasn't finished its TLS handshake in this time is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn tls_accept(
+pub async fn tls_accept(
     tls: &openssl::ssl::SslAcceptor,
     tcp: tokio::net::TcpStream,
 ) -> Result<tokio_openssl::SslStream<tokio::net::TcpStream>, String> {

@@ -207,6 +207,15 @@ pub struct SipConfig {
     pub flood_block_s: u32,
     /// Concurrent calls per source address (`SIP_MAX_CALLS_PER_SOURCE`; 0 = no limit).
     pub max_calls_per_source: usize,
+    /// SIP over TLS (RFC 3261 §26, `transport=tls`) is served when a certificate and key are
+    /// given (`SIP_TLS_CERT_FILE`, `SIP_TLS_KEY_FILE`, PEM), on `SIP_TLS_PORT` (default 5061);
+    /// re-read on SIGHUP/reload.
+    pub tls_port: u16,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS (`SIP_TLS_CA_FILE`): SRCs must present a certificate issued by one of these
+    /// CAs (PEM bundle). Default: any client.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +430,10 @@ pub struct FileSip {
     pub flood_limit: Option<u32>,
     pub flood_block_s: Option<u32>,
     pub max_calls_per_source: Option<usize>,
+    pub tls_port: Option<u16>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -486,6 +499,10 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("SIP_FLOOD_LIMIT", "sip.flood_limit"),
     ("SIP_FLOOD_BLOCK", "sip.flood_block_s"),
     ("SIP_MAX_CALLS_PER_SOURCE", "sip.max_calls_per_source"),
+    ("SIP_TLS_PORT", "sip.tls_port"),
+    ("SIP_TLS_CERT_FILE", "sip.tls_cert_file"),
+    ("SIP_TLS_KEY_FILE", "sip.tls_key_file"),
+    ("SIP_TLS_CA_FILE", "sip.tls_ca_file"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -616,7 +633,29 @@ impl Config {
             flood_limit: f.sip.flood_limit.unwrap_or(0),
             flood_block_s: f.sip.flood_block_s.unwrap_or(60),
             max_calls_per_source: f.sip.max_calls_per_source.unwrap_or(0),
+            tls_port: f.sip.tls_port.unwrap_or(5061),
+            tls_cert_file: path_set(&f.sip.tls_cert_file),
+            tls_key_file: path_set(&f.sip.tls_key_file),
+            tls_ca_file: path_set(&f.sip.tls_ca_file),
         };
+        match (&sip.tls_cert_file, &sip.tls_key_file) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                if sip.tls_port == 0 || sip.ports.contains(&sip.tls_port) {
+                    let v = sip.tls_port.to_string();
+                    return Err(invalid("SIP_TLS_PORT", v, "a port other than PORTS'"));
+                }
+                let ca = sip.tls_ca_file.as_deref();
+                crate::api::tls::sip_acceptor(cert, key, ca).map_err(|e| {
+                    let allowed = format!("a PEM certificate chain, its key and CA file ({e})");
+                    invalid("SIP_TLS_CERT_FILE", cert.display().to_string(), allowed)
+                })?;
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let allowed = "SIP_TLS_CERT_FILE and SIP_TLS_KEY_FILE together";
+                return Err(invalid("SIP_TLS_KEY_FILE", "(one of the pair)", allowed));
+            }
+        }
         if sip.ports.is_empty() || sip.ports.contains(&0) {
             return Err(invalid(
                 "PORTS",
@@ -1086,6 +1125,10 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         }
         "RTP_PORT_COOLDOWN" => f.media.port_cooldown_s = Some(parse_num(key, v, SECONDS)?),
         "MAX_CALL_DURATION" => f.media.max_call_duration_s = Some(parse_num(key, v, SECONDS)?),
+        "SIP_TLS_PORT" => f.sip.tls_port = Some(parse_num(key, v, PORT)?),
+        "SIP_TLS_CERT_FILE" => f.sip.tls_cert_file = Some(v.trim().into()),
+        "SIP_TLS_KEY_FILE" => f.sip.tls_key_file = Some(v.trim().into()),
+        "SIP_TLS_CA_FILE" => f.sip.tls_ca_file = Some(v.trim().into()),
         "SRTP_REQUIRED" => f.media.srtp_required = Some(parse_bool(key, v)?),
         "RECORDING_DIR" => f.recording.dir = Some(PathBuf::from(v)),
         "RECORDING_COMBINE_LEGS" => f.recording.combine_legs = Some(parse_bool(key, v)?),

@@ -83,6 +83,7 @@ pub(super) struct CallSetup {
     pub sdp_session_id: u64,
     pub advertised_ip: IpAddr,
     pub sip_port: u16,
+    pub sip_tls_port: u16,
     pub is_siprec: bool,
     pub peer: Peer,
     pub recording_root: PathBuf,
@@ -141,6 +142,7 @@ pub(super) struct Call {
     peer: Peer,
     advertised_ip: IpAddr,
     sip_port: u16,
+    sip_tls_port: u16,
     local_cseq: u32,
     remote_cseq: u32,
     sdp_session_id: u64,
@@ -271,6 +273,7 @@ impl Call {
             peer: setup.peer,
             advertised_ip: setup.advertised_ip,
             sip_port: setup.sip_port,
+            sip_tls_port: setup.sip_tls_port,
             local_cseq: 0,
             remote_cseq: request.cseq().map(|c| c.seq).unwrap_or(0),
             sdp_session_id: setup.sdp_session_id,
@@ -572,6 +575,7 @@ impl Call {
         let transport = match self.peer.transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
         };
         let host = match self.advertised_ip {
             IpAddr::V4(ip) => ip.to_string(),
@@ -580,7 +584,10 @@ impl Call {
         // RFC 7866 §6.1.1: the SRS identifies itself with the +sip.srs feature tag.
         resp.headers.push(
             "Contact",
-            format!("<sip:siprec@{host}:{}{transport}>;+sip.srs", self.sip_port),
+            format!(
+                "<sip:siprec@{host}:{}{transport}>;+sip.srs",
+                self.local_port()
+            ),
         );
         add_capabilities(resp);
         if request.headers.has_token("Require", "siprec") {
@@ -1002,6 +1009,7 @@ impl Call {
         let transport = match self.peer.transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         };
         let host = match self.advertised_ip {
             IpAddr::V4(ip) => ip.to_string(),
@@ -1011,7 +1019,8 @@ impl Call {
             "Via",
             format!(
                 "SIP/2.0/{transport} {host}:{};branch=z9hG4bK{:016x};rport",
-                self.sip_port, self.branch_seed
+                self.local_port(),
+                self.branch_seed
             ),
         );
         req.headers.push("Max-Forwards", "70");
@@ -1161,6 +1170,14 @@ impl Call {
             .flatten()
             .map(|p| json!({"aor": p.uri, "name": p.display}))
             .collect::<Vec<_>>())
+    }
+
+    /// Our SIP port on the call's transport (Contact, Via).
+    fn local_port(&self) -> u16 {
+        match self.peer.transport {
+            Transport::Tls => self.sip_tls_port,
+            _ => self.sip_port,
+        }
     }
 
     /// `<stem>.<ext>` in the format the recorder writes such a file in.

@@ -48,6 +48,8 @@ pub struct SessionConfig {
     pub advertised_ip: Option<IpAddr>,
     /// Our SIP port, for Contact.
     pub sip_port: u16,
+    /// Our SIP over TLS port, for Contact on TLS calls.
+    pub sip_tls_port: u16,
     /// Fallback advertised address: the local address of the default route.
     pub fallback_ip: IpAddr,
     /// Seed for tags, branches and SDP session ids (from the OS RNG in production).
@@ -737,6 +739,7 @@ impl SessionManager {
             sdp_session_id,
             advertised_ip: advertised,
             sip_port: self.config.sip_port,
+            sip_tls_port: self.config.sip_tls_port,
             is_siprec,
             peer,
             recording_root: self.config.recording_root.clone(),

@@ -22,6 +22,8 @@ use super::msg::{reason_phrase, Message, Method, Request, Response};
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP under TLS (`SIP/2.0/TLS`, `transport=tls`).
+    Tls,
 }
 
 /// Where a message came from or goes to. `conn` identifies the local socket (UDP) or the
@@ -574,10 +576,10 @@ fn split_first_value(value: &str) -> Option<(&str, Option<&str>)> {
     Some((value.trim(), None))
 }
 
-/// RFC 3261 §18.2.2: TCP answers on the connection; UDP to the source address and port when
+/// RFC 3261 §18.2.2: TCP and TLS answer on the connection; UDP to the source address and port when
 /// the client asked for rport (RFC 3581), else to the source address at the Via port.
 fn response_destination(peer: Peer, response: &Response) -> Peer {
-    if peer.transport == Transport::Tcp {
+    if peer.transport != Transport::Udp {
         return peer;
     }
     let via = response.headers.get("Via").and_then(super::msg::Via::parse);
