@@ -30,12 +30,13 @@ pub struct TestPorts {
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
         assert!(
-            n < 57,
+            n < 58,
             "slot {n}: no RTP range left below the ephemeral range"
         );
         // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp), slots
         // 43–47 from 20000, 48–51 from 22100 (above the HTTP ports), 52–53 from 29600 (above
-        // SIPp's), 54–55 from 21600 (above the SIP ports of slots < 57), 56 from 22900.
+        // SIPp's), 54–55 from 21600 (above the SIP ports of slots < 58), 56 from 22900, 57
+        // from 32600.
         let rtp_min = match n {
             0..30 => 23000 + 200 * n,
             30..43 => 30000 + 200 * (n - 30),
@@ -44,9 +45,15 @@ impl TestPorts {
             52..54 => 29600 + 200 * (n - 52),
             54..56 => 21600 + 200 * (n - 54),
             // 22900–22999: half a range, between the HTTP ports' and slot 0's.
-            _ => 22900,
+            56 => 22900,
+            // 32600–32767: below Linux's ephemeral range (32768–60999).
+            _ => 32600,
         };
-        let rtp_max = if n == 56 { 22999 } else { rtp_min + 199 };
+        let rtp_max = match n {
+            56 => 22999,
+            57 => 32767,
+            _ => rtp_min + 199,
+        };
         TestPorts {
             sip: 21000 + 10 * n,
             http: 22000 + n,
