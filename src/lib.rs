@@ -9,6 +9,8 @@ pub mod config;
 pub mod dataplane;
 pub mod events;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod media;
 pub mod proto;
 pub mod ring;
