@@ -118,6 +118,7 @@ pub struct Metrics {
     sip_responses: IntCounterVec,
     sip_parse_errors: IntCounterVec,
     calls: IntCounterVec,
+    metadata_errors: IntCounterVec,
     rtp_packets: IntCounterVec,
     rtp_bytes: IntCounterVec,
     rtp_dropped: IntCounterVec,
@@ -262,6 +263,12 @@ impl Metrics {
                 "calls_total",
                 "Recording sessions by outcome",
                 &["outcome"],
+            ),
+            metadata_errors: counter(
+                &r,
+                "metadata_errors_total",
+                "RFC 7865 metadata bodies refused as unusable (the call is recorded without them)",
+                &[],
             ),
             rtp_packets: counter(
                 &r,
@@ -408,6 +415,7 @@ impl Metrics {
         ] {
             follow(&self.calls, &[outcome], n);
         }
+        follow(&self.metadata_errors, &[], c.metadata_errors);
         let r = &s.rtp;
         follow(
             &self.rtp_packets,

@@ -30,13 +30,13 @@ pub struct TestPorts {
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
         assert!(
-            n < 58,
+            n < 59,
             "slot {n}: no RTP range left below the ephemeral range"
         );
         // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp), slots
         // 43–47 from 20000, 48–51 from 22100 (above the HTTP ports), 52–53 from 29600 (above
-        // SIPp's), 54–55 from 21600 (above the SIP ports of slots < 58), 56 from 22900, 57
-        // from 32600.
+        // SIPp's), 54–55 from 21600 (above the SIP ports of slots < 59), 56 from 22900, 57
+        // from 32600, 58 from 19800.
         let rtp_min = match n {
             0..30 => 23000 + 200 * n,
             30..43 => 30000 + 200 * (n - 30),
@@ -47,7 +47,9 @@ impl TestPorts {
             // 22900–22999: half a range, between the HTTP ports' and slot 0's.
             56 => 22900,
             // 32600–32767: below Linux's ephemeral range (32768–60999).
-            _ => 32600,
+            57 => 32600,
+            // 19800–19999: the top of the default RTP range, which no test server uses.
+            _ => 19800,
         };
         let rtp_max = match n {
             56 => 22999,
