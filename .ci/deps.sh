@@ -53,6 +53,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "deps: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
 fi
+# cargo-fuzz runs the fuzz targets under libFuzzer (.ci/test, fuzz/run.sh) where a nightly
+# toolchain is installed; without one the suite runs them on stable only.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-fuzz from crates.io"
+  cargo install --locked cargo-fuzz
+fi
 # cargo-deb builds the Debian package (systemd/deb.sh); tests/package.rs installs it.
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "deps: installing cargo-deb from crates.io"

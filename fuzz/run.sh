@@ -5,6 +5,7 @@
 # `cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>`.
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
+#   FUZZ_RUNS=N fuzz/run.sh        N inputs per target from a fixed seed: deterministic, for CI
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
@@ -17,7 +18,12 @@ for t in "${targets[@]}"; do
   for g in ../tests/golden/*/invite.sip; do
     cp -n "$g" "corpus/$t/$(basename "$(dirname "$g")").sip" 2>/dev/null || true
   done
-  echo "--- fuzz $t for ${secs}s"
-  cargo +nightly fuzz run --sanitizer none "$t" "corpus/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048
+  if [ -n "${FUZZ_RUNS:-}" ]; then
+    echo "--- fuzz $t: $FUZZ_RUNS inputs from seed 1"
+    limit=(-runs="$FUZZ_RUNS" -seed=1)
+  else
+    echo "--- fuzz $t for ${secs}s"
+    limit=(-max_total_time="$secs")
+  fi
+  cargo +nightly fuzz run --sanitizer none "$t" "corpus/$t" -- "${limit[@]}" -rss_limit_mb=2048
 done
