@@ -35,6 +35,11 @@ pub struct StreamTimeline {
     /// First position not yet handed out by `commit`.
     committed: i64,
     anchor: Option<Anchor>,
+    /// End of the furthest frame placed, any SSRC: a new SSRC never starts before it.
+    placed_end: i64,
+    /// Where the current SSRC began: none of its frames (reordered ones with earlier
+    /// timestamps included) is written before it, over the previous SSRC's audio.
+    epoch_floor: i64,
     stats: TimelineStats,
 }
 
@@ -50,6 +55,8 @@ impl StreamTimeline {
             ring: vec![0i16; capacity].into_boxed_slice(),
             committed: 0,
             anchor: None,
+            placed_end: 0,
+            epoch_floor: 0,
             stats: TimelineStats::default(),
         }
     }
@@ -85,7 +92,14 @@ impl StreamTimeline {
         let arrival_pos = position_at(arrival_ns, self.start_ns, self.sample_rate) - len;
         let mut anchor = match self.anchor {
             Some(a) if a.epoch == ssrc_epoch => a,
-            _ => self.reanchor(arrival_pos, ext_ts, ssrc_epoch),
+            // A new SSRC (transfer, re-INVITE): placed by arrival, but never over the audio
+            // of the one before it, which jitter would otherwise let it overwrite
+            // (tests/simulation.rs found it).
+            Some(_) => {
+                self.epoch_floor = arrival_pos.max(self.placed_end);
+                self.reanchor(self.epoch_floor, ext_ts, ssrc_epoch)
+            }
+            None => self.reanchor(arrival_pos, ext_ts, ssrc_epoch),
         };
         let mut pos = anchor.position_of(ext_ts);
         let mut reanchored = false;
@@ -146,13 +160,14 @@ impl StreamTimeline {
     fn place(&mut self, pos: i64, pcm: &[i16]) {
         let len = pcm.len() as i64;
         let ring_end = self.committed + self.ring.len() as i64;
-        let from = pos.max(self.committed).min(pos + len);
+        let from = pos.max(self.committed).max(self.epoch_floor).min(pos + len);
         let to = (pos + len).min(ring_end).max(from);
         self.stats.samples_late_dropped += (from - pos) as u64;
         self.stats.samples_early_dropped += (pos + len - to) as u64;
         if from == to {
             return;
         }
+        self.placed_end = self.placed_end.max(to);
         let src = &pcm[(from - pos) as usize..(to - pos) as usize];
         let cap = self.ring.len();
         let start = from.rem_euclid(cap as i64) as usize;
