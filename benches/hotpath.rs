@@ -27,20 +27,11 @@ fn params() -> StreamParams {
     let mut payload_types = [None; 128];
     payload_types[0] = Some(PayloadKind::Pcmu);
     payload_types[101] = Some(PayloadKind::TelephoneEvent);
-    StreamParams {
-        key: StreamKey {
-            session: 1,
-            stream: 0,
-        },
-        payload_types,
-        sample_rate: 8000,
-        clock_rate: 8000,
-        held: false,
-        paused: false,
-        transcribe: false,
-        expected_source: None,
-        srtp: None,
-    }
+    let key = StreamKey {
+        session: 1,
+        stream: 0,
+    };
+    StreamParams::plain(key, payload_types, 8000)
 }
 
 fn benches(c: &mut Criterion) {

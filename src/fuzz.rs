@@ -197,20 +197,11 @@ pub fn rtp(data: &[u8]) {
     ] {
         payload_types[pt] = Some(kind);
     }
-    let params = StreamParams {
-        key: StreamKey {
-            session: 1,
-            stream: 0,
-        },
-        payload_types,
-        sample_rate: 8000,
-        clock_rate: 8000,
-        held: false,
-        paused: false,
-        transcribe: false,
-        expected_source: None,
-        srtp: None,
+    let key = StreamKey {
+        session: 1,
+        stream: 0,
     };
+    let params = StreamParams::plain(key, payload_types, 8000);
     let mut rx = RtpReceiver::new(params);
     let mut frame = MediaFrame::empty();
     // The input as a few packets (NUL NUL separates them), so state carries between them.

@@ -47,20 +47,11 @@ struct Sent {
 fn params() -> StreamParams {
     let mut payload_types = [None; 128];
     payload_types[0] = Some(PayloadKind::Pcmu);
-    StreamParams {
-        key: StreamKey {
-            session: 1,
-            stream: 0,
-        },
-        payload_types,
-        sample_rate: RATE,
-        clock_rate: RATE,
-        held: false,
-        paused: false,
-        transcribe: false,
-        expected_source: None,
-        srtp: None,
-    }
+    let key = StreamKey {
+        session: 1,
+        stream: 0,
+    };
+    StreamParams::plain(key, payload_types, RATE)
 }
 
 fn simulate(seed: u64) -> Result<String, String> {

@@ -90,6 +90,29 @@ pub struct StreamParams {
     pub srtp: Option<crate::srtp::SrtpParams>,
 }
 
+impl StreamParams {
+    /// A plain (no SRTP), unpaused, unheld stream decoding `payload_types` at `sample_rate`
+    /// with the RTP clock at the same rate: benches, tests and fuzzing. The session layer
+    /// sets every field itself (`session::call::stream_params`).
+    pub fn plain(
+        key: StreamKey,
+        payload_types: [Option<PayloadKind>; 128],
+        sample_rate: u32,
+    ) -> StreamParams {
+        StreamParams {
+            key,
+            payload_types,
+            sample_rate,
+            clock_rate: sample_rate,
+            held: false,
+            paused: false,
+            transcribe: false,
+            expected_source: None,
+            srtp: None,
+        }
+    }
+}
+
 /// Why a packet did not become audio. Each has a counter in [`RtpStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drop {
@@ -879,20 +902,11 @@ mod tests {
         payload_types[0] = Some(PayloadKind::Pcmu);
         payload_types[101] = Some(PayloadKind::TelephoneEvent);
         payload_types[13] = Some(PayloadKind::ComfortNoise);
-        StreamParams {
-            key: StreamKey {
-                session: 1,
-                stream: 0,
-            },
-            payload_types,
-            sample_rate: 8000,
-            clock_rate: 8000,
-            held: false,
-            paused: false,
-            transcribe: false,
-            expected_source: None,
-            srtp: None,
-        }
+        let key = StreamKey {
+            session: 1,
+            stream: 0,
+        };
+        StreamParams::plain(key, payload_types, 8000)
     }
 
     fn pkt(pt: u8, seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {

@@ -1183,8 +1183,7 @@ impl Call {
     /// `<stem>.<ext>` in the format the recorder writes such a file in.
     fn file_name(&self, stem: &str, channels: u16, rate: u32) -> String {
         let format = self.recording_format.for_stream(channels, rate);
-        let enc = if self.recording_encrypted { ".enc" } else { "" };
-        format!("{stem}.{}{enc}", format.extension())
+        crate::sink::recorder::file_name(stem, format, self.recording_encrypted)
     }
 
     /// A stream's file name: what the recorder reported writing, else what it would write.

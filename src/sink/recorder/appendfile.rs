@@ -207,10 +207,7 @@ impl AppendFile {
         if let Some(s) = &mut self.sealer {
             self.sealed.clear();
             s.patch(offset, bytes, &mut self.sealed);
-            let start = std::time::Instant::now();
-            let result = self.append_sealed("patch header");
-            IO_LATENCY.header.observe(start.elapsed().as_secs_f64());
-            return result;
+            return timed(&IO_LATENCY.header, || self.append_sealed("patch header"));
         }
         timed(&IO_LATENCY.header, || self.file.write_all_at(bytes, offset))
             .map_err(|e| RecorderError::io("patch header", &self.path, e))

@@ -158,8 +158,14 @@ impl AudioWriter {
 
 /// `<dir>/<stem>.<ext>`, `.enc` after it when encrypted.
 pub fn path_for(dir: &Path, stem: &str, format: AudioFormat, encrypted: bool) -> PathBuf {
+    dir.join(file_name(stem, format, encrypted))
+}
+
+/// `<stem>.<ext>`, `.enc` after it when encrypted: the one naming rule of recording files
+/// (the session layer predicts names with it too).
+pub fn file_name(stem: &str, format: AudioFormat, encrypted: bool) -> String {
     let enc = if encrypted { ".enc" } else { "" };
-    dir.join(format!("{stem}.{}{enc}", format.extension()))
+    format!("{stem}.{}{enc}", format.extension())
 }
 
 /// Reads a recording in any of the formats, told apart by their first bytes: `(channels,

@@ -31,7 +31,7 @@ pub mod timeline;
 mod wav;
 pub use appendfile::IO_LATENCY;
 
-pub use audio::{read_audio, AudioFormat, AudioWriter};
+pub use audio::{file_name, read_audio, AudioFormat, AudioWriter};
 pub use encrypt::{decrypt_file, is_encrypted, Keyring, Opened};
 pub use error::RecorderError;
 pub use flac::read_flac;
