@@ -412,10 +412,16 @@ fn decode(bytes: &[u8]) -> Result<(u16, u32, Vec<i16>), &'static str> {
             .map_err(|_| "corrupt Opus packet")?;
         pcm.extend_from_slice(&frame[..n * usize::from(channels)]);
     }
-    let scale = |v: u64| (v * u64::from(rate) / 48_000) as usize * usize::from(channels);
+    // Saturating: a hostile granule position must not overflow (it is clamped to the audio).
+    let scale = |v: u64| {
+        let frames = v.saturating_mul(u64::from(rate)) / 48_000;
+        usize::try_from(frames)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(usize::from(channels))
+    };
     let skip = scale(pre_skip).min(pcm.len());
     let end = last_granule
-        .map(|g| scale(g.saturating_sub(pre_skip)) + skip)
+        .map(|g| scale(g.saturating_sub(pre_skip)).saturating_add(skip))
         .unwrap_or(pcm.len())
         .min(pcm.len());
     Ok((channels, rate, pcm[skip..end.max(skip)].to_vec()))
@@ -493,6 +499,25 @@ mod tests {
         assert!(decode(&bytes).unwrap().2.len() < 7900);
         bytes[40] ^= 1;
         assert!(decode(&bytes).is_err());
+    }
+
+    /// A hostile granule position (u64::MAX − 1 on the last page) is clamped, not an overflow.
+    #[test]
+    fn huge_granule_is_clamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.opus");
+        let mut w = OggOpusWriter::create(&path, 1, 8000, 24_000, None).unwrap();
+        w.write_interleaved(&tone(4000, 1, 8000)).unwrap();
+        w.finish(false).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.windows(4).rposition(|p| p == b"OggS").unwrap();
+        bytes[last + 6..last + 14].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let mut check = bytes[last..].to_vec();
+        check[22..26].fill(0);
+        let crc = ogg_crc(&check);
+        bytes[last + 22..last + 26].copy_from_slice(&crc.to_le_bytes());
+        let (_, _, pcm) = decode(&bytes).unwrap();
+        assert!(pcm.len() >= 4000);
     }
 
     /// The CRC of RFC 3533 (the check value of CRC-32/MPEG-2 without its init and final XOR).
