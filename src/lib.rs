@@ -5,6 +5,7 @@
 //! `dataplane` is the only module that touches epoll/recvmmsg (and io_uring later).
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod events;

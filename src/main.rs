@@ -570,6 +570,22 @@ async fn control_plane(
     }
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
+    let cluster_task = match &config.cluster.redis_url {
+        None => None,
+        Some(url) => {
+            let cluster = siprec::cluster::Cluster::new(&config.cluster, url)
+                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+            let _ = api_state.cluster.set(cluster.clone());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tracing::info!(
+                node = %config.cluster.node_id,
+                api = %config.cluster.advertise_url,
+                "cluster registry enabled"
+            );
+            let task = tokio::spawn(siprec::cluster::run(cluster, api_state.clone(), stopped));
+            Some((stop, task))
+        }
+    };
 
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("OS RNG unavailable: {e}"))?;
@@ -843,6 +859,15 @@ async fn control_plane(
             .is_err()
         {
             tracing::warn!("AMQP publisher did not stop in 5 s");
+        }
+    }
+    if let Some((stop, task)) = cluster_task {
+        let _ = stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("cluster registry did not stop in 3 s; the node expires by TTL");
         }
     }
     tracing::info!("siprec stopped");
@@ -1371,6 +1396,7 @@ fn metrics_snapshot(
         disk_free_bytes: 0, // Filled at scrape time by the API.
         backend: dataplane.backend().to_owned(),
         workers: dataplane.workers() as u64,
+        cluster: None,
         amqp: io.amqp.as_ref().map(|a| siprec::api::metrics::AmqpTotals {
             connected: a.connected.load(Relaxed),
             confirmed: a.confirmed.load(Relaxed),

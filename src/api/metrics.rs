@@ -55,6 +55,8 @@ pub struct MetricsSnapshot {
     pub workers: u64,
     /// The AMQP publisher's state, when it runs.
     pub amqp: Option<AmqpTotals>,
+    /// The cluster registry's state, when `REDIS_URL` is set (scrape time).
+    pub cluster: Option<ClusterTotals>,
     /// WebSocket clients connected to `/ws/*` (filled at scrape time by the API).
     pub ws_clients: u64,
     /// Events lost by slow WebSocket clients, and clients dropped as slow (scrape time).
@@ -102,6 +104,15 @@ pub struct SttTotals {
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct ClusterTotals {
+    pub redis_connected: bool,
+    pub heartbeats: u64,
+    pub failures: u64,
+    pub forwarded: u64,
+    pub nodes: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct AmqpTotals {
     pub connected: bool,
     pub confirmed: u64,
@@ -129,6 +140,9 @@ pub struct Metrics {
     srtp_replays: IntCounterVec,
     amqp_events: IntCounterVec,
     amqp_connected: IntGauge,
+    cluster_events: IntCounterVec,
+    cluster_connected: IntGauge,
+    cluster_nodes: IntGauge,
     ws_clients: IntGauge,
     ws_events_dropped: IntCounterVec,
     ws_slow_disconnects: IntCounterVec,
@@ -331,6 +345,23 @@ impl Metrics {
                 "amqp_buffered_events",
                 "Events waiting to be published or confirmed",
             ),
+            cluster_events: counter(
+                &r,
+                "cluster_events_total",
+                "Cluster registry: heartbeats Redis took, heartbeats that failed, API requests \
+                 forwarded to the node owning the call",
+                &["event"],
+            ),
+            cluster_connected: gauge(
+                &r,
+                "cluster_redis_connected",
+                "1 while the last heartbeat reached Redis",
+            ),
+            cluster_nodes: gauge(
+                &r,
+                "cluster_nodes",
+                "Live nodes in the registry at the last cluster query",
+            ),
             ws_clients: gauge(&r, "websocket_clients", "Clients connected to /ws/*"),
             ws_events_dropped: counter(
                 &r,
@@ -479,6 +510,13 @@ impl Metrics {
             self.amqp_connected.set(i64::from(a.connected));
             self.amqp_buffered
                 .set(a.buffered.min(i64::MAX as u64) as i64);
+        }
+        if let Some(c) = &s.cluster {
+            follow(&self.cluster_events, &["heartbeat"], c.heartbeats);
+            follow(&self.cluster_events, &["failure"], c.failures);
+            follow(&self.cluster_events, &["forwarded"], c.forwarded);
+            self.cluster_connected.set(i64::from(c.redis_connected));
+            self.cluster_nodes.set(c.nodes.min(i64::MAX as u64) as i64);
         }
         self.ws_clients
             .set(s.ws_clients.min(i64::MAX as u64) as i64);

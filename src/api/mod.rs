@@ -137,6 +137,8 @@ pub struct ApiState {
     pub stt_jobs: std::sync::OnceLock<Arc<crate::sink::stt::jobs::Jobs>>,
     /// The event bus and client limits behind `/ws/*`.
     ws: std::sync::OnceLock<ws::WsHub>,
+    /// The cluster registry when `REDIS_URL` is set (`?scope=cluster`, forwarding).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl ApiState {
@@ -161,6 +163,7 @@ impl ApiState {
             amqp: std::sync::OnceLock::new(),
             stt_jobs: std::sync::OnceLock::new(),
             ws: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -213,6 +216,11 @@ impl ApiState {
     pub fn publish(&self, snapshot: Snapshot) {
         // A poisoned lock means a handler panicked mid-read; the data is still a valid value.
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// The latest published snapshot.
+    pub fn snapshot_now(&self) -> Snapshot {
+        self.read()
     }
 
     fn read(&self) -> Snapshot {
@@ -410,7 +418,11 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
             json!({"status": "alive", "version": env!("CARGO_PKG_VERSION")}),
         ),
         (&Method::GET, "/health/ready") => ready(state),
-        (&Method::GET, "/api/sessions") => sessions(state, query),
+        (&Method::GET, "/api/sessions") => match scope(query) {
+            Ok(false) => sessions(state, query),
+            Ok(true) => cluster_sessions(state, query).await,
+            Err(resp) => resp,
+        },
         (_, p) if known(p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -508,8 +520,37 @@ async fn session_route(
             return resp;
         }
     }
+    let call_id = match (rest.split_once('/'), rest) {
+        (Some((id, "pause" | "resume" | "pause-status")), _) => Some(percent_decode(id)),
+        (None, "stats" | "pause-all" | "resume-all" | "pause-status") => None,
+        (None, id) if method == Method::DELETE => Some(percent_decode(id)),
+        _ => None,
+    };
+    let headers = req.headers().clone();
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    if let Some(id) = &call_id {
+        let call = OwnedCall {
+            call_id: id,
+            method: &method,
+            path,
+            query,
+            headers: &headers,
+            body: &body,
+        };
+        if let Some(resp) = to_owner(state, call).await {
+            return resp;
+        }
+    }
     let op = match (rest.split_once('/'), rest) {
         (None, "stats") if method == Method::GET => {
+            match scope(query) {
+                Ok(false) => {}
+                Ok(true) => return cluster_stats(state).await,
+                Err(resp) => return resp,
+            }
             let snap = state.read();
             let m = &snap.metrics;
             return json_response(
@@ -531,7 +572,7 @@ async fn session_route(
         }
         (None, "stats") => return method_not_allowed(),
         (None, "pause-all") if method == Method::POST => {
-            let (recording, transcription, auto_resume_at_ms) = match pause_flags(req).await {
+            let (recording, transcription, auto_resume_at_ms) = match pause_flags(&body) {
                 Ok(f) => f,
                 Err(resp) => return resp,
             };
@@ -550,7 +591,7 @@ async fn session_route(
         },
         (None, _) => return method_not_allowed(),
         (Some((id, "pause")), _) if method == Method::POST => {
-            let (recording, transcription, auto_resume_at_ms) = match pause_flags(req).await {
+            let (recording, transcription, auto_resume_at_ms) = match pause_flags(&body) {
                 Ok(f) => f,
                 Err(resp) => return resp,
             };
@@ -1022,14 +1063,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
 /// optionally `"auto_resume_at": "<RFC 3339>"` or `"auto_resume_after": <seconds>` (extension),
 /// at most [`AUTO_RESUME_MAX_S`] ahead.
 #[allow(clippy::result_large_err)]
-async fn pause_flags(
-    req: Request<Incoming>,
-) -> Result<(bool, bool, Option<u64>), Response<Full<Bytes>>> {
-    let bytes = read_body(req).await?;
+fn pause_flags(bytes: &Bytes) -> Result<(bool, bool, Option<u64>), Response<Full<Bytes>>> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok((true, true, None));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             "invalid_json",
@@ -1088,6 +1126,15 @@ fn scrape_figures(state: &ApiState, m: &mut MetricsSnapshot) {
     m.ready = readiness(state).0;
     m.workers_alive = workers_alive(&state.read()).0 as u64;
     m.ws_clients = ws_clients(state);
+    if let Some(c) = state.cluster.get() {
+        m.cluster = Some(metrics::ClusterTotals {
+            redis_connected: c.status.connected.load(Relaxed),
+            heartbeats: c.status.heartbeats.load(Relaxed),
+            failures: c.status.failures.load(Relaxed),
+            forwarded: c.status.forwarded.load(Relaxed),
+            nodes: c.status.nodes_seen.load(Relaxed),
+        });
+    }
     if let Some(hub) = state.ws.get() {
         m.ws_events_dropped = hub.counters.events_dropped.load(Relaxed);
         m.ws_slow_disconnects = hub.counters.slow_disconnects.load(Relaxed);
@@ -1208,6 +1255,20 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
             }
         }
     }
+    match state.cluster.get() {
+        None => check("redis", 0, "cluster off (REDIS_URL unset)".into()),
+        Some(c) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            if c.status.connected.load(Relaxed) {
+                let msg = format!("Redis connected; registered as node {}", c.node_id);
+                check("redis", 0, msg);
+            } else {
+                let why = c.status.last_error().unwrap_or_else(|| "connecting".into());
+                let msg = format!("Redis unavailable ({why}); recording goes on, cluster view off");
+                check("redis", 1, msg);
+            }
+        }
+    }
     let stt = &snap.metrics.stt;
     match (&stt.error, stt.running) {
         (Some(e), _) => check("stt", 1, format!("live transcription unavailable: {e}")),
@@ -1311,6 +1372,187 @@ fn sessions(state: &ApiState, query: &str) -> Response<Full<Bytes>> {
         StatusCode::OK,
         json!({"count": list.len(), "sessions": list}),
     )
+}
+
+/// `?scope=node` (the default) or `?scope=cluster`: whether the request asks for the cluster.
+#[allow(clippy::result_large_err)]
+fn scope(query: &str) -> Result<bool, Response<Full<Bytes>>> {
+    match query_param(query, "scope").as_deref() {
+        None | Some("node") => Ok(false),
+        Some("cluster") => Ok(true),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            &format!("scope must be node or cluster, not {other}"),
+        )),
+    }
+}
+
+fn cluster_down(e: crate::cluster::ClusterError) -> Response<Full<Bytes>> {
+    let msg = format!("cluster view unavailable: {e}");
+    error(StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable", &msg)
+}
+
+/// The registry and its live nodes, or the error answer (400 without a cluster, 503 when
+/// Redis does not answer).
+#[allow(clippy::result_large_err)]
+async fn live_nodes(
+    state: &ApiState,
+) -> Result<(&crate::cluster::Cluster, Vec<crate::cluster::NodeRecord>), Response<Full<Bytes>>> {
+    let Some(cluster) = state.cluster.get() else {
+        let msg = "scope=cluster needs the cluster registry (REDIS_URL)";
+        return Err(error(StatusCode::BAD_REQUEST, "cluster_disabled", msg));
+    };
+    let nodes = cluster.nodes().await.map_err(cluster_down)?;
+    Ok((cluster, nodes))
+}
+
+/// `GET /api/sessions?scope=cluster`: every live node's active sessions, from the registry.
+async fn cluster_sessions(state: &ApiState, query: &str) -> Response<Full<Bytes>> {
+    let (cluster, nodes) = match live_nodes(state).await {
+        Ok(found) => found,
+        Err(resp) => return resp,
+    };
+    let mut list = match cluster.sessions(&nodes).await {
+        Ok(s) => s,
+        Err(e) => return cluster_down(e),
+    };
+    if let Some(id) = query_param(query, "id") {
+        list.retain(|s| s.call_id == id);
+        if list.is_empty() {
+            let msg = format!("session {id} not found in the cluster");
+            return error(StatusCode::NOT_FOUND, "not_found", &msg);
+        }
+    }
+    let nodes: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node,
+                "api_url": n.api_url,
+                "version": n.version,
+                "draining": n.draining,
+                "heartbeat_ms": n.heartbeat_ms,
+                "active_calls": n.stats.active_calls,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"scope": "cluster", "count": list.len(), "sessions": list, "nodes": nodes}),
+    )
+}
+
+/// `GET /api/sessions/stats?scope=cluster`: the figures summed over live nodes, and per node.
+async fn cluster_stats(state: &ApiState) -> Response<Full<Bytes>> {
+    let nodes = match live_nodes(state).await {
+        Ok((_, nodes)) => nodes,
+        Err(resp) => return resp,
+    };
+    let mut total = crate::cluster::NodeStats::default();
+    for n in &nodes {
+        total.add(&n.stats);
+    }
+    let per_node: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(&n.stats).unwrap_or_default();
+            v["node"] = json!(n.node);
+            v["draining"] = json!(n.draining);
+            v
+        })
+        .collect();
+    let mut body = serde_json::to_value(&total).unwrap_or_default();
+    body["scope"] = json!("cluster");
+    body["nodes"] = json!(nodes.len());
+    body["per_node"] = json!(per_node);
+    json_response(StatusCode::OK, body)
+}
+
+/// A per-call request, as received.
+struct OwnedCall<'a> {
+    call_id: &'a str,
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a hyper::HeaderMap,
+    body: &'a Bytes,
+}
+
+/// Sends a per-call request for a call this node does not run to the node that does, and
+/// returns its answer; `None` means answer here (no cluster, a local call, an unknown call,
+/// Redis unavailable, or a request already forwarded once).
+async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full<Bytes>>> {
+    use crate::cluster::forward;
+    let cluster = state.cluster.get()?;
+    if call.headers.contains_key(forward::FORWARDED_HEADER) {
+        return None;
+    }
+    if state
+        .read()
+        .sessions
+        .iter()
+        .any(|s| s.call_id == call.call_id)
+    {
+        return None;
+    }
+    let owner = match cluster.owner(call.call_id).await {
+        Ok(Some(owner)) if owner.node != cluster.node_id => owner,
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: owner lookup failed; answering locally");
+            return None;
+        }
+    };
+    let keep = [
+        hyper::header::AUTHORIZATION,
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderName::from_static("x-api-key"),
+    ];
+    let headers = call
+        .headers
+        .iter()
+        .filter(|(name, _)| keep.contains(name))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let path_and_query = if call.query.is_empty() {
+        call.path.to_owned()
+    } else {
+        format!("{}?{}", call.path, call.query)
+    };
+    let out = forward::Outgoing {
+        method: call.method.clone(),
+        path_and_query: &path_and_query,
+        headers,
+        body: call.body.clone(),
+        from_node: &cluster.node_id,
+    };
+    cluster
+        .status
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match forward::send(&owner.api_url, out).await {
+        Ok(answer) => {
+            let mut resp = Response::builder()
+                .status(answer.status)
+                .header("Server", SERVER)
+                .header("X-Siprec-Node", owner.node.as_str());
+            if let Some(ct) = answer.content_type {
+                resp = resp.header("Content-Type", ct);
+            }
+            Some(
+                resp.body(Full::new(answer.body))
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+            )
+        }
+        Err(e) => {
+            let msg = format!(
+                "call runs on node {}, which did not answer: {e}",
+                owner.node
+            );
+            Some(error(StatusCode::BAD_GATEWAY, "owner_unreachable", &msg))
+        }
+    }
 }
 
 /// Whether `dir` accepts a new file, and the free space under it in MiB.

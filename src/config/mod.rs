@@ -21,6 +21,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub dataplane: DataplaneConfig,
     pub amqp: AmqpConfig,
+    pub cluster: ClusterConfig,
     pub stt: SttConfig,
     pub analytics: AnalyticsConfig,
     pub auth: AuthConfig,
@@ -178,6 +179,25 @@ pub struct AmqpConfig {
     pub publish_speaker_changes: bool,
     /// Talk-time `snapshot` events (`PUBLISH_ANALYTICS`, default true).
     pub publish_analytics: bool,
+}
+
+/// Several nodes sharing what they run through Redis (`docs/cluster.md`). Off unless
+/// `REDIS_URL` is set.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    /// `REDIS_URL` (redis:// or rediss://). Never serialized (it may hold a password).
+    #[serde(skip_serializing)]
+    pub redis_url: Option<String>,
+    /// `CLUSTER_NODE_ID`, default the host name. Unique per node.
+    pub node_id: String,
+    /// `CLUSTER_ADVERTISE_URL`: where the other nodes reach this node's API (requests for
+    /// calls this node owns are forwarded there). Default http(s)://<SIP address>:<HTTP port>.
+    pub advertise_url: String,
+    /// `CLUSTER_KEY_PREFIX`, default `siprec`: several clusters can share one Redis.
+    pub key_prefix: String,
+    /// `CLUSTER_TTL` seconds (default 10): a node that stops heartbeating leaves the registry,
+    /// with its sessions, this long after its last heartbeat.
+    pub ttl_s: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,6 +361,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub amqp: FileAmqp,
     #[serde(default)]
+    pub cluster: FileCluster,
+    #[serde(default)]
     pub stt: FileStt,
     #[serde(default)]
     pub analytics: FileAnalytics,
@@ -395,6 +417,16 @@ pub struct FileStt {
     pub deepgram_url: Option<String>,
     pub deepgram_api_key: Option<String>,
     pub deepgram_model: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub redis_url: Option<String>,
+    pub node_id: Option<String>,
+    pub advertise_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub ttl_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -559,6 +591,11 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ),
     ("PUBLISH_SPEAKER_CHANGES", "amqp.publish_speaker_changes"),
     ("PUBLISH_ANALYTICS", "amqp.publish_analytics"),
+    ("REDIS_URL", "cluster.redis_url"),
+    ("CLUSTER_NODE_ID", "cluster.node_id"),
+    ("CLUSTER_ADVERTISE_URL", "cluster.advertise_url"),
+    ("CLUSTER_KEY_PREFIX", "cluster.key_prefix"),
+    ("CLUSTER_TTL", "cluster.ttl_s"),
     ("STT_PROVIDER", "stt.provider"),
     ("STT_MODEL", "stt.model"),
     ("STT_LANGUAGE", "stt.language"),
@@ -935,6 +972,7 @@ impl Config {
             return Err(invalid("STT_LANGUAGE", stt.language.clone(), allowed));
         }
         let auth = auth_config(&f.auth)?;
+        let cluster = cluster_config(&f.cluster, &sip, &http)?;
         Ok(Config {
             sip,
             http,
@@ -942,6 +980,7 @@ impl Config {
             recording,
             dataplane,
             amqp,
+            cluster,
             stt,
             auth,
             analytics: AnalyticsConfig {
@@ -1026,6 +1065,79 @@ fn auth_config(a: &FileAuth) -> Result<AuthConfig, ConfigError> {
         jwt_audience: nonempty(&a.jwt_audience),
         jwt_leeway_s: a.jwt_leeway_s.unwrap_or(30),
         protect_reads: a.protect_reads.unwrap_or(false),
+    })
+}
+
+fn cluster_config(
+    c: &FileCluster,
+    sip: &SipConfig,
+    http: &HttpConfig,
+) -> Result<ClusterConfig, ConfigError> {
+    let redis_url = c.redis_url.clone().filter(|u| !u.is_empty());
+    if let Some(url) = &redis_url {
+        let ok = ["redis://", "rediss://", "unix://", "redis+unix://"];
+        if !ok.iter().any(|p| url.starts_with(p)) {
+            let shown = url.split('@').next_back().unwrap_or("").to_owned();
+            return Err(invalid("REDIS_URL", shown, "a redis:// or rediss:// URL"));
+        }
+    }
+    let node_id = match c.node_id.clone().filter(|n| !n.is_empty()) {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "siprec".to_owned()),
+    };
+    let id_ok = node_id.len() <= 128
+        && node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if !id_ok {
+        let allowed = "up to 128 letters, digits, '-', '_', '.' or ':'";
+        return Err(invalid("CLUSTER_NODE_ID", node_id, allowed));
+    }
+    let key_prefix = c.key_prefix.clone().unwrap_or_else(|| "siprec".to_owned());
+    if key_prefix.is_empty() || key_prefix.len() > 64 || key_prefix.contains(char::is_whitespace) {
+        let allowed = "1 to 64 characters without spaces";
+        return Err(invalid("CLUSTER_KEY_PREFIX", key_prefix, allowed));
+    }
+    let ttl_s = c.ttl_s.unwrap_or(10);
+    if !(2..=3600).contains(&ttl_s) {
+        return Err(invalid(
+            "CLUSTER_TTL",
+            ttl_s.to_string(),
+            "2 to 3600 seconds",
+        ));
+    }
+    let advertise_url = match c.advertise_url.clone().filter(|u| !u.is_empty()) {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let scheme = if http.tls_cert_file.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let ip = sip
+                .external_ip
+                .or(Some(http.host).filter(|h| !h.is_unspecified()))
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            match ip {
+                std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", http.port),
+                v4 => format!("{scheme}://{v4}:{}", http.port),
+            }
+        }
+    };
+    if !advertise_url.starts_with("http://") && !advertise_url.starts_with("https://") {
+        let allowed = "an http:// or https:// URL";
+        return Err(invalid("CLUSTER_ADVERTISE_URL", advertise_url, allowed));
+    }
+    Ok(ClusterConfig {
+        redis_url,
+        node_id,
+        advertise_url,
+        key_prefix,
+        ttl_s,
     })
 }
 
@@ -1181,6 +1293,11 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         }
         "PUBLISH_SPEAKER_CHANGES" => f.amqp.publish_speaker_changes = Some(parse_bool(key, v)?),
         "PUBLISH_ANALYTICS" => f.amqp.publish_analytics = Some(parse_bool(key, v)?),
+        "REDIS_URL" => f.cluster.redis_url = Some(v.trim().to_owned()),
+        "CLUSTER_NODE_ID" => f.cluster.node_id = Some(v.trim().to_owned()),
+        "CLUSTER_ADVERTISE_URL" => f.cluster.advertise_url = Some(v.trim().to_owned()),
+        "CLUSTER_KEY_PREFIX" => f.cluster.key_prefix = Some(v.trim().to_owned()),
+        "CLUSTER_TTL" => f.cluster.ttl_s = Some(parse_num(key, v, SECONDS)?),
         "STT_PROVIDER" => {
             f.stt.provider = Some(match v.trim() {
                 "embedded" | "whisper" => SttProvider::Embedded,

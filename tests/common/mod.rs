@@ -30,9 +30,22 @@ pub struct TestPorts {
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
         assert!(
-            n < 59,
+            n < 62,
             "slot {n}: no RTP range left below the ephemeral range"
         );
+        // Slots 59–61 (the cluster's three nodes) live below the default RTP range's top, in
+        // 19000–19799: SIP 19000+10k, HTTP 19100+k, RTP 19200+200k (k = n - 59).
+        if n >= 59 {
+            let k = n - 59;
+            return TestPorts {
+                sip: 19000 + 10 * k,
+                http: 19100 + k,
+                rtp_min: 19200 + 200 * k,
+                rtp_max: 19200 + 200 * k + 199,
+                src_sip: 19000 + 10 * k + 1,
+                src_rtp: 19000 + 10 * k + 2,
+            };
+        }
         // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp), slots
         // 43–47 from 20000, 48–51 from 22100 (above the HTTP ports), 52–53 from 29600 (above
         // SIPp's), 54–55 from 21600 (above the SIP ports of slots < 59), 56 from 22900, 57

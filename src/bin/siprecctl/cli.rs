@@ -173,11 +173,19 @@ pub enum GdprAction {
 #[derive(Subcommand, Debug)]
 pub enum SessionsAction {
     /// Active sessions.
-    List,
+    List {
+        /// Every live node's sessions, from the cluster registry (needs REDIS_URL).
+        #[arg(long)]
+        cluster: bool,
+    },
     /// One session by Call-ID.
     Show { call_id: String },
-    /// End a recording (the server sends BYE).
+    /// End a recording (the server sends BYE; in a cluster, any node forwards it).
     Stop { call_id: String },
     /// Aggregate counters.
-    Stats,
+    Stats {
+        /// Summed over every live node of the cluster.
+        #[arg(long)]
+        cluster: bool,
+    },
 }

@@ -67,14 +67,20 @@ fn main() {
         Command::Live => ("GET", "/health/live".into(), None),
         Command::Ready => ("GET", "/health/ready".into(), None),
         Command::Sessions { action } => match action {
-            SessionsAction::List => ("GET", "/api/sessions".into(), None),
+            SessionsAction::List { cluster } => {
+                ("GET", format!("/api/sessions{}", scope(*cluster)), None)
+            }
             SessionsAction::Show { call_id } => {
                 ("GET", format!("/api/sessions?id={}", id(call_id)), None)
             }
             SessionsAction::Stop { call_id } => {
                 ("DELETE", format!("/api/sessions/{}", id(call_id)), None)
             }
-            SessionsAction::Stats => ("GET", "/api/sessions/stats".into(), None),
+            SessionsAction::Stats { cluster } => (
+                "GET",
+                format!("/api/sessions/stats{}", scope(*cluster)),
+                None,
+            ),
         },
         Command::Pause {
             call_id,
@@ -321,8 +327,12 @@ fn print_human(command: &Command, v: &Value) {
     }
     match command {
         Command::Sessions {
-            action: SessionsAction::List | SessionsAction::Show { .. },
+            action: SessionsAction::List { .. } | SessionsAction::Show { .. },
         } => {
+            let cluster = v["scope"] == "cluster";
+            if cluster {
+                print!("{:<16} ", "NODE");
+            }
             println!(
                 "{:<40} {:<10} {:<25} PARTICIPANTS",
                 "CALL-ID", "STATE", "CREATED"
@@ -334,6 +344,9 @@ fn print_human(command: &Command, v: &Value) {
                     .flatten()
                     .filter_map(|p| p.as_str())
                     .collect();
+                if cluster {
+                    print!("{:<16} ", s["node"].as_str().unwrap_or(""));
+                }
                 println!(
                     "{:<40} {:<10} {:<25} {}",
                     s["call_id"].as_str().unwrap_or(""),
@@ -557,5 +570,14 @@ fn decrypt(input: &Path, output: Option<&Path>, key_file: &Path) -> i32 {
             eprintln!("siprecctl: {e}");
             1
         }
+    }
+}
+
+/// The query that asks a node for the whole cluster.
+fn scope(cluster: bool) -> &'static str {
+    if cluster {
+        "?scope=cluster"
+    } else {
+        ""
     }
 }
