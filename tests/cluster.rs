@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use siprec::media::g711;
-use siprec::media::rtp::write_packet;
 use siprec::sink::recorder::read_wav;
 
 /// The test's own Redis (it is stopped and restarted mid-call), on a port no other test uses.
@@ -72,17 +70,8 @@ fn call(server: &Server, call_id: &str) -> Call {
 impl Call {
     /// Sends `audio` as paced 20 ms PCMU packets, continuing the sequence.
     fn talk(&mut self, audio: &[i16]) {
-        let t0 = Instant::now();
-        for (k, chunk) in audio.chunks(160).enumerate() {
-            let due = t0 + Duration::from_millis(20 * k as u64);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let payload: Vec<u8> = chunk.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
-            let mut packet = Vec::new();
-            let ts = 160 * u32::from(self.seq);
-            write_packet(0, self.seq, ts, 0xC1A5, &payload, &mut packet);
-            self.rtp.send_to(&packet, ("127.0.0.1", self.port)).unwrap();
-            self.seq += 1;
-        }
+        send_pcmu(&self.rtp, self.port, audio, self.seq, 0xC1A5);
+        self.seq = self.seq.wrapping_add(audio.len().div_ceil(160) as u16);
     }
 }
 

@@ -57,6 +57,8 @@ pub struct MetricsSnapshot {
     pub amqp: Option<AmqpTotals>,
     /// The cluster registry's state, when `REDIS_URL` is set (scrape time).
     pub cluster: Option<ClusterTotals>,
+    /// The object-storage uploader's counters, when `S3_ENDPOINT` is set (scrape time).
+    pub upload: Option<UploadTotals>,
     /// WebSocket clients connected to `/ws/*` (filled at scrape time by the API).
     pub ws_clients: u64,
     /// Events lost by slow WebSocket clients, and clients dropped as slow (scrape time).
@@ -104,6 +106,19 @@ pub struct SttTotals {
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct UploadTotals {
+    pub sessions: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub parts: u64,
+    pub failures: u64,
+    pub resumed: u64,
+    pub local_deleted: u64,
+    pub remote_erased: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct ClusterTotals {
     pub redis_connected: bool,
     pub heartbeats: u64,
@@ -143,6 +158,9 @@ pub struct Metrics {
     cluster_events: IntCounterVec,
     cluster_connected: IntGauge,
     cluster_nodes: IntGauge,
+    upload_events: IntCounterVec,
+    upload_bytes: IntCounterVec,
+    upload_pending: IntGauge,
     ws_clients: IntGauge,
     ws_events_dropped: IntCounterVec,
     ws_slow_disconnects: IntCounterVec,
@@ -362,6 +380,25 @@ impl Metrics {
                 "cluster_nodes",
                 "Live nodes in the registry at the last cluster query",
             ),
+            upload_events: counter(
+                &r,
+                "upload_events_total",
+                "Object storage: sessions and files stored and verified, parts sent, failed \
+                 rounds, multipart uploads resumed, local files deleted after retention, remote \
+                 objects erased (GDPR)",
+                &["event"],
+            ),
+            upload_bytes: counter(
+                &r,
+                "upload_bytes_total",
+                "Bytes stored in object storage and verified",
+                &[],
+            ),
+            upload_pending: gauge(
+                &r,
+                "upload_pending_sessions",
+                "Finished sessions waiting for upload at the last round",
+            ),
             ws_clients: gauge(&r, "websocket_clients", "Clients connected to /ws/*"),
             ws_events_dropped: counter(
                 &r,
@@ -517,6 +554,18 @@ impl Metrics {
             follow(&self.cluster_events, &["forwarded"], c.forwarded);
             self.cluster_connected.set(i64::from(c.redis_connected));
             self.cluster_nodes.set(c.nodes.min(i64::MAX as u64) as i64);
+        }
+        if let Some(u) = &s.upload {
+            follow(&self.upload_events, &["session"], u.sessions);
+            follow(&self.upload_events, &["file"], u.files);
+            follow(&self.upload_events, &["part"], u.parts);
+            follow(&self.upload_events, &["failure"], u.failures);
+            follow(&self.upload_events, &["resumed"], u.resumed);
+            follow(&self.upload_events, &["local_deleted"], u.local_deleted);
+            follow(&self.upload_events, &["remote_erased"], u.remote_erased);
+            follow(&self.upload_bytes, &[], u.bytes);
+            self.upload_pending
+                .set(u.pending.min(i64::MAX as u64) as i64);
         }
         self.ws_clients
             .set(s.ws_clients.min(i64::MAX as u64) as i64);

@@ -139,6 +139,8 @@ pub struct ApiState {
     ws: std::sync::OnceLock<ws::WsHub>,
     /// The cluster registry when `REDIS_URL` is set (`?scope=cluster`, forwarding).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The uploader's state when S3_ENDPOINT is set.
+    pub upload: std::sync::OnceLock<Arc<crate::sink::upload::UploadStatus>>,
 }
 
 impl ApiState {
@@ -164,6 +166,7 @@ impl ApiState {
             stt_jobs: std::sync::OnceLock::new(),
             ws: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            upload: std::sync::OnceLock::new(),
         })
     }
 
@@ -956,9 +959,22 @@ async fn compliance_route(
     let id = call_id.clone();
     let now = unix_ms();
     let jobs = state.stt_jobs.get().cloned();
+    let uploading = state.upload.get().is_some();
     let result = tokio::task::spawn_blocking(move || {
         if erase {
-            let erased = gdpr::erase(&dir, &id, now);
+            // Remote copies are queued for the uploader before the local files (which name
+            // them) go; it deletes them, retrying until the store confirms.
+            let remote = if uploading {
+                let dirs = gdpr::call_dirs(&dir, &id);
+                let reference = gdpr::call_ref(&id);
+                crate::sink::upload::queue_erase(&dir, &dirs, &reference)?
+            } else {
+                0
+            };
+            let mut erased = gdpr::erase(&dir, &id, now);
+            if let Ok(Some(v)) = &mut erased {
+                v["remote_objects_queued"] = json!(remote);
+            }
             // STT jobs of the call hold its transcripts: they go too.
             if let (Ok(Some(_)), Some(jobs)) = (&erased, jobs) {
                 jobs.forget_call(&id);
@@ -1135,6 +1151,19 @@ fn scrape_figures(state: &ApiState, m: &mut MetricsSnapshot) {
             nodes: c.status.nodes_seen.load(Relaxed),
         });
     }
+    if let Some(u) = state.upload.get() {
+        m.upload = Some(metrics::UploadTotals {
+            sessions: u.sessions.load(Relaxed),
+            files: u.files.load(Relaxed),
+            bytes: u.bytes.load(Relaxed),
+            parts: u.parts.load(Relaxed),
+            failures: u.failures.load(Relaxed),
+            resumed: u.resumed.load(Relaxed),
+            local_deleted: u.local_deleted.load(Relaxed),
+            remote_erased: u.remote_erased.load(Relaxed),
+            pending: u.pending.load(Relaxed),
+        });
+    }
     if let Some(hub) = state.ws.get() {
         m.ws_events_dropped = hub.counters.events_dropped.load(Relaxed);
         m.ws_slow_disconnects = hub.counters.slow_disconnects.load(Relaxed);
@@ -1266,6 +1295,23 @@ fn health(state: &ApiState) -> Response<Full<Bytes>> {
                 let why = c.status.last_error().unwrap_or_else(|| "connecting".into());
                 let msg = format!("Redis unavailable ({why}); recording goes on, cluster view off");
                 check("redis", 1, msg);
+            }
+        }
+    }
+    match state.upload.get() {
+        None => check("object_storage", 0, "upload off (S3_ENDPOINT unset)".into()),
+        Some(u) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let pending = u.pending.load(Relaxed);
+            match u.last_error() {
+                None => {
+                    let msg = format!("uploading; {pending} sessions waiting");
+                    check("object_storage", 0, msg);
+                }
+                Some(e) => {
+                    let msg = format!("upload failing ({e}); {pending} sessions waiting, kept");
+                    check("object_storage", 1, msg);
+                }
             }
         }
     }
@@ -1537,7 +1583,7 @@ async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full
                 .status(answer.status)
                 .header("Server", SERVER)
                 .header("X-Siprec-Node", owner.node.as_str());
-            if let Some(ct) = answer.content_type {
+            if let Some(ct) = answer.headers.get(hyper::header::CONTENT_TYPE) {
                 resp = resp.header("Content-Type", ct);
             }
             Some(

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -221,18 +221,15 @@ pub struct ClusterStatus {
     /// Requests for calls owned by another node, forwarded there.
     pub forwarded: AtomicU64,
     pub nodes_seen: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    last_error: crate::proto::LastError,
 }
 
 impl ClusterStatus {
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_error.get()
     }
     fn set_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+        self.last_error.set(e);
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub amqp: AmqpConfig,
     pub cluster: ClusterConfig,
+    pub upload: UploadConfig,
     pub stt: SttConfig,
     pub analytics: AnalyticsConfig,
     pub auth: AuthConfig,
@@ -200,6 +201,36 @@ pub struct ClusterConfig {
     pub ttl_s: u32,
 }
 
+/// Copying finished recordings to S3-compatible object storage (`docs/cluster.md`). Off
+/// unless `S3_ENDPOINT` and `S3_BUCKET` are set.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadConfig {
+    /// `S3_ENDPOINT`: http(s)://host[:port] of the S3 API (AWS, MinIO, Ceph RGW, ...).
+    pub endpoint: Option<String>,
+    /// `S3_BUCKET`.
+    pub bucket: String,
+    /// `S3_REGION`, default us-east-1 (signing scope).
+    pub region: String,
+    /// `S3_ACCESS_KEY_ID` / `S3_SECRET_ACCESS_KEY`. Never serialized.
+    #[serde(skip_serializing)]
+    pub access_key_id: String,
+    #[serde(skip_serializing)]
+    pub secret_access_key: String,
+    /// `S3_PREFIX`: prepended to every key (`<prefix><day>/<session>/<file>`).
+    pub prefix: String,
+    /// `S3_PATH_STYLE` (default true): `endpoint/bucket/key`; false: `bucket.endpoint/key`.
+    pub path_style: bool,
+    /// `S3_PART_SIZE_MB` (default 8, 5 to 5120): files above it go up in parts.
+    pub part_size_mb: u32,
+    /// `S3_LOCAL_RETENTION` seconds: audio files are deleted locally this long after a
+    /// verified upload (session.json and the upload record stay). Unset: kept.
+    pub local_retention_s: Option<u64>,
+    /// `S3_TIMEOUT` seconds per request (default 30).
+    pub timeout_s: u32,
+    /// `S3_MAX_MBPS`: upload bandwidth cap in megabits per second (0 = none).
+    pub max_mbps: u32,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SipConfig {
     /// Address the SIP sockets bind to (`SIP_HOST`). Default 0.0.0.0.
@@ -363,6 +394,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub cluster: FileCluster,
     #[serde(default)]
+    pub upload: FileUpload,
+    #[serde(default)]
     pub stt: FileStt,
     #[serde(default)]
     pub analytics: FileAnalytics,
@@ -417,6 +450,22 @@ pub struct FileStt {
     pub deepgram_url: Option<String>,
     pub deepgram_api_key: Option<String>,
     pub deepgram_model: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpload {
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub prefix: Option<String>,
+    pub path_style: Option<bool>,
+    pub part_size_mb: Option<u32>,
+    pub local_retention_s: Option<u64>,
+    pub timeout_s: Option<u32>,
+    pub max_mbps: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -596,6 +645,17 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("CLUSTER_ADVERTISE_URL", "cluster.advertise_url"),
     ("CLUSTER_KEY_PREFIX", "cluster.key_prefix"),
     ("CLUSTER_TTL", "cluster.ttl_s"),
+    ("S3_ENDPOINT", "upload.endpoint"),
+    ("S3_BUCKET", "upload.bucket"),
+    ("S3_REGION", "upload.region"),
+    ("S3_ACCESS_KEY_ID", "upload.access_key_id"),
+    ("S3_SECRET_ACCESS_KEY", "upload.secret_access_key"),
+    ("S3_PREFIX", "upload.prefix"),
+    ("S3_PATH_STYLE", "upload.path_style"),
+    ("S3_PART_SIZE_MB", "upload.part_size_mb"),
+    ("S3_LOCAL_RETENTION", "upload.local_retention_s"),
+    ("S3_TIMEOUT", "upload.timeout_s"),
+    ("S3_MAX_MBPS", "upload.max_mbps"),
     ("STT_PROVIDER", "stt.provider"),
     ("STT_MODEL", "stt.model"),
     ("STT_LANGUAGE", "stt.language"),
@@ -973,6 +1033,7 @@ impl Config {
         }
         let auth = auth_config(&f.auth)?;
         let cluster = cluster_config(&f.cluster, &sip, &http)?;
+        let upload = upload_config(&f.upload)?;
         Ok(Config {
             sip,
             http,
@@ -981,6 +1042,7 @@ impl Config {
             dataplane,
             amqp,
             cluster,
+            upload,
             stt,
             auth,
             analytics: AnalyticsConfig {
@@ -1066,6 +1128,63 @@ fn auth_config(a: &FileAuth) -> Result<AuthConfig, ConfigError> {
         jwt_leeway_s: a.jwt_leeway_s.unwrap_or(30),
         protect_reads: a.protect_reads.unwrap_or(false),
     })
+}
+
+fn upload_config(u: &FileUpload) -> Result<UploadConfig, ConfigError> {
+    let endpoint = u.endpoint.clone().filter(|e| !e.is_empty());
+    let bucket = u.bucket.clone().unwrap_or_default();
+    let config = UploadConfig {
+        endpoint: endpoint.map(|e| e.trim_end_matches('/').to_owned()),
+        bucket,
+        region: u.region.clone().unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id: u.access_key_id.clone().unwrap_or_default(),
+        secret_access_key: u.secret_access_key.clone().unwrap_or_default(),
+        prefix: u.prefix.clone().unwrap_or_default(),
+        path_style: u.path_style.unwrap_or(true),
+        part_size_mb: u.part_size_mb.unwrap_or(8),
+        local_retention_s: u.local_retention_s,
+        timeout_s: u.timeout_s.unwrap_or(30),
+        max_mbps: u.max_mbps.unwrap_or(0),
+    };
+    let Some(endpoint) = &config.endpoint else {
+        return Ok(config);
+    };
+    if crate::httpc::Endpoint::parse(endpoint).is_err() || endpoint.matches('/').count() > 2 {
+        let allowed = "http(s)://host[:port] without a path";
+        return Err(invalid("S3_ENDPOINT", endpoint.clone(), allowed));
+    }
+    // S3 bucket naming: 3–63 lower-case letters, digits, '-' and '.'.
+    let b = &config.bucket;
+    let bucket_ok = (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+    if !bucket_ok {
+        return Err(invalid(
+            "S3_BUCKET",
+            b.clone(),
+            "an S3 bucket name (3–63 a-z 0-9 - .)",
+        ));
+    }
+    if config.access_key_id.is_empty() || config.secret_access_key.is_empty() {
+        let allowed = "both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY with S3_ENDPOINT";
+        return Err(invalid("S3_ACCESS_KEY_ID", "(missing)", allowed));
+    }
+    if !(5..=5120).contains(&config.part_size_mb) {
+        let v = config.part_size_mb.to_string();
+        return Err(invalid(
+            "S3_PART_SIZE_MB",
+            v,
+            "5 to 5120 (S3's part limits)",
+        ));
+    }
+    if !(1..=3600).contains(&config.timeout_s) {
+        return Err(invalid(
+            "S3_TIMEOUT",
+            config.timeout_s.to_string(),
+            "1 to 3600 seconds",
+        ));
+    }
+    Ok(config)
 }
 
 fn cluster_config(
@@ -1298,6 +1417,17 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "CLUSTER_ADVERTISE_URL" => f.cluster.advertise_url = Some(v.trim().to_owned()),
         "CLUSTER_KEY_PREFIX" => f.cluster.key_prefix = Some(v.trim().to_owned()),
         "CLUSTER_TTL" => f.cluster.ttl_s = Some(parse_num(key, v, SECONDS)?),
+        "S3_ENDPOINT" => f.upload.endpoint = Some(v.trim().to_owned()),
+        "S3_BUCKET" => f.upload.bucket = Some(v.trim().to_owned()),
+        "S3_REGION" => f.upload.region = Some(v.trim().to_owned()),
+        "S3_ACCESS_KEY_ID" => f.upload.access_key_id = Some(v.trim().to_owned()),
+        "S3_SECRET_ACCESS_KEY" => f.upload.secret_access_key = Some(v.trim().to_owned()),
+        "S3_PREFIX" => f.upload.prefix = Some(v.trim().to_owned()),
+        "S3_PATH_STYLE" => f.upload.path_style = Some(parse_bool(key, v)?),
+        "S3_PART_SIZE_MB" => f.upload.part_size_mb = Some(parse_num(key, v, COUNT)?),
+        "S3_LOCAL_RETENTION" => f.upload.local_retention_s = Some(parse_num(key, v, SECONDS)?),
+        "S3_TIMEOUT" => f.upload.timeout_s = Some(parse_num(key, v, SECONDS)?),
+        "S3_MAX_MBPS" => f.upload.max_mbps = Some(parse_num(key, v, COUNT)?),
         "STT_PROVIDER" => {
             f.stt.provider = Some(match v.trim() {
                 "embedded" | "whisper" => SttProvider::Embedded,

@@ -97,8 +97,22 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     u64::try_from(secs * 1000 + ms).ok()
 }
 
+/// The last error of a background task (Redis, object storage) for `/health`: written when
+/// the task fails or recovers, read per scrape.
+#[derive(Debug, Default)]
+pub struct LastError(std::sync::Mutex<Option<String>>);
+
+impl LastError {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set(&self, e: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}
+
 /// Gregorian date and time of Unix seconds (Howard Hinnant's `civil_from_days`).
-fn civil(unix_s: u64) -> (i64, u32, u32, u32, u32, u32) {
+pub fn civil(unix_s: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (unix_s / 86_400) as i64;
     let secs = (unix_s % 86_400) as u32;
     let z = days + 719_468;

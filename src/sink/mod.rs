@@ -2,3 +2,4 @@
 
 pub mod recorder;
 pub mod stt;
+pub mod upload;

@@ -30,9 +30,22 @@ pub struct TestPorts {
 impl TestPorts {
     pub fn new(n: u16) -> TestPorts {
         assert!(
-            n < 62,
+            n < 66,
             "slot {n}: no RTP range left below the ephemeral range"
         );
+        // Slots 62–65 use 18000–18999 the same way: SIP 18000+10k, HTTP 18100+k, RTP
+        // 18200+200k (k = n - 62).
+        if n >= 62 {
+            let k = n - 62;
+            return TestPorts {
+                sip: 18000 + 10 * k,
+                http: 18100 + k,
+                rtp_min: 18200 + 200 * k,
+                rtp_max: 18200 + 200 * k + 199,
+                src_sip: 18000 + 10 * k + 1,
+                src_rtp: 18000 + 10 * k + 2,
+            };
+        }
         // Slots 59–61 (the cluster's three nodes) live below the default RTP range's top, in
         // 19000–19799: SIP 19000+10k, HTTP 19100+k, RTP 19200+200k (k = n - 59).
         if n >= 59 {
@@ -353,6 +366,21 @@ impl Src {
     pub fn bye(&mut self) -> Response {
         let r = self.request(Method::Bye);
         self.transact(&r)
+    }
+}
+
+/// Sends `audio` to 127.0.0.1:`port` as 20 ms PCMU packets paced in real time, numbered from
+/// `first` (timestamps follow).
+pub fn send_pcmu(sock: &UdpSocket, port: u16, audio: &[i16], first: u16, ssrc: u32) {
+    let t0 = Instant::now();
+    for (k, chunk) in audio.chunks(160).enumerate() {
+        let due = t0 + Duration::from_millis(20 * k as u64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let payload: Vec<u8> = chunk.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
+        let seq = first.wrapping_add(k as u16);
+        let mut packet = Vec::new();
+        write_packet(0, seq, 160 * u32::from(seq), ssrc, &payload, &mut packet);
+        sock.send_to(&packet, ("127.0.0.1", port)).unwrap();
     }
 }
 

@@ -23,7 +23,7 @@ mod audio;
 mod encrypt;
 mod error;
 mod flac;
-mod fsutil;
+pub(crate) mod fsutil;
 mod mixrate;
 mod oggopus;
 mod recover;
