@@ -68,6 +68,10 @@ pub enum FsyncPolicy {
     OnClose,
 }
 
+/// How far past the BYE a recording keeps audio that arrived before it (the last packet's
+/// ptime, with room for 120 ms packets and jitter).
+const TAIL_MAX_NS: u64 = 200 * NANOS_PER_MS;
+
 /// The recorder's configuration, captured at `spawn`.
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
@@ -512,8 +516,18 @@ impl<C: MonotonicClock> Recorder<C> {
         }
     }
 
-    /// Commits exactly to `end_ns`, closes every file and emits `SessionClosed`.
+    /// Commits to `end_ns`, closes every file and emits `SessionClosed`. A BYE can race the
+    /// last packet: audio that arrived before it and plays past it is kept, up to
+    /// [`TAIL_MAX_NS`] (never beyond the commit delay, which is all that is placed then).
     fn close(&mut self, mut recording: RecordingSession, end_ns: u64) {
+        let tail = recording
+            .streams
+            .iter()
+            .map(|s| s.timeline.placed_end_ns())
+            .max()
+            .unwrap_or(0);
+        let reach = end_ns.saturating_add(TAIL_MAX_NS.min(self.commit_delay_ns));
+        let end_ns = end_ns.max(tail.min(reach));
         recording.end_ns = Some(end_ns);
         let session = recording.id;
         let mut error = recording.commit_to(end_ns).err();
@@ -1204,6 +1218,45 @@ mod tests {
             left == caller && right == callee,
             "mixed channels differ from the legs"
         );
+        rig.shutdown();
+    }
+
+    /// A BYE racing the last packet: the first packet came 15 ms late, so every packet plays
+    /// 15 ms after its arrival and the last one past the BYE. That audio is kept (before, the
+    /// recording stopped at the BYE and lost it).
+    #[test]
+    fn audio_received_before_the_bye_is_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("s-tail");
+        let mut rig = Rig::new(RecorderConfig::default());
+        rig.send(RecorderCommand::StartSession {
+            session: 1,
+            dir: dir.clone(),
+            start_ns: START,
+            streams: vec![spec(0, "caller")],
+        });
+        for k in 0..50usize {
+            let late = if k == 0 { 15 * MS } else { 0 };
+            let arrival = START + (k as u64 + 1) * 20 * MS + late;
+            rig.advance(arrival);
+            let pos = k * 160;
+            rig.push(1, 0, arrival, pos as u64, &samples(pos, 160, caller_value));
+        }
+        let end_ns = START + 1000 * MS + MS;
+        rig.send(RecorderCommand::StopSession { session: 1, end_ns });
+        rig.advance(end_ns + 320 * MS);
+        let RecorderEvent::SessionClosed { error, .. } = rig.next_event() else {
+            panic!("expected SessionClosed");
+        };
+        assert_eq!(error, None);
+        let (_, _, got) = read_wav(&dir.join("caller.wav")).unwrap();
+        let sent = samples(0, 8000, caller_value);
+        assert_eq!(
+            got.len(),
+            120 + 8000,
+            "the file runs to the end of the last packet"
+        );
+        assert_eq!(&got[120..], &sent[..], "every sample sent before the BYE");
         rig.shutdown();
     }
 

@@ -71,6 +71,13 @@ impl StreamTimeline {
         self.sample_rate
     }
 
+    /// The monotonic instant where the furthest audio placed so far ends.
+    pub fn placed_end_ns(&self) -> u64 {
+        let ns =
+            i128::from(self.placed_end) * i128::from(NANOS_PER_SEC) / i128::from(self.sample_rate);
+        self.start_ns.saturating_add(ns.max(0) as u64)
+    }
+
     /// First position not yet committed: the number of samples handed out so far.
     pub fn committed(&self) -> u64 {
         self.committed as u64
