@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::cluster::forward;
 use crate::session::CallSummary;
 
 pub mod auth;
@@ -935,11 +936,31 @@ async fn compliance_route(
     if let Err(resp) = authorize(state, &req, query) {
         return resp;
     }
+    let headers = req.headers().clone();
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(resp) => return resp,
     };
-    let call_id = serde_json::from_slice::<Value>(&body)
+    let local = gdpr_here(state, erase, &body).await;
+    match state.cluster.get() {
+        Some(cluster) if !headers.contains_key(crate::cluster::forward::FORWARDED_HEADER) => {
+            let request = OwnedCall {
+                call_id: "",
+                method: &method,
+                path,
+                query,
+                headers: &headers,
+                body: &body,
+            };
+            gdpr_everywhere(cluster, request, local).await
+        }
+        _ => local,
+    }
+}
+
+/// A GDPR export or erase of what this node holds.
+async fn gdpr_here(state: &ApiState, erase: bool, body: &Bytes) -> Response<Full<Bytes>> {
+    let call_id = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["call_id"].as_str().map(str::to_owned))
         .filter(|c| !c.is_empty());
@@ -1515,6 +1536,130 @@ async fn cluster_stats(state: &ApiState) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, body)
 }
 
+/// Fields of GDPR answers that add up over nodes.
+const GDPR_SUMS: &[&str] = &[
+    "erased_recording_sessions",
+    "erased_exports",
+    "remote_objects_queued",
+    "files",
+    "bytes",
+];
+
+/// One node's answer (status and JSON body), or why it could not be asked.
+type NodeAnswer = Result<(StatusCode, Value), String>;
+
+/// A GDPR request runs on every live node (a call's recordings may be on several, after a
+/// failover): this node's answer merged with the others'. 200 when any node held recordings
+/// (`status` "incomplete" and `unreachable_nodes` if some node did not answer), 404 when none
+/// did, 502 when none did but some could not be asked.
+async fn gdpr_everywhere(
+    cluster: &crate::cluster::Cluster,
+    request: OwnedCall<'_>,
+    local: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let status = local.status();
+    let bytes = local.into_body().collect().await.map(|b| b.to_bytes());
+    let mine: Value = bytes
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut answers: Vec<(String, NodeAnswer)> =
+        vec![(cluster.node_id.clone(), Ok((status, mine)))];
+    match cluster.nodes().await {
+        Ok(nodes) => {
+            let others = nodes.into_iter().filter(|n| n.node != cluster.node_id);
+            let request = &request;
+            let asks = others.map(|n| async move {
+                let sent = forward::send(&n.api_url, outgoing(request, &cluster.node_id)).await;
+                let answer = sent.map(|a| {
+                    let v = serde_json::from_slice(&a.body).unwrap_or_default();
+                    (a.status, v)
+                });
+                (n.node, answer)
+            });
+            answers.extend(futures_util::future::join_all(asks).await);
+        }
+        Err(e) => answers.push(("(registry)".into(), Err(e.to_string()))),
+    }
+    let mut merged = serde_json::Map::new();
+    let mut per_node = serde_json::Map::new();
+    let mut unreachable = Vec::new();
+    let mut held = false;
+    for (node, answer) in answers {
+        match answer {
+            Ok((code, v)) if code == StatusCode::OK => {
+                held = true;
+                for (k, field) in v.as_object().into_iter().flatten() {
+                    if GDPR_SUMS.contains(&k.as_str()) {
+                        let sum = merged.get(k).and_then(Value::as_u64).unwrap_or(0)
+                            + field.as_u64().unwrap_or(0);
+                        merged.insert(k.clone(), json!(sum));
+                    } else {
+                        merged.entry(k.clone()).or_insert_with(|| field.clone());
+                    }
+                }
+                per_node.insert(node, v);
+            }
+            Ok((code, _)) if code == StatusCode::NOT_FOUND => {
+                per_node.insert(node, json!({"status": "not_found"}));
+            }
+            Ok((code, v)) => {
+                unreachable.push(node.clone());
+                per_node.insert(node, json!({"status": code.as_u16(), "answer": v}));
+            }
+            Err(e) => {
+                unreachable.push(node.clone());
+                per_node.insert(node, json!({"status": "unreachable", "error": e}));
+            }
+        }
+    }
+    if !held {
+        if unreachable.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no recordings for that call",
+            );
+        }
+        let msg = format!("no node answered with recordings; not asked: {unreachable:?}");
+        return error(StatusCode::BAD_GATEWAY, "cluster_incomplete", &msg);
+    }
+    if !unreachable.is_empty() {
+        merged.insert("status".into(), json!("incomplete"));
+        merged.insert("unreachable_nodes".into(), json!(unreachable));
+    }
+    merged.insert("nodes".into(), Value::Object(per_node));
+    json_response(StatusCode::OK, Value::Object(merged))
+}
+
+/// A request as it goes on to another node: the caller's credentials and body.
+fn outgoing<'a>(call: &OwnedCall<'a>, from_node: &'a str) -> forward::Outgoing<'a> {
+    let keep = [
+        hyper::header::AUTHORIZATION,
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderName::from_static("x-api-key"),
+    ];
+    let headers = call
+        .headers
+        .iter()
+        .filter(|(name, _)| keep.contains(name))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let path_and_query = if call.query.is_empty() {
+        call.path.to_owned()
+    } else {
+        format!("{}?{}", call.path, call.query)
+    };
+    forward::Outgoing {
+        method: call.method.clone(),
+        path_and_query,
+        headers,
+        body: call.body.clone(),
+        from_node,
+    }
+}
+
 /// A per-call request, as received.
 struct OwnedCall<'a> {
     call_id: &'a str,
@@ -1529,7 +1674,6 @@ struct OwnedCall<'a> {
 /// returns its answer; `None` means answer here (no cluster, a local call, an unknown call,
 /// Redis unavailable, or a request already forwarded once).
 async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full<Bytes>>> {
-    use crate::cluster::forward;
     let cluster = state.cluster.get()?;
     if call.headers.contains_key(forward::FORWARDED_HEADER) {
         return None;
@@ -1550,29 +1694,7 @@ async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full
             return None;
         }
     };
-    let keep = [
-        hyper::header::AUTHORIZATION,
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderName::from_static("x-api-key"),
-    ];
-    let headers = call
-        .headers
-        .iter()
-        .filter(|(name, _)| keep.contains(name))
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    let path_and_query = if call.query.is_empty() {
-        call.path.to_owned()
-    } else {
-        format!("{}?{}", call.path, call.query)
-    };
-    let out = forward::Outgoing {
-        method: call.method.clone(),
-        path_and_query: &path_and_query,
-        headers,
-        body: call.body.clone(),
-        from_node: &cluster.node_id,
-    };
+    let out = outgoing(&call, &cluster.node_id);
     cluster
         .status
         .forwarded

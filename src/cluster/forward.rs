@@ -22,7 +22,7 @@ const BODY_MAX: usize = 4 << 20;
 /// What to send: method, path with query, the caller's credentials and body.
 pub struct Outgoing<'a> {
     pub method: Method,
-    pub path_and_query: &'a str,
+    pub path_and_query: String,
     /// Header name and value pairs copied from the caller (credentials, content type).
     pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     pub body: Bytes,
@@ -34,7 +34,7 @@ pub async fn send(base: &str, out: Outgoing<'_>) -> Result<httpc::Answer, String
     let to = httpc::Endpoint::parse(base)?;
     let mut req = Request::builder()
         .method(out.method)
-        .uri(out.path_and_query)
+        .uri(out.path_and_query.as_str())
         .header(hyper::header::HOST, to.authority.as_str())
         .header(FORWARDED_HEADER, out.from_node);
     for (name, value) in out.headers {
