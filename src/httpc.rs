@@ -82,10 +82,7 @@ async fn exchange(
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     if to.tls {
-        let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
-            .map_err(|e| format!("TLS: {e}"))?
-            .build();
-        let ssl = connector
+        let ssl = connector()?
             .configure()
             .and_then(|c| c.into_ssl(&to.host))
             .map_err(|e| format!("TLS: {e}"))?;
@@ -99,6 +96,21 @@ async fn exchange(
     } else {
         round_trip(hyper_util::rt::TokioIo::new(tcp), req, body_max).await
     }
+}
+
+/// The TLS client context, built once: building it reads the system's CA bundle from disk,
+/// which must not happen per request on the control plane's thread.
+fn connector() -> Result<&'static openssl::ssl::SslConnector, String> {
+    static CONNECTOR: std::sync::OnceLock<Result<openssl::ssl::SslConnector, String>> =
+        std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                .map(|b| b.build())
+                .map_err(|e| format!("TLS: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 async fn round_trip<IO>(

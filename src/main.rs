@@ -581,10 +581,26 @@ async fn control_plane(
             Some(up)
         }
     };
-    let cluster_task = match &config.cluster.redis_url {
+    let cluster_task = match config.cluster.redis_url.clone() {
         None => None,
         Some(url) => {
-            let cluster = siprec::cluster::Cluster::new(&config.cluster, url)
+            if config.cluster.advertise_url.is_empty() {
+                let ip = default_route_ip();
+                let scheme = if config.http.tls_cert_file.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                config.cluster.advertise_url =
+                    siprec::config::advertise_url_for(scheme, ip, config.http.port);
+                if ip.is_loopback() {
+                    tracing::warn!(
+                        "cluster: no address other nodes can reach this API on; set \
+                         CLUSTER_ADVERTISE_URL (or HTTP_HOST or EXTERNAL_IP)"
+                    );
+                }
+            }
+            let cluster = siprec::cluster::Cluster::new(&config.cluster, &url)
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
             let _ = api_state.cluster.set(cluster.clone());
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -872,9 +888,7 @@ async fn control_plane(
             tracing::warn!("AMQP publisher did not stop in 5 s");
         }
     }
-    if let Some(up) = uploader {
-        up.stop(Duration::from_secs(5));
-    }
+    // Leave the registry first: no node forwards to this one while it winds down.
     if let Some((stop, task)) = cluster_task {
         let _ = stop.send(true);
         if tokio::time::timeout(Duration::from_secs(3), task)
@@ -883,6 +897,9 @@ async fn control_plane(
         {
             tracing::warn!("cluster registry did not stop in 3 s; the node expires by TTL");
         }
+    }
+    if let Some(up) = uploader {
+        let _ = tokio::task::spawn_blocking(move || up.stop(Duration::from_secs(5))).await;
     }
     tracing::info!("siprec stopped");
     Ok(())

@@ -129,7 +129,7 @@ fn three_nodes_share_sessions_route_requests_and_survive_redis_loss() {
             &[
                 ("REDIS_URL", url.as_str()),
                 ("CLUSTER_NODE_ID", id),
-                ("CLUSTER_TTL", "2"),
+                ("CLUSTER_TTL", "5"),
                 ("API_KEY", KEY),
             ],
         )
@@ -227,6 +227,14 @@ fn three_nodes_share_sessions_route_requests_and_survive_redis_loss() {
         v["checks"]["redis"]["status"] == "healthy"
     });
     assert_eq!(health["checks"]["redis"]["status"], "healthy");
+    // A flush no heartbeat notices as an error: the session hash is rewritten anyway.
+    let flushed = Command::new("redis-cli")
+        .args(["-p", &REDIS_PORT.to_string(), "FLUSHALL"])
+        .output()
+        .unwrap();
+    assert!(flushed.status.success());
+    let v = wait_json(hb, all, 10, |s, v| s == 200 && v["count"] == 2);
+    assert_eq!(node_ids(&v), ["node-a", "node-b"]);
 
     // The call recorded straight through the outage.
     assert_eq!(call_a.src.bye().status, 200);

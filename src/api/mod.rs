@@ -519,7 +519,7 @@ async fn session_route(
     let method = req.method().clone();
     let rest = path.trim_start_matches("/api/sessions/");
     let mutating = method == Method::POST || method == Method::DELETE;
-    if mutating {
+    if mutating || state.auth().protect_reads {
         if let Err(resp) = authorize(state, &req, query) {
             return resp;
         }
@@ -942,6 +942,13 @@ async fn compliance_route(
         Err(resp) => return resp,
     };
     let local = gdpr_here(state, erase, &body).await;
+    // A bad request, or a call still recorded here, is answered before asking anyone else.
+    if matches!(
+        local.status(),
+        StatusCode::BAD_REQUEST | StatusCode::CONFLICT
+    ) {
+        return local;
+    }
     match state.cluster.get() {
         Some(cluster) if !headers.contains_key(crate::cluster::forward::FORWARDED_HEADER) => {
             let request = OwnedCall {
@@ -1536,6 +1543,16 @@ async fn cluster_stats(state: &ApiState) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, body)
 }
 
+/// A remote GDPR export writes a tar of every file of the call: more than a pause takes.
+const GDPR_FORWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Pause, resume, pause status, DELETE on the owner.
+const CALL_FORWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Another node claiming this node's own API URL: asking it would ask ourselves.
+fn misadvertised(url: &str) -> String {
+    format!("advertises this node's own API URL {url}; set CLUSTER_ADVERTISE_URL on each node")
+}
+
 /// Fields of GDPR answers that add up over nodes.
 const GDPR_SUMS: &[&str] = &[
     "erased_recording_sessions",
@@ -1571,7 +1588,11 @@ async fn gdpr_everywhere(
             let others = nodes.into_iter().filter(|n| n.node != cluster.node_id);
             let request = &request;
             let asks = others.map(|n| async move {
-                let sent = forward::send(&n.api_url, outgoing(request, &cluster.node_id)).await;
+                if n.api_url == cluster.api_url {
+                    return (n.node, Err(misadvertised(&n.api_url)));
+                }
+                let out = outgoing(request, &cluster.node_id);
+                let sent = forward::send(&n.api_url, out, GDPR_FORWARD_DEADLINE).await;
                 let answer = sent.map(|a| {
                     let v = serde_json::from_slice(&a.body).unwrap_or_default();
                     (a.status, v)
@@ -1633,23 +1654,45 @@ async fn gdpr_everywhere(
     json_response(StatusCode::OK, Value::Object(merged))
 }
 
-/// A request as it goes on to another node: the caller's credentials and body.
+/// A request as it goes on to another node: the caller's credentials (as headers: a
+/// credential in the query is moved out of it, so it appears in no URL) and body.
 fn outgoing<'a>(call: &OwnedCall<'a>, from_node: &'a str) -> forward::Outgoing<'a> {
+    use hyper::header::{HeaderName, HeaderValue};
     let keep = [
         hyper::header::AUTHORIZATION,
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("x-api-key"),
     ];
-    let headers = call
+    let mut headers: Vec<(HeaderName, HeaderValue)> = call
         .headers
         .iter()
         .filter(|(name, _)| keep.contains(name))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    let path_and_query = if call.query.is_empty() {
+    let has = |h: &[(HeaderName, HeaderValue)], name: &str| h.iter().any(|(n, _)| n == name);
+    if let Some(key) = query_param(call.query, "api_key") {
+        if let (false, Ok(v)) = (has(&headers, "x-api-key"), HeaderValue::from_str(&key)) {
+            headers.push((HeaderName::from_static("x-api-key"), v));
+        }
+    }
+    if let Some(token) = query_param(call.query, "token") {
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"));
+        if let (false, Ok(v)) = (has(&headers, "authorization"), bearer) {
+            headers.push((hyper::header::AUTHORIZATION, v));
+        }
+    }
+    let rest: Vec<&str> = call
+        .query
+        .split('&')
+        .filter(|kv| {
+            let name = kv.split('=').next().unwrap_or("");
+            !kv.is_empty() && name != "api_key" && name != "token"
+        })
+        .collect();
+    let path_and_query = if rest.is_empty() {
         call.path.to_owned()
     } else {
-        format!("{}?{}", call.path, call.query)
+        format!("{}?{}", call.path, rest.join("&"))
     };
     forward::Outgoing {
         method: call.method.clone(),
@@ -1687,6 +1730,14 @@ async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full
         return None;
     }
     let owner = match cluster.owner(call.call_id).await {
+        Ok(Some(owner)) if owner.node != cluster.node_id && owner.api_url == cluster.api_url => {
+            let msg = format!(
+                "call runs on node {}, which {}",
+                owner.node,
+                misadvertised(&owner.api_url)
+            );
+            return Some(error(StatusCode::BAD_GATEWAY, "owner_unreachable", &msg));
+        }
         Ok(Some(owner)) if owner.node != cluster.node_id => owner,
         Ok(_) => return None,
         Err(e) => {
@@ -1699,7 +1750,7 @@ async fn to_owner(state: &ApiState, call: OwnedCall<'_>) -> Option<Response<Full
         .status
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match forward::send(&owner.api_url, out).await {
+    match forward::send(&owner.api_url, out, CALL_FORWARD_DEADLINE).await {
         Ok(answer) => {
             let mut resp = Response::builder()
                 .status(answer.status)
@@ -1805,6 +1856,36 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forwarded request carries the caller's credentials as headers, never in the URL.
+    #[test]
+    fn forwarded_credentials_leave_the_query() {
+        let headers = hyper::HeaderMap::new();
+        let body = Bytes::new();
+        let call = OwnedCall {
+            call_id: "c",
+            method: &Method::POST,
+            path: "/api/sessions/c/pause",
+            query: "api_key=k1&x=1&token=t1",
+            headers: &headers,
+            body: &body,
+        };
+        let out = outgoing(&call, "node-a");
+        assert_eq!(out.path_and_query, "/api/sessions/c/pause?x=1");
+        let get = |n: &str| {
+            out.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(get("x-api-key").as_deref(), Some("k1"));
+        assert_eq!(get("authorization").as_deref(), Some("Bearer t1"));
+        let plain = OwnedCall { query: "", ..call };
+        assert_eq!(
+            outgoing(&plain, "node-a").path_and_query,
+            "/api/sessions/c/pause"
+        );
+    }
 
     /// Query parameters are percent-decoded; malformed escapes are kept literally.
     #[test]

@@ -14,8 +14,6 @@ use crate::httpc;
 
 /// Names the node a request was forwarded from.
 pub const FORWARDED_HEADER: &str = "x-siprec-forwarded-by";
-/// The whole exchange with the owner, connect to last byte.
-const DEADLINE: Duration = Duration::from_secs(5);
 /// The most of an owner's answer we pass back.
 const BODY_MAX: usize = 4 << 20;
 
@@ -29,8 +27,13 @@ pub struct Outgoing<'a> {
     pub from_node: &'a str,
 }
 
-/// Sends `out` to the API at `base` (`http(s)://host:port`).
-pub async fn send(base: &str, out: Outgoing<'_>) -> Result<httpc::Answer, String> {
+/// Sends `out` to the API at `base` (`http(s)://host:port`), connect to last byte within
+/// `deadline`.
+pub async fn send(
+    base: &str,
+    out: Outgoing<'_>,
+    deadline: Duration,
+) -> Result<httpc::Answer, String> {
     let to = httpc::Endpoint::parse(base)?;
     let mut req = Request::builder()
         .method(out.method)
@@ -43,5 +46,5 @@ pub async fn send(base: &str, out: Outgoing<'_>) -> Result<httpc::Answer, String
     let req = req
         .body(Full::new(out.body))
         .map_err(|e| format!("request: {e}"))?;
-    httpc::send(&to, req, DEADLINE, BODY_MAX).await
+    httpc::send(&to, req, deadline, BODY_MAX).await
 }

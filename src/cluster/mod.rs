@@ -4,7 +4,9 @@
 //! that owns the call.
 //!
 //! Keys, under `CLUSTER_KEY_PREFIX` (`p`, default `siprec`):
-//! - `p:nodes`: sorted set, member a node id, score the Unix ms at which its record expires;
+//! - `p:nodes`: sorted set, member a node id, score the Unix ms of its last heartbeat (only
+//!   for clearing out long-dead members: liveness is the record's own expiry, so clocks need
+//!   not agree);
 //! - `p:node:<id>`: the node's [`NodeRecord`] (JSON), expiring after the TTL;
 //! - `p:node:<id>:sessions`: hash call-id → [`SessionRecord`] (JSON), expiring after the TTL.
 //!
@@ -34,8 +36,10 @@ const REDIS_DEADLINE: Duration = Duration::from_secs(2);
 /// changed is sent); it also repairs a Redis that restarted empty.
 const FULL_EVERY: u32 = 30;
 
-/// One node, as the others see it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One node, as the others see it. Fields default when missing, so nodes of different
+/// versions read each other's records during a rolling upgrade.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct NodeRecord {
     pub node: String,
     /// Where this node's HTTP API answers (`CLUSTER_ADVERTISE_URL`).
@@ -49,6 +53,7 @@ pub struct NodeRecord {
 
 /// The figures `/api/sessions/stats` shows, per node; summed for `?scope=cluster`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct NodeStats {
     pub active_calls: u64,
     pub paused_calls: u64,
@@ -86,7 +91,8 @@ impl NodeStats {
 
 /// One active session as published: what identifies it and where it runs, without the
 /// per-second packet counters (so the hash changes only when a call does).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct SessionRecord {
     pub call_id: String,
     pub node: String,
@@ -286,8 +292,10 @@ impl Cluster {
         }
     }
 
-    /// Publishes this node's record and its session delta, refreshing both TTLs.
-    pub async fn heartbeat(&self, snap: &Snapshot, delta: &Delta) -> Result<(), ClusterError> {
+    /// Publishes this node's record and its session delta, refreshing both TTLs; returns how
+    /// many sessions the hash holds afterwards (a mismatch means Redis lost data: publish
+    /// everything next time).
+    pub async fn heartbeat(&self, snap: &Snapshot, delta: &Delta) -> Result<usize, ClusterError> {
         let now = unix_ms();
         let record = NodeRecord {
             node: self.node_id.clone(),
@@ -312,14 +320,14 @@ impl Cluster {
             .ignore();
         pipe.cmd("ZADD")
             .arg(self.keys.nodes())
-            .arg(now + ttl_ms)
+            .arg(now)
             .arg(&self.node_id)
             .ignore();
-        // Entries of nodes that died long ago (their own keys expired already).
+        // Members of nodes gone for ten TTLs (their own keys expired long ago).
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(self.keys.nodes())
             .arg("-inf")
-            .arg(now.saturating_sub(ttl_ms))
+            .arg(now.saturating_sub(10 * ttl_ms))
             .ignore();
         if delta.full {
             pipe.cmd("DEL").arg(&sessions).ignore();
@@ -330,7 +338,9 @@ impl Cluster {
             pipe.cmd("HSET").arg(&sessions).arg(&delta.set).ignore();
         }
         pipe.cmd("PEXPIRE").arg(&sessions).arg(ttl_ms).ignore();
-        self.query::<()>(&pipe).await
+        pipe.cmd("HLEN").arg(&sessions);
+        let (len,): (usize,) = self.query(&pipe).await?;
+        Ok(len)
     }
 
     /// Removes this node from the registry (clean stop).
@@ -348,14 +358,11 @@ impl Cluster {
         self.query::<()>(&pipe).await
     }
 
-    /// The live nodes (this one included), in node-id order.
+    /// The live nodes (this one included), in node-id order: those whose record has not
+    /// expired. A record that does not decode is skipped with a warning.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
-        let now = unix_ms();
         let mut pipe = redis::pipe();
-        pipe.cmd("ZRANGEBYSCORE")
-            .arg(self.keys.nodes())
-            .arg(now)
-            .arg("+inf");
+        pipe.cmd("ZRANGE").arg(self.keys.nodes()).arg(0).arg(-1);
         let (ids,): (Vec<String>,) = self.query(&pipe).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -366,9 +373,10 @@ impl Cluster {
         let (records,): (Vec<Option<String>>,) = self.query(&pipe).await?;
         let mut out = Vec::new();
         for json in records.into_iter().flatten() {
-            let record: NodeRecord =
-                serde_json::from_str(&json).map_err(|e| ClusterError::Decode(e.to_string()))?;
-            out.push(record);
+            match serde_json::from_str::<NodeRecord>(&json) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!(error = %e, "cluster: unreadable node record skipped"),
+            }
         }
         out.sort_by(|a, b| a.node.cmp(&b.node));
         self.status.nodes_seen.store(out.len() as u64, Relaxed);
@@ -387,9 +395,10 @@ impl Cluster {
         let lists: Vec<Vec<String>> = self.query(&pipe).await?;
         let mut out = Vec::new();
         for json in lists.into_iter().flatten() {
-            let record: SessionRecord =
-                serde_json::from_str(&json).map_err(|e| ClusterError::Decode(e.to_string()))?;
-            out.push(record);
+            match serde_json::from_str::<SessionRecord>(&json) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!(error = %e, "cluster: unreadable session record skipped"),
+            }
         }
         out.sort_by(|a, b| (&a.node, &a.call_id).cmp(&(&b.node, &b.call_id)));
         Ok(out)
@@ -415,9 +424,9 @@ impl Cluster {
             .map(|(n, _)| n))
     }
 
-    fn record_result(&self, result: &Result<(), ClusterError>) {
+    fn record_result<T>(&self, result: &Result<T, ClusterError>) {
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 self.status.heartbeats.fetch_add(1, Relaxed);
                 if !self.status.connected.swap(true, Relaxed) {
                     tracing::info!(node = %self.node_id, "cluster: registered in Redis");
@@ -456,8 +465,9 @@ pub async fn run(
         let result = cluster.heartbeat(&snap, &delta).await;
         cluster.record_result(&result);
         match result {
-            Ok(()) => publisher.confirm(now, &delta),
-            Err(_) => publisher.failed(),
+            Ok(len) if len == now.len() => publisher.confirm(now, &delta),
+            // Redis lost (part of) the hash (a flush, a failover): rewrite it next time.
+            Ok(_) | Err(_) => publisher.failed(),
         }
     }
     if let Err(e) = cluster.leave().await {

@@ -1169,12 +1169,20 @@ fn upload_config(u: &FileUpload) -> Result<UploadConfig, ConfigError> {
         let allowed = "both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY with S3_ENDPOINT";
         return Err(invalid("S3_ACCESS_KEY_ID", "(missing)", allowed));
     }
-    if !(5..=5120).contains(&config.part_size_mb) {
+    // A part is read into memory whole: S3 allows up to 5 GiB, we take up to 512 MiB.
+    if !(5..=512).contains(&config.part_size_mb) {
         let v = config.part_size_mb.to_string();
+        return Err(invalid("S3_PART_SIZE_MB", v, "5 to 512"));
+    }
+    if config
+        .local_retention_s
+        .is_some_and(|s| s > 10 * 365 * 86_400)
+    {
+        let v = config.local_retention_s.unwrap_or(0).to_string();
         return Err(invalid(
-            "S3_PART_SIZE_MB",
+            "S3_LOCAL_RETENTION",
             v,
-            "5 to 5120 (S3's part limits)",
+            "at most ten years of seconds",
         ));
     }
     if !(1..=3600).contains(&config.timeout_s) {
@@ -1185,6 +1193,14 @@ fn upload_config(u: &FileUpload) -> Result<UploadConfig, ConfigError> {
         ));
     }
     Ok(config)
+}
+
+/// `scheme://ip:port`, with IPv6 in brackets.
+pub fn advertise_url_for(scheme: &str, ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+        v4 => format!("{scheme}://{v4}:{port}"),
+    }
 }
 
 fn cluster_config(
@@ -1211,9 +1227,10 @@ fn cluster_config(
     let id_ok = node_id.len() <= 128
         && node_id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !id_ok {
-        let allowed = "up to 128 letters, digits, '-', '_', '.' or ':'";
+        // No ':': it separates the parts of the node's Redis keys.
+        let allowed = "up to 128 letters, digits, '-', '_' or '.'";
         return Err(invalid("CLUSTER_NODE_ID", node_id, allowed));
     }
     let key_prefix = c.key_prefix.clone().unwrap_or_else(|| "siprec".to_owned());
@@ -1222,11 +1239,13 @@ fn cluster_config(
         return Err(invalid("CLUSTER_KEY_PREFIX", key_prefix, allowed));
     }
     let ttl_s = c.ttl_s.unwrap_or(10);
-    if !(2..=3600).contains(&ttl_s) {
+    // At least five heartbeats (and two Redis deadlines) per TTL, so a slow Redis round trip
+    // never makes a live node flap.
+    if !(5..=3600).contains(&ttl_s) {
         return Err(invalid(
             "CLUSTER_TTL",
             ttl_s.to_string(),
-            "2 to 3600 seconds",
+            "5 to 3600 seconds",
         ));
     }
     let advertise_url = match c.advertise_url.clone().filter(|u| !u.is_empty()) {
@@ -1237,17 +1256,18 @@ fn cluster_config(
             } else {
                 "http"
             };
+            // Unknown here (HTTP on every address, no EXTERNAL_IP): the binary fills in the
+            // address of the default route at start (`advertise_url_for`).
             let ip = sip
                 .external_ip
-                .or(Some(http.host).filter(|h| !h.is_unspecified()))
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-            match ip {
-                std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", http.port),
-                v4 => format!("{scheme}://{v4}:{}", http.port),
-            }
+                .or(Some(http.host).filter(|h| !h.is_unspecified()));
+            ip.map(|ip| advertise_url_for(scheme, ip, http.port))
+                .unwrap_or_default()
         }
     };
-    if !advertise_url.starts_with("http://") && !advertise_url.starts_with("https://") {
+    let bad_scheme =
+        !advertise_url.starts_with("http://") && !advertise_url.starts_with("https://");
+    if !advertise_url.is_empty() && bad_scheme {
         let allowed = "an http:// or https:// URL";
         return Err(invalid("CLUSTER_ADVERTISE_URL", advertise_url, allowed));
     }

@@ -99,11 +99,16 @@ pub struct UploadRecord {
 struct Progress {
     done: Vec<ObjectRecord>,
     current: Option<Multipart>,
+    /// The key being uploaded now (so an erase racing the upload knows it).
+    #[serde(default)]
+    in_flight: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Multipart {
     file: String,
+    #[serde(default)]
+    key: String,
     upload_id: String,
     part_size: u64,
     sha256: String,
@@ -259,24 +264,52 @@ async fn run(ctx: Ctx) {
     }
 }
 
-/// One pass: queued erasures, then sessions waiting, then local retention.
+/// Directories remembered as done before the set is cleared (and markers read again once).
+const FINISHED_MAX: usize = 100_000;
+
+/// One pass: queued erasures, then sessions waiting, then local retention. One item failing
+/// does not hold up the others, unless the store is unreachable (then the round stops and
+/// backs off); the first error is the round's.
 async fn round(ctx: &Ctx, finished: &mut HashSet<PathBuf>) -> Result<(), UploadError> {
-    erase_queued(ctx).await?;
+    let mut first: Option<UploadError> = None;
+    if let Err(e) = erase_queued(ctx).await {
+        first = Some(e);
+    }
+    if finished.len() > FINISHED_MAX {
+        finished.clear();
+    }
     let (waiting, uploaded) = scan(&ctx.root, finished);
     ctx.status.pending.store(waiting.len() as u64, Relaxed);
-    for dir in waiting {
-        if ctx.stopping() {
-            return Err(UploadError::Stopping);
+    let unreachable = |e: &UploadError| matches!(e, UploadError::S3(S3Error::Transport(_)));
+    if !first.as_ref().is_some_and(unreachable) {
+        for dir in waiting {
+            if ctx.stopping() {
+                return Err(UploadError::Stopping);
+            }
+            match upload_session(ctx, &dir).await {
+                Ok(()) => {
+                    let left = ctx.status.pending.load(Relaxed).saturating_sub(1);
+                    ctx.status.pending.store(left, Relaxed);
+                }
+                Err(UploadError::Stopping) => return Err(UploadError::Stopping),
+                Err(e) => {
+                    let stop = unreachable(&e);
+                    if first.is_none() {
+                        first = Some(e);
+                    } else {
+                        tracing::warn!(error = %e, dir = %dir.display(), "upload: session failed");
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+            }
         }
-        upload_session(ctx, &dir).await?;
-        ctx.status
-            .pending
-            .store(ctx.status.pending.load(Relaxed).saturating_sub(1), Relaxed);
     }
     for dir in uploaded {
         retain(ctx, &dir, finished);
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Session directories waiting for upload, and those uploaded whose retention is pending.
@@ -380,14 +413,12 @@ async fn upload_session(ctx: &Ctx, dir: &Path) -> Result<(), UploadError> {
         .to_string_lossy()
         .to_string();
     let mut progress = load_progress(dir);
-    for name in session_files(dir)? {
-        if progress.done.iter().any(|o| o.file == name) {
-            continue;
+    if let Err(e) = upload_files(ctx, dir, &rel, &mut progress).await {
+        if dir.exists() {
+            return Err(e);
         }
-        let key = format!("{}{rel}/{name}", ctx.prefix);
-        let record = upload_file(ctx, dir, &name, &key, &mut progress).await?;
-        progress.done.push(record);
-        save_progress(dir, &progress)?;
+        // Erased (GDPR) while it went up: whatever reached the store goes too.
+        return remove_remote(ctx, &progress).await;
     }
     let record = UploadRecord {
         bucket: ctx.s3.bucket().to_owned(),
@@ -408,6 +439,43 @@ async fn upload_session(ctx: &Ctx, dir: &Path) -> Result<(), UploadError> {
     let _ = std::fs::remove_file(dir.join(STATE));
     ctx.status.sessions.fetch_add(1, Relaxed);
     tracing::info!(session = %rel, objects = record.objects.len(), "upload: session stored");
+    Ok(())
+}
+
+async fn upload_files(
+    ctx: &Ctx,
+    dir: &Path,
+    rel: &str,
+    progress: &mut Progress,
+) -> Result<(), UploadError> {
+    for name in session_files(dir)? {
+        if progress.done.iter().any(|o| o.file == name) {
+            continue;
+        }
+        let key = format!("{}{rel}/{name}", ctx.prefix);
+        progress.in_flight = Some(key.clone());
+        save_progress(dir, progress)?;
+        let record = upload_file(ctx, dir, &name, &key, progress).await?;
+        progress.done.push(record);
+        progress.in_flight = None;
+        save_progress(dir, progress)?;
+    }
+    Ok(())
+}
+
+/// Deletes every object of `progress` from the store and aborts its multipart upload.
+async fn remove_remote(ctx: &Ctx, progress: &Progress) -> Result<(), UploadError> {
+    if let Some(mp) = &progress.current {
+        let _ = ctx.s3.abort_multipart(&mp.key, &mp.upload_id).await;
+    }
+    let keys = progress
+        .done
+        .iter()
+        .map(|o| &o.key)
+        .chain(&progress.in_flight);
+    for key in keys {
+        ctx.s3.delete(key).await?;
+    }
     Ok(())
 }
 
@@ -502,8 +570,8 @@ async fn multipart(
             m
         }
         stale => {
-            if let Some(old) = stale {
-                let _ = ctx.s3.abort_multipart(key, &old.upload_id).await;
+            if let Some(old) = stale.filter(|o| !o.key.is_empty()) {
+                let _ = ctx.s3.abort_multipart(&old.key, &old.upload_id).await;
             }
             let upload_id = ctx
                 .s3
@@ -511,6 +579,7 @@ async fn multipart(
                 .await?;
             Multipart {
                 file: name.to_owned(),
+                key: key.to_owned(),
                 upload_id,
                 part_size: ctx.part_size,
                 sha256: sha.clone(),
@@ -537,14 +606,14 @@ async fn multipart(
             .s3
             .upload_part(key, &mp.upload_id, n, Bytes::from(data))
             .await;
-        let etag = match result {
-            Ok(etag) => etag,
+        let (etag, md5_etag) = match result {
+            Ok(answer) => answer,
             Err(e) => {
                 forget_if_gone(dir, progress, &e)?;
                 return Err(e.into());
             }
         };
-        if looks_like_md5(&etag) && etag != md5 {
+        if md5_etag && looks_like_md5(&etag) && etag != md5 {
             let why = format!("part {n}: ETag {etag}, MD5 {md5}");
             return Err(UploadError::Verify {
                 key: key.to_owned(),
@@ -619,7 +688,7 @@ async fn verify(ctx: &Ctx, key: &str, size: u64, etag: &str, sha: &str) -> Resul
     if info.size != size {
         return Err(fail(format!("{} bytes stored, {size} sent", info.size)));
     }
-    if looks_like_md5(&info.etag) && info.etag != etag {
+    if info.md5_etag && looks_like_md5(&info.etag) && info.etag != etag {
         return Err(fail(format!("ETag {}, expected {etag}", info.etag)));
     }
     if info.sha256.as_deref().is_some_and(|s| s != sha) {
@@ -646,13 +715,23 @@ fn retain(ctx: &Ctx, dir: &Path, finished: &mut HashSet<PathBuf>) {
         return;
     }
     let now = crate::cluster::unix_ms();
-    if record.uploaded_ms + retention.as_millis() as u64 > now {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    if record.uploaded_ms.saturating_add(retention_ms) > now {
         return;
     }
     for o in &record.objects {
-        if o.file != "session.json" {
-            let _ = std::fs::remove_file(dir.join(&o.file));
-            ctx.status.local_deleted.fetch_add(1, Relaxed);
+        if o.file == "session.json" {
+            continue;
+        }
+        match std::fs::remove_file(dir.join(&o.file)) {
+            Ok(()) => {
+                ctx.status.local_deleted.fetch_add(1, Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "upload: local delete failed");
+                return;
+            }
         }
     }
     record.local_deleted_ms = Some(now);
@@ -673,7 +752,10 @@ pub fn queue_erase(root: &Path, dirs: &[PathBuf], reference: &str) -> std::io::R
         {
             keys.extend(r.objects.into_iter().map(|o| o.key));
         }
-        keys.extend(load_progress(dir).done.into_iter().map(|o| o.key));
+        let progress = load_progress(dir);
+        keys.extend(progress.done.into_iter().map(|o| o.key));
+        keys.extend(progress.in_flight);
+        keys.extend(progress.current.map(|m| m.key).filter(|k| !k.is_empty()));
     }
     keys.sort();
     keys.dedup();
@@ -748,6 +830,7 @@ mod tests {
             part_size: 1,
             sha256: String::new(),
             parts: vec![(1, String::new(), sigv4::hex(&sigv4::md5(b"a")))],
+            key: "k".into(),
         };
         assert_eq!(expected_etag(&mp), s3::multipart_etag(&[sigv4::md5(b"a")]));
     }

@@ -46,6 +46,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// Without quotes.
     pub etag: String,
+    /// Whether the ETag is the content's MD5 (not with SSE-KMS or SSE-C encryption).
+    pub md5_etag: bool,
     pub sha256: Option<String>,
 }
 
@@ -174,18 +176,18 @@ impl S3 {
             .ok_or_else(|| S3Error::Answer("no UploadId in CreateMultipartUpload".into()))
     }
 
-    /// One part (numbered from 1); returns its ETag.
+    /// One part (numbered from 1); returns its ETag and whether that is the part's MD5.
     pub async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: u32,
         body: Bytes,
-    ) -> Result<String, S3Error> {
+    ) -> Result<(String, bool), S3Error> {
         let n = number.to_string();
         let query = [("partNumber", n.as_str()), ("uploadId", upload_id)];
         let answer = self.call("PUT", key, &query, Vec::new(), body).await?;
-        etag(&answer)
+        Ok((etag(&answer)?, md5_etag(&answer)))
     }
 
     /// Assembles the parts, given as (number, ETag) in ascending order.
@@ -236,6 +238,7 @@ impl S3 {
         Ok(Some(ObjectInfo {
             size,
             etag: etag(&answer)?,
+            md5_etag: md5_etag(&answer),
             sha256: header(SHA256_META),
         }))
     }
@@ -258,6 +261,19 @@ fn object_headers(content_type: &str, sha256_hex: &str) -> Vec<(&'static str, St
         ("content-type", content_type.to_owned()),
         (SHA256_META, sha256_hex.to_owned()),
     ]
+}
+
+/// S3 ETags are the MD5 of the content except under SSE-KMS and SSE-C encryption.
+fn md5_etag(answer: &httpc::Answer) -> bool {
+    let kms = answer
+        .headers
+        .get("x-amz-server-side-encryption")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("aws:kms"));
+    let customer = answer
+        .headers
+        .contains_key("x-amz-server-side-encryption-customer-algorithm");
+    !kms && !customer
 }
 
 fn etag(answer: &httpc::Answer) -> Result<String, S3Error> {
