@@ -250,27 +250,23 @@ fn three_nodes_share_sessions_route_requests_and_survive_redis_loss() {
     // GDPR erase asked of node a reaches the node that holds the recording.
     assert_eq!(call_b.src.bye().status, 200);
     let b_sessions = wait_sessions(&b.recordings(), 1, Duration::from_secs(10));
-    let (status, body) = http(
-        ha,
-        "POST",
-        "/api/compliance/gdpr/erase",
-        &[("X-API-Key", KEY), ("Content-Type", "application/json")],
-        r#"{"call_id": "cl-b@127.0.0.1"}"#,
-    );
+    let erase = |port: u16| {
+        http(
+            port,
+            "POST",
+            "/api/compliance/gdpr/erase",
+            &[("X-API-Key", KEY), ("Content-Type", "application/json")],
+            r#"{"call_id": "cl-b@127.0.0.1"}"#,
+        )
+    };
+    let (status, body) = erase(ha);
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["erased_recording_sessions"], 1, "{v}");
     assert_eq!(v["nodes"]["node-b"]["erased_recording_sessions"], 1, "{v}");
     assert_eq!(v["nodes"]["node-a"]["status"], "not_found", "{v}");
     assert!(!b_sessions[0].exists(), "erased on the node that held it");
-    let (status, _) = http(
-        hb,
-        "POST",
-        "/api/compliance/gdpr/erase",
-        &[("X-API-Key", KEY), ("Content-Type", "application/json")],
-        r#"{"call_id": "cl-b@127.0.0.1"}"#,
-    );
-    assert_eq!(status, 404, "nothing left anywhere");
+    assert_eq!(erase(hb).0, 404, "nothing left anywhere");
 
     // A node that stops cleanly leaves at once (no TTL wait needed, but none asserted).
     a.stop();

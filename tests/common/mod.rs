@@ -28,36 +28,30 @@ pub struct TestPorts {
 }
 
 impl TestPorts {
+    /// Slot `k` of a block of ports from `base`: SIP base+10k, HTTP base+100+k, RTP
+    /// base+200+200k (two hundred ports).
+    fn block(base: u16, k: u16) -> TestPorts {
+        TestPorts {
+            sip: base + 10 * k,
+            http: base + 100 + k,
+            rtp_min: base + 200 + 200 * k,
+            rtp_max: base + 200 + 200 * k + 199,
+            src_sip: base + 10 * k + 1,
+            src_rtp: base + 10 * k + 2,
+        }
+    }
+
     pub fn new(n: u16) -> TestPorts {
         assert!(
             n < 66,
             "slot {n}: no RTP range left below the ephemeral range"
         );
-        // Slots 62–65 use 18000–18999 the same way: SIP 18000+10k, HTTP 18100+k, RTP
-        // 18200+200k (k = n - 62).
-        if n >= 62 {
-            let k = n - 62;
-            return TestPorts {
-                sip: 18000 + 10 * k,
-                http: 18100 + k,
-                rtp_min: 18200 + 200 * k,
-                rtp_max: 18200 + 200 * k + 199,
-                src_sip: 18000 + 10 * k + 1,
-                src_rtp: 18000 + 10 * k + 2,
-            };
-        }
-        // Slots 59–61 (the cluster's three nodes) live below the default RTP range's top, in
-        // 19000–19799: SIP 19000+10k, HTTP 19100+k, RTP 19200+200k (k = n - 59).
-        if n >= 59 {
-            let k = n - 59;
-            return TestPorts {
-                sip: 19000 + 10 * k,
-                http: 19100 + k,
-                rtp_min: 19200 + 200 * k,
-                rtp_max: 19200 + 200 * k + 199,
-                src_sip: 19000 + 10 * k + 1,
-                src_rtp: 19000 + 10 * k + 2,
-            };
+        // Slots 59–61 (the cluster's three nodes) live in 19000–19799, slots 62–65 in
+        // 18000–18999, below the default RTP range's top (no test server uses it).
+        match n {
+            59..62 => return TestPorts::block(19000, n - 59),
+            62.. => return TestPorts::block(18000, n - 62),
+            _ => {}
         }
         // Slots 30–42 take their RTP ranges from 30000 (29000–29599 belongs to SIPp), slots
         // 43–47 from 20000, 48–51 from 22100 (above the HTTP ports), 52–53 from 29600 (above
