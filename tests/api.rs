@@ -28,11 +28,7 @@ fn paused_span(slot: u16, auto: bool) {
     let server = Server::start(slot, &[]);
     let ports = TestPorts::new(slot);
     let mut src = Src::new(ports.src_sip, ports.sip, "pause@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
     let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let a = source_audio(9, 8000 * 3);
     let t0 = Instant::now();

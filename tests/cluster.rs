@@ -54,11 +54,7 @@ struct Call {
 fn call(server: &Server, call_id: &str) -> Call {
     let rtp = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
     let mut src = Src::new(0, server.ports.sip, call_id);
-    let (ct, body) = siprec_body(1, "sendonly", rtp.local_addr().unwrap().port());
-    let resp = src.invite(&ct, &body);
-    assert_eq!(resp.status, 200, "INVITE {call_id}");
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&resp.body))[0];
+    let port = src.record_one(rtp.local_addr().unwrap().port());
     Call {
         src,
         rtp,

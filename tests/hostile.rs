@@ -17,11 +17,7 @@ fn hostile_input_does_not_touch_a_running_recording() {
     let server = Server::start(22, &[]);
     let ports = TestPorts::new(22);
     let mut src = Src::new(ports.src_sip, ports.sip, "victim@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
 
     // Attackers run while the real stream plays.
     let sip_port = ports.sip;

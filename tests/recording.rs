@@ -367,11 +367,7 @@ fn sigkill_leaves_playable_files() {
     let mut server = Server::start(11, &[]);
     let ports = TestPorts::new(11);
     let mut src = Src::new(ports.src_sip, ports.sip, "sigkill@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
     let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let a = source_audio(3, 8000 * 3);
     let t0 = Instant::now();
@@ -452,11 +448,7 @@ fn metrics_health_status() {
     let _server = Server::start(14, &[]);
     let ports = TestPorts::new(14);
     let mut src = Src::new(ports.src_sip, ports.sip, "metrics@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
     let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let a = source_audio(5, 8000);
     play(
@@ -642,11 +634,7 @@ fn disk_full_ends_recordings_cleanly_and_refuses_calls() {
     );
     let ports = TestPorts::new(54);
     let mut src = Src::new(ports.src_sip, ports.sip, "diskfull@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
     let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let a = source_audio(21, 8000 * 4);
     let filler = mnt.join("filler");
@@ -699,6 +687,7 @@ fn disk_full_ends_recordings_cleanly_and_refuses_calls() {
     assert_eq!(status, 503);
     std::thread::sleep(Duration::from_millis(1500)); // the control plane checks each second
     let mut second = Src::new(ports.src_sip, ports.sip, "diskfull-2@127.0.0.1");
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
     let refused = second.invite(&ct, &body);
     assert_eq!(refused.status, 503);
     assert!(refused.headers.get("Retry-After").is_some());

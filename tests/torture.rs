@@ -289,11 +289,7 @@ fn hostile_corpus_then_a_clean_call() {
 
     // A normal call, with garbage on its media ports, records exactly while all that is open.
     let mut src = Src::new(ports.src_sip, ports.sip, "clean@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp);
-    let ok = src.invite(&ct, &body);
-    assert_eq!(ok.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let port = src.record_one(ports.src_rtp);
     let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     for k in 0..500u32 {

@@ -287,11 +287,7 @@ fn recordings_reach_the_bucket_through_an_outage_and_leave_it_on_erase() {
     // A real call goes up when it ends.
     let rtp = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
     let mut src = Src::new(0, server.ports.sip, "up-1@127.0.0.1");
-    let (ct, body) = siprec_body(1, "sendonly", rtp.local_addr().unwrap().port());
-    let resp = src.invite(&ct, &body);
-    assert_eq!(resp.status, 200);
-    src.ack();
-    let port = answer_ports(&String::from_utf8_lossy(&resp.body))[0];
+    let port = src.record_one(rtp.local_addr().unwrap().port());
     let audio = source_audio(9, 8000);
     send_pcmu(&rtp, port, &audio, 0, 0x5EED);
     // The BYE right after the last packet: everything received before it is recorded.

@@ -352,6 +352,16 @@ impl Src {
         self.transact(&r)
     }
 
+    /// INVITEs a one-stream sendonly recording whose RTP comes from `rtp_port`, checks the
+    /// 200 and ACKs it; returns the port the server answered for the stream.
+    pub fn record_one(&mut self, rtp_port: u16) -> u16 {
+        let (ct, body) = siprec_body(1, "sendonly", rtp_port);
+        let ok = self.invite(&ct, &body);
+        assert_eq!(ok.status, 200, "INVITE {}", self.call_id);
+        self.ack();
+        answer_ports(&String::from_utf8_lossy(&ok.body))[0]
+    }
+
     pub fn ack(&mut self) {
         let r = self.request(Method::Ack);
         self.send(&r);
