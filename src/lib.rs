@@ -23,3 +23,4 @@ pub mod sink;
 pub mod sip;
 pub mod siprec;
 pub mod srtp;
+pub mod takeover;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use siprec::sink::recorder::{self, RecorderCommand, RecorderConfig};
 use siprec::sink::stt::{self, SttCommand, SttHandle};
 use siprec::sip::pike::{Pike, Verdict};
 use siprec::sip::{self, Message, Peer, TransactionLayer, Transport, TsxConfig};
+use siprec::takeover::{self, link::Link, Frame, Listener, ListenerKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -73,6 +75,11 @@ struct Cli {
     /// Log filter, e.g. info or siprec=debug (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Take over the listening sockets of the server running with this configuration (at its
+    /// TAKEOVER_SOCKET) instead of binding them; it drains and exits (docs/operations.md).
+    /// SIGUSR2 makes a running server start its successor this way.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -171,7 +178,17 @@ fn main() {
         file: cli.config.clone(),
         flags: cli.flag_overrides(),
     };
-    if let Err(e) = run(config, source) {
+    let lifecycle = Lifecycle {
+        // Resolved now: after a package upgrade the path names the new binary, while
+        // /proc/self/exe would name the deleted old one.
+        exe: std::env::current_exe().ok(),
+        args: std::env::args_os()
+            .skip(1)
+            .filter(|a| a != "--takeover")
+            .collect(),
+        takeover: cli.takeover,
+    };
+    if let Err(e) = run(config, source, lifecycle) {
         eprintln!("siprec: {e:#}");
         std::process::exit(1);
     }
@@ -191,7 +208,15 @@ impl ConfigSource {
     }
 }
 
-fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
+/// How this process was started, to start a successor the same way (SIGUSR2).
+struct Lifecycle {
+    exe: Option<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+    /// `--takeover`: take the listening sockets of the running server.
+    takeover: bool,
+}
+
+fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "siprec starting");
     // Personal data in logs shows as hashes salted per process (LOG_PII=true shows it).
     let mut salt = [0u8; 8];
@@ -204,15 +229,38 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         )
     })?;
 
+    let takeover_path = config.sip.takeover_socket.clone().unwrap_or_else(|| {
+        let runtime = std::env::var_os("RUNTIME_DIRECTORY").map(PathBuf::from);
+        takeover::default_socket_path(&config.recording.dir, runtime.as_deref())
+    });
+    let inherited = if lifecycle.takeover {
+        match takeover::link::connect(&takeover_path, Duration::from_secs(10)) {
+            Ok(inherited) => {
+                tracing::info!(
+                    predecessor = inherited.hello.pid,
+                    version = %inherited.hello.version,
+                    sockets = inherited.hello.listeners.len(),
+                    "takeover: received the running server's listening sockets"
+                );
+                Some(inherited)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    path = %takeover_path.display(), error = %e,
+                    "takeover: no running server answered; starting on our own"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     // Before any call: recordings a crash left unfinished get their headers and session.json.
-    let recovered = recorder::recover(
-        &config.recording.dir,
-        &siprec::proto::rfc3339_ms(now().unix_ms),
-    );
-    for r in &recovered {
-        let (dir, files) = (Pii(r.dir.display()), r.files.len());
-        tracing::warn!(%dir, files, headers_repaired = r.repaired,
-            "interrupted recording finished (session.json marked interrupted)");
+    // Not while a predecessor runs: its recordings are open, not interrupted; this runs when
+    // it has gone.
+    if inherited.is_none() {
+        recover_interrupted(&config.recording.dir);
     }
 
     let nofile = dataplane::raise_nofile_limit();
@@ -281,8 +329,13 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         error: stt_error,
         jobs: stt_jobs,
     };
+    let process = Process {
+        lifecycle,
+        takeover_path,
+        inherited,
+    };
     let result = runtime.block_on(control_plane(
-        config, source, dataplane, recorder, &stt_state,
+        config, source, dataplane, recorder, &stt_state, process,
     ));
     let stt = stt_state.handle;
     if let Err(e) = recorder_thread.join() {
@@ -292,6 +345,25 @@ fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
         stt.shutdown();
     }
     result
+}
+
+/// Finishes recordings a crash left unfinished: headers repaired, session.json marked
+/// `interrupted`.
+fn recover_interrupted(root: &std::path::Path) {
+    let recovered = recorder::recover(root, &siprec::proto::rfc3339_ms(now().unix_ms));
+    for r in &recovered {
+        let (dir, files) = (Pii(r.dir.display()), r.files.len());
+        tracing::warn!(%dir, files, headers_repaired = r.repaired,
+            "interrupted recording finished (session.json marked interrupted)");
+    }
+}
+
+/// The process's place in a takeover (src/takeover).
+struct Process {
+    lifecycle: Lifecycle,
+    takeover_path: PathBuf,
+    /// Sockets taken from a running predecessor (`--takeover`).
+    inherited: Option<takeover::link::Inherited>,
 }
 
 /// Live transcription as the control plane sees it.
@@ -504,30 +576,47 @@ async fn control_plane(
     mut dataplane: Dataplane,
     recorder: recorder::RecorderHandle,
     stt_state: &SttState,
+    process: Process,
 ) -> anyhow::Result<()> {
     let stt = &stt_state.handle;
+    let Process {
+        lifecycle,
+        takeover_path,
+        mut inherited,
+    } = process;
     let (tx, mut rx) = mpsc::channel::<Inbound>(4096);
     let parse_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut udp = Vec::new();
     let conns: TcpConns = Arc::default();
+    // The listening sockets a successor would take, and the tasks reading them (stopped when
+    // it has).
+    let mut listeners = Listeners::default();
     for (i, &port) in config.sip.ports.iter().enumerate() {
         let addr = SocketAddr::new(config.sip.host, port);
-        let socket = Arc::new(
-            UdpSocket::bind(addr)
+        let socket = match take_inherited(&mut inherited, ListenerKind::SipUdp, addr) {
+            Some(fd) => UdpSocket::from_std(nonblocking(std::net::UdpSocket::from(fd))?)?,
+            None => UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind SIP UDP {addr}"))?,
-        );
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind SIP TCP {addr}"))?;
-        tokio::spawn(udp_receive(
+        };
+        let socket = Arc::new(socket);
+        let listener = match take_inherited(&mut inherited, ListenerKind::SipTcp, addr) {
+            Some(fd) => TcpListener::from_std(nonblocking(std::net::TcpListener::from(fd))?)?,
+            None => TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind SIP TCP {addr}"))?,
+        };
+        listeners.add(ListenerKind::SipUdp, addr, socket.as_raw_fd());
+        listeners.add(ListenerKind::SipTcp, addr, listener.as_raw_fd());
+        listeners.tasks.push(tokio::spawn(udp_receive(
             socket.clone(),
             i as u64,
             tx.clone(),
             parse_errors.clone(),
-        ));
+        )));
         let errors = parse_errors.clone();
-        tokio::spawn(tcp_accept(listener, conns.clone(), tx.clone(), errors));
+        let accept = tcp_accept(listener, conns.clone(), tx.clone(), errors);
+        listeners.tasks.push(tokio::spawn(accept));
         tracing::info!(%addr, "SIP listening on UDP and TCP");
         udp.push(socket);
     }
@@ -536,24 +625,32 @@ async fn control_plane(
     if let Some(acceptor) = sip_tls_context(&config.sip).map_err(anyhow::Error::msg)? {
         *sip_tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(acceptor));
         let addr = SocketAddr::new(config.sip.host, config.sip.tls_port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind SIP TLS {addr}"))?;
-        tokio::spawn(tls_accept(
+        let listener = match take_inherited(&mut inherited, ListenerKind::SipTls, addr) {
+            Some(fd) => TcpListener::from_std(nonblocking(std::net::TcpListener::from(fd))?)?,
+            None => TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind SIP TLS {addr}"))?,
+        };
+        listeners.add(ListenerKind::SipTls, addr, listener.as_raw_fd());
+        listeners.tasks.push(tokio::spawn(tls_accept(
             listener,
             sip_tls.clone(),
             conns.clone(),
             tx.clone(),
             parse_errors.clone(),
             tls_failures.clone(),
-        ));
+        )));
         let mutual = config.sip.tls_ca_file.is_some();
         tracing::info!(%addr, mutual, "SIP listening on TLS");
     }
     let http_addr = SocketAddr::new(config.http.host, config.http.port);
-    let api_listener = api::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot bind HTTP {http_addr}"))?;
+    let api_listener = match take_inherited(&mut inherited, ListenerKind::Http, http_addr) {
+        Some(fd) => TcpListener::from_std(nonblocking(std::net::TcpListener::from(fd))?)?,
+        None => api::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot bind HTTP {http_addr}"))?,
+    };
+    listeners.add(ListenerKind::Http, http_addr, api_listener.as_raw_fd());
     let (api_tx, mut api_rx) = mpsc::channel::<api::ApiRequest>(64);
     let api_state = ApiState::new(
         config.recording.dir.clone(),
@@ -568,9 +665,10 @@ async fn control_plane(
     if let Some(jobs) = &stt_state.jobs {
         let _ = api_state.stt_jobs.set(jobs.clone());
     }
-    tokio::spawn(api::serve(api_listener, api_state.clone()));
+    let serve = tokio::spawn(api::serve(api_listener, api_state.clone()));
+    listeners.tasks.push(serve);
     tracing::info!(%http_addr, "HTTP API listening");
-    let uploader = match &config.upload.endpoint {
+    let mut uploader = match &config.upload.endpoint {
         None => None,
         Some(_) => {
             let status = Arc::new(siprec::sink::upload::UploadStatus::default());
@@ -581,7 +679,7 @@ async fn control_plane(
             Some(up)
         }
     };
-    let cluster_task = match config.cluster.redis_url.clone() {
+    let mut cluster_task = match config.cluster.redis_url.clone() {
         None => None,
         Some(url) => {
             if config.cluster.advertise_url.is_empty() {
@@ -694,19 +792,66 @@ async fn control_plane(
         events,
         amqp: amqp_status,
         stt: stt.as_ref().map(|s| s.commands.clone()),
+        successor: Default::default(),
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut sigusr2 =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_session_tick = Instant::now();
     let mut stop = Stop::Running;
     let mut exit_now = false;
+    // Takeover, as the old process: the listener a successor connects to, the link once one
+    // has, the child SIGUSR2 started, and whether the sockets are the successor's now.
+    let mut takeover_listener = match takeover::link::listen(&takeover_path, inherited.is_some()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            let path = takeover_path.display();
+            tracing::warn!(%path, error = %e, "takeover socket unavailable; no takeover");
+            None
+        }
+    };
+    let mut successor: Option<Link> = None;
+    let mut successor_child: Option<std::process::Child> = None;
+    let mut handed_over = false;
+    // Takeover, as the new process: the old one's link and the calls it still runs.
+    let mut predecessor = inherited.take().and_then(|inherited| {
+        for listener in inherited.unused() {
+            tracing::warn!(
+                ?listener,
+                "takeover: socket not in this configuration; closed"
+            );
+        }
+        let pid = inherited.hello.pid;
+        let stream = nonblocking_unix(inherited.stream).and_then(tokio::net::UnixStream::from_std);
+        match stream {
+            Ok(stream) => Some(Predecessor {
+                pid,
+                link: takeover::link::spawn(stream, inherited.reader),
+                calls: Default::default(),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "takeover link unusable");
+                None
+            }
+        }
+    });
     let notifier = Notifier::from_env();
     notifier.send(&format!(
         "READY=1\nSTATUS=recording; backend {}; 0 active calls",
         dataplane.backend()
     ));
+    if let Some(p) = &predecessor {
+        let _ = p.link.tx.try_send(Frame::Ready {
+            pid: std::process::id(),
+        });
+        tracing::info!(
+            predecessor = p.pid,
+            "takeover: ready; the old process drains"
+        );
+    }
     let drain_timeout = Duration::from_secs(u64::from(config.sip.drain_timeout_s));
     let mut sip_bound = true;
     loop {
@@ -725,9 +870,138 @@ async fn control_plane(
                         let source = Pii(ip);
                         tracing::warn!(%source, block_s = secs, "SIP flood: source blocked");
                     }
+                } else if let Some(p) = predecessor.as_ref().filter(|p| p.owns(&inbound.message)) {
+                    let mut message = Vec::new();
+                    inbound.message.encode(&mut message);
+                    let frame = Frame::Forward { peer: inbound.peer, message };
+                    if p.link.tx.try_send(frame).is_err() {
+                        tracing::warn!("takeover link full; message of an old call dropped");
+                    }
                 } else {
                     io.count_inbound(&inbound.message);
                     tsx.handle_message(Instant::now(), inbound.peer, inbound.message);
+                }
+            }
+            accepted = accept_successor(takeover_listener.as_ref().map(|l| &l.listener)),
+                if successor.is_none() && !handed_over => {
+                match accepted {
+                    Ok(mut stream) => {
+                        let (hello, fds) = listeners.hello();
+                        match takeover::link::send_hello(&mut stream, &hello, &fds).await {
+                            Ok(()) => {
+                                tracing::info!("takeover: a new process took the sockets");
+                                let link = takeover::link::spawn(stream, Default::default());
+                                successor = Some(link);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "takeover: hello failed"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "takeover socket accept failed"),
+                }
+            }
+            frame = next_frame(successor.as_mut()) => match frame {
+                Some(Frame::Ready { pid }) if !handed_over => {
+                    // The successor serves on the sockets: stop reading them, give it the
+                    // node's registry and uploads, and drain our calls.
+                    handed_over = true;
+                    for task in listeners.tasks.drain(..) {
+                        task.abort();
+                    }
+                    if let Some((_, task)) = cluster_task.take() {
+                        task.abort();
+                    }
+                    if let Some(up) = uploader.take() {
+                        tokio::task::spawn_blocking(move || up.stop(Duration::from_secs(5)));
+                    }
+                    let calls = sessions.call_ids();
+                    tracing::info!(
+                        successor = pid,
+                        calls = calls.len(),
+                        "takeover: handed over; draining the running calls"
+                    );
+                    notifier.send(&format!(
+                        "MAINPID={pid}\nSTATUS=handed over to {pid}; draining {} calls",
+                        calls.len()
+                    ));
+                    if let Some(link) = &successor {
+                        let _ = link.tx.try_send(Frame::Calls(calls));
+                        *io.successor.borrow_mut() = Some(link.tx.clone());
+                    }
+                    sessions.set_draining(true);
+                    if matches!(stop, Stop::Running) {
+                        stop = Stop::Draining { until: Instant::now() + drain_timeout };
+                    }
+                }
+                Some(Frame::Forward { peer, message }) => match sip::parse_datagram(&message) {
+                    Ok(message) => {
+                        let conn = FORWARDED | peer.conn.unwrap_or(0);
+                        let peer = Peer { conn: Some(conn), ..peer };
+                        io.count_inbound(&message);
+                        tsx.handle_message(Instant::now(), peer, message);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "takeover: unparsable forwarded message"),
+                },
+                Some(other) => {
+                    tracing::warn!(?other, "takeover: unexpected frame from the new process")
+                }
+                None => {
+                    successor = None;
+                    *io.successor.borrow_mut() = None;
+                    if handed_over {
+                        // Keep hearing our calls' BYEs until they end.
+                        tracing::error!("takeover: the new process exited; reading SIP UDP again");
+                        for (i, socket) in io.udp.iter().enumerate() {
+                            let errors = io.parse_errors.clone();
+                            tokio::spawn(udp_receive(socket.clone(), i as u64, tx.clone(), errors));
+                        }
+                    } else {
+                        // It may have taken the socket's path: take it back unless it
+                        // listens there still.
+                        tracing::warn!("takeover: the new process went away before it was ready");
+                        if !takeover_listener.as_ref().is_some_and(|l| l.is_ours()) {
+                            takeover_listener = takeover::link::listen(&takeover_path, false)
+                                .inspect_err(|e| tracing::warn!(error = %e, "takeover socket lost"))
+                                .ok();
+                        }
+                    }
+                }
+            },
+            frame = next_frame(predecessor.as_mut().map(|p| &mut p.link)) => match frame {
+                Some(Frame::Calls(calls)) => {
+                    if let Some(p) = &mut predecessor {
+                        p.calls.extend(calls);
+                    }
+                }
+                Some(Frame::Transmit { peer, message }) => io.transmit(peer, &message),
+                Some(other) => {
+                    tracing::warn!(?other, "takeover: unexpected frame from the old process")
+                }
+                None => {
+                    let pid = predecessor.take().map(|p| p.pid);
+                    tracing::info!(?pid, "takeover: the old process has exited");
+                    // Anything it left unfinished was interrupted.
+                    let root = config.recording.dir.clone();
+                    tokio::task::spawn_blocking(move || recover_interrupted(&root));
+                }
+            },
+            _ = sigusr2.recv() => {
+                let running = successor_child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                if successor.is_some() || handed_over || running {
+                    tracing::warn!("SIGUSR2: a takeover is already under way");
+                } else if takeover_listener.is_none() {
+                    tracing::error!("SIGUSR2: no takeover socket; cannot start a successor");
+                } else {
+                    match spawn_successor(&lifecycle) {
+                        Ok(child) => {
+                            tracing::info!(pid = child.id(), "SIGUSR2: started the new process");
+                            successor_child = Some(child);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGUSR2: cannot start the new process")
+                        }
+                    }
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
@@ -774,6 +1048,14 @@ async fn control_plane(
                 }
                 if last_session_tick.elapsed() >= Duration::from_secs(1) {
                     last_session_tick = Instant::now();
+                    if let Some(child) = &mut successor_child {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            if !status.success() {
+                                tracing::warn!(%status, "takeover: the new process exited");
+                            }
+                            successor_child = None;
+                        }
+                    }
                     pike.forget_idle(dataplane::mono_now_ns());
                     sessions.handle_tick(now, &mut ports);
                     // Below RECORDING_MIN_FREE_MB new calls and OPTIONS get 503, as
@@ -791,10 +1073,13 @@ async fn control_plane(
                         dataplane.backend(),
                         sessions.active_calls()
                     );
-                    if notifier.watchdog && alive {
-                        notifier.send(&format!("WATCHDOG=1\n{status}"));
-                    } else {
-                        notifier.send(&status);
+                    // Once handed over, systemd hears the successor (its MAINPID) only.
+                    if !handed_over {
+                        if notifier.watchdog && alive {
+                            notifier.send(&format!("WATCHDOG=1\n{status}"));
+                        } else {
+                            notifier.send(&status);
+                        }
                     }
                 }
                 api_state.publish(Snapshot {
@@ -875,6 +1160,9 @@ async fn control_plane(
             break;
         }
     }
+    if let Some(socket) = &takeover_listener {
+        socket.remove();
+    }
     let _ = recorder.commands.send(RecorderCommand::Shutdown);
     dataplane.shutdown();
     // The last events (the drained calls' call_ended) get published, or spooled for the next
@@ -903,6 +1191,116 @@ async fn control_plane(
     }
     tracing::info!("siprec stopped");
     Ok(())
+}
+
+/// Set on the connection id of a SIP message the successor forwarded to us (after a
+/// takeover): its answer goes back through the successor.
+const FORWARDED: u64 = 1 << 63;
+
+/// The listening sockets and the tasks reading them.
+#[derive(Default)]
+struct Listeners {
+    sockets: Vec<(Listener, std::os::fd::RawFd)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listeners {
+    fn add(&mut self, kind: ListenerKind, addr: SocketAddr, fd: std::os::fd::RawFd) {
+        self.sockets.push((Listener { kind, addr }, fd));
+    }
+
+    /// What a successor is sent: the listeners and their descriptors, in the same order.
+    fn hello(&self) -> (takeover::Hello, Vec<std::os::fd::RawFd>) {
+        let hello = takeover::Hello {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listeners: self.sockets.iter().map(|(l, _)| l.clone()).collect(),
+        };
+        (hello, self.sockets.iter().map(|(_, fd)| *fd).collect())
+    }
+}
+
+/// The running predecessor, as its successor sees it.
+struct Predecessor {
+    pid: u32,
+    link: Link,
+    /// Its calls: SIP carrying one of these Call-IDs is forwarded to it.
+    calls: std::collections::HashSet<String>,
+}
+
+impl Predecessor {
+    fn owns(&self, message: &Message) -> bool {
+        message.call_id().is_some_and(|c| self.calls.contains(c))
+    }
+}
+
+fn take_inherited(
+    inherited: &mut Option<takeover::link::Inherited>,
+    kind: ListenerKind,
+    addr: SocketAddr,
+) -> Option<std::os::fd::OwnedFd> {
+    inherited.as_mut()?.take(kind, addr)
+}
+
+fn nonblocking<S: NonBlocking>(socket: S) -> std::io::Result<S> {
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn nonblocking_unix(
+    stream: std::os::unix::net::UnixStream,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+/// The std sockets a tokio one is made from.
+trait NonBlocking {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+}
+
+impl NonBlocking for std::net::UdpSocket {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        std::net::UdpSocket::set_nonblocking(self, on)
+    }
+}
+
+impl NonBlocking for std::net::TcpListener {
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        std::net::TcpListener::set_nonblocking(self, on)
+    }
+}
+
+/// The next frame of a link; never resolves when there is none. None: the link is gone.
+async fn next_frame(link: Option<&mut Link>) -> Option<Frame> {
+    match link {
+        Some(link) => link.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A successor connecting; never resolves without a listener.
+async fn accept_successor(
+    listener: Option<&tokio::net::UnixListener>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the binary at the path this process was started from (the new one after an
+/// upgrade) with the same arguments and `--takeover`.
+fn spawn_successor(lifecycle: &Lifecycle) -> std::io::Result<std::process::Child> {
+    let exe = lifecycle
+        .exe
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("path of the binary unknown"))?;
+    std::process::Command::new(exe)
+        .args(&lifecycle.args)
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        .spawn()
 }
 
 /// Moves outputs between the transaction layer and the session manager until both are idle.
@@ -1050,6 +1448,11 @@ impl MediaPorts for BoundPorts {
                     self.sockets.insert(port, s);
                     return Some(port);
                 }
+                // Held by another process: after a takeover, the old one's calls.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::debug!(port, "RTP port in use; trying the next");
+                    self.pool.release(port, now_ns);
+                }
                 Err(e) => {
                     tracing::warn!(port, error = %e, "RTP port unavailable; trying the next");
                     self.pool.release(port, now_ns);
@@ -1083,6 +1486,8 @@ struct Io {
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
     /// Failed SIP TLS handshakes, counted by the accept task.
     tls_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// After a takeover: the successor, through which answers to forwarded requests leave.
+    successor: std::cell::RefCell<Option<mpsc::Sender<Frame>>>,
 }
 
 impl Io {
@@ -1129,6 +1534,22 @@ impl Io {
             if let Some(code) = code {
                 *self.sip.borrow_mut().responses.entry(code).or_default() += 1;
             }
+        }
+        if let Some(conn) = peer.conn.filter(|c| c & FORWARDED != 0) {
+            // A request the successor forwarded: the answer leaves where the request came in.
+            let peer = Peer {
+                conn: Some(conn & !FORWARDED),
+                ..peer
+            };
+            let message = payload.to_vec();
+            let sent = match self.successor.borrow().as_ref() {
+                Some(link) => link.try_send(Frame::Transmit { peer, message }).is_ok(),
+                None => false,
+            };
+            if !sent {
+                tracing::warn!("takeover link gone or full; answer to a forwarded request lost");
+            }
+            return;
         }
         match peer.transport {
             Transport::Udp => {

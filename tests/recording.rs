@@ -586,6 +586,179 @@ fn drain_timeout_ends_remaining_calls() {
     assert!(json.contains("\"end_reason\": \"shutdown\""), "{json}");
 }
 
+/// An upgrade without a gap (docs/operations.md, Upgrading): SIGUSR2 starts a new process
+/// that takes the listening sockets. The call running across the takeover is recorded whole
+/// by the old process, and its BYE reaches it through the new one; a call placed after the
+/// takeover is the new process's; systemd is told the new main PID; the old process exits 0
+/// once its call has ended, and the new one marks nothing interrupted.
+#[test]
+fn sigusr2_hands_the_sockets_to_a_new_process() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let env = [
+        ("DRAIN_TIMEOUT", "60"),
+        ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+    ];
+    let mut old = Server::start(63, &env);
+    let ports = TestPorts::new(63);
+    let mut first = Src::new(ports.src_sip, ports.sip, "takeover-old@127.0.0.1");
+    let port = first.record_one(ports.src_rtp);
+    let audio = source_audio(63, 8000 * 4);
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    let sender = {
+        let audio = audio.clone();
+        std::thread::spawn(move || send_pcmu(&rtp, port, &audio, 1, 0x7a7a))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    old.signal(libc::SIGUSR2);
+
+    // The old process hands systemd the new main PID once the new one serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_pid = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no MAINPID= in 30 s; log:\n{}",
+            old.log_text()
+        );
+        let mut buf = [0u8; 512];
+        let Ok(n) = notify.recv(&mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("MAINPID=")) {
+            break pid.parse::<i32>().unwrap();
+        }
+    };
+    assert_ne!(new_pid, old.pid());
+    let new = Pid(new_pid);
+
+    // HTTP and SIP are the new process's now: its session list lacks the old call...
+    let (status, body) = http_get(ports.http, "/api/sessions").unwrap();
+    assert_eq!(status, 200);
+    assert!(!body.contains("takeover-old"), "{body}");
+    // ...and has a call placed now.
+    let mut second = Src::new(ports.src_sip + 5, ports.sip, "takeover-new@127.0.0.1");
+    let port2 = second.record_one(ports.src_rtp + 5);
+    // (The list is refreshed every 100 ms.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = http_get(ports.http, "/api/sessions").unwrap();
+        if body.contains("takeover-new") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let audio2 = source_audio(64, 8000);
+    let rtp2 = UdpSocket::bind(("127.0.0.1", ports.src_rtp + 5)).unwrap();
+    send_pcmu(&rtp2, port2, &audio2, 1, 0x7b7b);
+    assert_eq!(second.bye().status, 200);
+
+    // The old call's BYE goes to the new process, which forwards it to the old one.
+    sender.join().unwrap();
+    assert_eq!(
+        first.bye().status,
+        200,
+        "BYE of the call of the old process"
+    );
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the old process exits 0 once its call ended; log:\n{}",
+        old.log_text()
+    );
+
+    let dirs = wait_sessions(&old.recordings(), 2, Duration::from_secs(10));
+    let meta = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap()
+    };
+    let by_call = |call: &str| {
+        let dir = dirs.iter().find(|d| meta(d)["call_id"] == call);
+        dir.unwrap_or_else(|| panic!("no recording of {call} in {dirs:?}"))
+    };
+    for (call, audio) in [
+        ("takeover-old@127.0.0.1", &audio),
+        ("takeover-new@127.0.0.1", &audio2),
+    ] {
+        let dir = by_call(call);
+        let meta = meta(dir);
+        assert_eq!(meta["end_reason"], "bye", "{call}: {meta}");
+        assert_ne!(meta["interrupted"], true, "{call}: {meta}");
+        let (_, _, leg) = read_wav(&dir.join("1.wav")).unwrap();
+        assert!(
+            find(&leg, &ulaw_roundtrip(audio)).is_some(),
+            "{call}: every sample recorded ({} samples sent, {} in the file)",
+            audio.len(),
+            leg.len()
+        );
+    }
+    let log = old.log_text();
+    assert!(!log.contains("interrupted recording finished"), "{log}");
+    assert!(
+        log.contains("takeover: the old process has exited"),
+        "{log}"
+    );
+    new.stop();
+}
+
+/// `--takeover` with no server running starts on its own sockets, and a socket file a crash
+/// left behind does not stop the takeover listener.
+#[test]
+fn takeover_with_no_running_server_starts_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists(), "a stale socket file");
+    let env = [("TAKEOVER_SOCKET", path.to_str().unwrap())];
+    let mut server = Server::start_with_args(64, &env, &["--takeover".as_ref()]);
+    let ports = TestPorts::new(64);
+    let mut src = Src::new(ports.src_sip, ports.sip, "takeover-alone@127.0.0.1");
+    let port = src.record_one(ports.src_rtp);
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    send_pcmu(&rtp, port, &source_audio(65, 1600), 1, 0x7c7c);
+    assert_eq!(src.bye().status, 200);
+    // The takeover listener answers on the path.
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    assert_eq!(server.stop(), Some(0));
+    let log = server.log_text();
+    assert!(log.contains("no running server answered"), "{log}");
+    assert!(!log.contains("takeover socket unavailable"), "{log}");
+    assert!(!path.exists(), "the socket file is removed at exit");
+    wait_sessions(&server.recordings(), 1, Duration::from_secs(5));
+}
+
+/// A process this test did not start (the successor a server started): SIGTERM on drop.
+struct Pid(i32);
+
+impl Pid {
+    /// SIGTERM, then wait until it has gone (it is not our child: watch /proc).
+    fn stop(&self) {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0));
+            // Gone, or a zombie waiting for a parent that does not reap.
+            if stat.map_or(true, |s| s.contains(") Z ")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process {} did not stop on SIGTERM", self.0);
+    }
+}
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 /// Unmounts a test tmpfs on drop (lazily: a dying server may still hold files).
 struct Tmpfs(std::path::PathBuf);
 

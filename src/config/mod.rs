@@ -267,6 +267,10 @@ pub struct SipConfig {
     /// Mutual TLS (`SIP_TLS_CA_FILE`): SRCs must present a certificate issued by one of these
     /// CAs (PEM bundle). Default: any client.
     pub tls_ca_file: Option<PathBuf>,
+    /// Unix socket a new process connects to, to take over the listening sockets
+    /// (`TAKEOVER_SOCKET`; docs/operations.md, Upgrading). None: `$RUNTIME_DIRECTORY/
+    /// takeover.sock` under systemd, else `.takeover.sock` in the recording directory.
+    pub takeover_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,6 +519,7 @@ pub struct FileSip {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub takeover_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -584,6 +589,7 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("SIP_TLS_CERT_FILE", "sip.tls_cert_file"),
     ("SIP_TLS_KEY_FILE", "sip.tls_key_file"),
     ("SIP_TLS_CA_FILE", "sip.tls_ca_file"),
+    ("TAKEOVER_SOCKET", "sip.takeover_socket"),
     ("HTTP_HOST", "http.host"),
     ("HTTP_PORT", "http.port"),
     ("API_KEY", "http.api_key"),
@@ -734,6 +740,7 @@ impl Config {
             tls_cert_file: path_set(&f.sip.tls_cert_file),
             tls_key_file: path_set(&f.sip.tls_key_file),
             tls_ca_file: path_set(&f.sip.tls_ca_file),
+            takeover_socket: path_set(&f.sip.takeover_socket),
         };
         match (&sip.tls_cert_file, &sip.tls_key_file) {
             (None, None) => {}
@@ -1380,6 +1387,7 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "SIP_TLS_CERT_FILE" => f.sip.tls_cert_file = Some(v.trim().into()),
         "SIP_TLS_KEY_FILE" => f.sip.tls_key_file = Some(v.trim().into()),
         "SIP_TLS_CA_FILE" => f.sip.tls_ca_file = Some(v.trim().into()),
+        "TAKEOVER_SOCKET" => f.sip.takeover_socket = Some(v.trim().into()),
         "SRTP_REQUIRED" => f.media.srtp_required = Some(parse_bool(key, v)?),
         "RECORDING_DIR" => f.recording.dir = Some(PathBuf::from(v)),
         "RECORDING_COMBINE_LEGS" => f.recording.combine_legs = Some(parse_bool(key, v)?),

@@ -219,6 +219,11 @@ impl SessionManager {
         self.draining
     }
 
+    /// Call-IDs of the calls held (a process taking over forwards their SIP here).
+    pub fn call_ids(&self) -> Vec<String> {
+        self.calls.keys().cloned().collect()
+    }
+
     /// Summaries for the API, oldest first.
     pub fn summaries(&self) -> Vec<CallSummary> {
         let mut v: Vec<CallSummary> = self.calls.values().map(|c| c.summary()).collect();

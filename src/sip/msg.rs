@@ -757,6 +757,13 @@ impl Response {
 }
 
 impl Message {
+    pub fn call_id(&self) -> Option<&str> {
+        match self {
+            Message::Request(r) => r.call_id(),
+            Message::Response(r) => r.call_id(),
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Message::Request(r) => r.encode(out),
