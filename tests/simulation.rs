@@ -257,3 +257,696 @@ fn media_core_under_a_seeded_network() {
         }
     }
 }
+
+// --- The whole core -------------------------------------------------------------------------
+//
+// SIP, sessions, media and the recorder on one simulated clock, 1 ms per step: several calls
+// from SRCs at their own addresses through a seeded network (SIP and RTP lost, duplicated,
+// delayed), each answered by the transaction layer and the session manager; the media of each
+// stream through the receiver into a small SPSC ring (a full ring is a counted drop, as in the
+// data plane) and a second ring for live transcription that is never drained (an STT stall);
+// the recorder stepped with `step(now)` and stalled at random for up to 1.5 s (a slow disk),
+// writing real files. Checkers, per seed: every call ends with session.json and valid WAV
+// files whose header describes every byte; every RTP packet that reached an open stream is in
+// its file where its timestamp puts it, or is counted as dropped (receiver, ring, timeline).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use siprec::session::{ports::PortPool, Action, Now, SessionConfig, SessionManager};
+use siprec::sink::recorder::{self, read_wav, FsyncPolicy, RecorderConfig, RecorderEvent};
+use siprec::sip::{self, Message, Method, Output, Peer, Request, TransactionLayer, Transport};
+
+const MONO_BASE: u64 = 10_000_000_000;
+const SRS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 5060);
+
+/// What travels the simulated network.
+enum Datagram {
+    /// SIP to the SRS from call `call`'s SRC, or back.
+    Sip {
+        to_srs: bool,
+        call: usize,
+        bytes: Vec<u8>,
+    },
+    /// RTP packet `packet` of stream `stream` of call `call`, to the SRS port `port`.
+    Rtp {
+        call: usize,
+        stream: usize,
+        packet: usize,
+        port: u16,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The network: datagrams ordered by arrival time (then by sending order).
+struct Net {
+    queue: BTreeMap<(u64, u64), Datagram>,
+    sent: u64,
+    loss: u64,
+    dup: u64,
+    jitter: u64,
+}
+
+impl Net {
+    fn send(&mut self, rng: &mut Rng, now: u64, datagram: Datagram) {
+        if rng.chance(self.loss) {
+            return;
+        }
+        let copies = if rng.chance(self.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = now + MS + rng.below(self.jitter.max(1));
+            self.sent += 1;
+            let copy = match &datagram {
+                Datagram::Sip {
+                    to_srs,
+                    call,
+                    bytes,
+                } => Datagram::Sip {
+                    to_srs: *to_srs,
+                    call: *call,
+                    bytes: bytes.clone(),
+                },
+                Datagram::Rtp {
+                    call,
+                    stream,
+                    packet,
+                    port,
+                    bytes,
+                } => Datagram::Rtp {
+                    call: *call,
+                    stream: *stream,
+                    packet: *packet,
+                    port: *port,
+                    bytes: bytes.clone(),
+                },
+            };
+            self.queue.insert((at, self.sent), copy);
+        }
+    }
+}
+
+/// One SRC and its call, seen from the SRC.
+struct Call {
+    addr: SocketAddr,
+    call_id: String,
+    streams: usize,
+    start: u64,
+    /// When the SRC sends BYE; media stops 0–60 ms later (it races the BYE).
+    bye_at: u64,
+    media_stop: u64,
+    invite: Request,
+    /// Next INVITE/BYE retransmission (Timer A/E) and its interval.
+    retransmit: Option<(u64, u64)>,
+    to_tag: Option<String>,
+    answer_ports: Vec<u16>,
+    media_from: Option<u64>,
+    bye: Option<Request>,
+    bye_answered: bool,
+    /// Per stream: packets sent (SSRC epoch, timestamp, audio).
+    sent: Vec<Vec<(usize, u32, Vec<i16>)>>,
+    /// Per stream: packet indices that reached an open stream at the SRS.
+    delivered: Vec<BTreeSet<usize>>,
+    ssrc: Vec<(usize, u32, u16, u32)>,
+}
+
+impl Call {
+    fn request(&self, method: Method, cseq: u32, branch: &str) -> Request {
+        let mut r = Request::new(method.clone(), format!("sip:srs@{SRS}"));
+        r.headers.push(
+            "Via",
+            format!("SIP/2.0/UDP {};branch=z9hG4bK{branch}", self.addr),
+        );
+        r.headers.push("Max-Forwards", "70");
+        r.headers.push("From", "<sip:src@198.51.100.1>;tag=src");
+        let to = match &self.to_tag {
+            Some(t) => format!("<sip:srs@192.0.2.1>;tag={t}"),
+            None => "<sip:srs@192.0.2.1>".to_owned(),
+        };
+        r.headers.push("To", to);
+        r.headers.push("Call-ID", self.call_id.clone());
+        r.headers
+            .push("CSeq", format!("{cseq} {}", method.as_str()));
+        r.headers
+            .push("Contact", format!("<sip:src@{}>;+sip.src", self.addr));
+        r
+    }
+}
+
+fn encode(request: &Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    request.encode(&mut out);
+    out
+}
+
+/// The data plane's part: a receiver per open port, frames into the rings.
+struct SimStream {
+    rx: RtpReceiver,
+    call: usize,
+    stream: usize,
+}
+
+struct SimPorts(PortPool);
+
+impl siprec::session::MediaPorts for SimPorts {
+    fn allocate(&mut self, now_ns: u64) -> Option<u16> {
+        self.0.allocate(now_ns)
+    }
+    fn release(&mut self, port: u16, now_ns: u64) {
+        self.0.release(port, now_ns)
+    }
+    fn in_use(&self) -> usize {
+        self.0.in_use()
+    }
+}
+
+fn simulate_core(seed: u64) -> Result<String, String> {
+    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = dir.path().to_owned();
+    let mut net = Net {
+        queue: BTreeMap::new(),
+        sent: 0,
+        loss: rng.below(8),
+        dup: rng.below(5),
+        jitter: rng.below(40) * MS,
+    };
+    let ring_slots = 16 << rng.below(5);
+    let stall_chance = rng.below(3); // percent of recorder turns that stall
+    let mut sessions = SessionManager::new(SessionConfig {
+        max_concurrent_calls: 100,
+        require_siprec: false,
+        rtp_timeout_ns: 30_000 * MS,
+        max_duration_ns: 0,
+        recording_root: root.clone(),
+        combine_legs: rng.chance(50),
+        recording_format: recorder::AudioFormat::Wav,
+        recording_encrypted: false,
+        advertised_ip: Some(SRS.ip()),
+        fallback_ip: SRS.ip(),
+        sip_port: 5060,
+        sip_tls_port: 5061,
+        seed,
+        key_source: |b| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8),
+        require_srtp: false,
+        max_calls_per_source: 0,
+        transcribe: None,
+        keywords: Vec::new(),
+    });
+    let mut tsx = TransactionLayer::new(Default::default());
+    let mut ports = SimPorts(PortPool::new(20000, 20999, 0));
+    let (mut ring, consumer) = siprec::ring::channel(ring_slots);
+    let (mut stt_ring, _stalled_stt) = siprec::ring::channel(64);
+    let (handle, mut rec) = recorder::stepped(
+        RecorderConfig {
+            combine_legs: false,
+            commit_delay_ms: 300,
+            header_patch_interval_ms: 1000,
+            fsync: FsyncPolicy::Never,
+            format: recorder::AudioFormat::Wav,
+            opus_bitrate: 32000,
+            encryption: None,
+        },
+        vec![consumer],
+    );
+    let origin = Instant::now();
+    let instant = |t: u64| origin + Duration::from_nanos(t);
+    let now_at = |t: u64| Now {
+        mono_ns: MONO_BASE + t,
+        unix_ms: 1_795_256_101_000 + t / MS,
+    };
+
+    let mut calls: Vec<Call> = (0..1 + rng.below(4) as usize)
+        .map(|c| {
+            let start = rng.below(1500) * MS;
+            let bye_at = start + (800 + rng.below(2500)) * MS;
+            let streams = 1 + rng.below(2) as usize;
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1 + c as u8)), 5060);
+            let (ct, body) = common::siprec_body(streams, "sendonly", 40000);
+            let mut call = Call {
+                addr,
+                call_id: format!("sim-{seed}-{c}"),
+                streams,
+                start,
+                bye_at,
+                media_stop: bye_at + rng.below(60) * MS,
+                invite: Request::new(Method::Invite, ""),
+                retransmit: None,
+                to_tag: None,
+                answer_ports: Vec::new(),
+                media_from: None,
+                bye: None,
+                bye_answered: false,
+                sent: vec![Vec::new(); streams],
+                delivered: vec![BTreeSet::new(); streams],
+                ssrc: (0..streams)
+                    .map(|s| (0, 0x5000 + s as u32, rng.next() as u16, rng.next() as u32))
+                    .collect(),
+            };
+            let mut invite = call.request(Method::Invite, 1, &format!("inv{seed}x{c}"));
+            invite.headers.push("Require", "siprec");
+            invite.headers.push("Content-Type", ct);
+            invite.body = body.into_bytes().into();
+            call.invite = invite;
+            call
+        })
+        .collect();
+    let by_addr: HashMap<SocketAddr, usize> =
+        calls.iter().enumerate().map(|(i, c)| (c.addr, i)).collect();
+    let end = calls.iter().map(|c| c.media_stop).max().unwrap_or(0) + 8_000 * MS;
+
+    let mut open: HashMap<u16, SimStream> = HashMap::new();
+    let mut counted: HashMap<(usize, usize), u64> = HashMap::new(); // receiver + ring drops
+    let mut timeline_drops: HashMap<(u64, u32), u64> = HashMap::new(); // (session, index)
+    let mut session_of: HashMap<u64, usize> = HashMap::new();
+    let (mut ring_drops, mut stt_drops, mut stalls) = (0u64, 0u64, 0u64);
+    let mut frame = MediaFrame::empty();
+    let mut recorder_free_at = 0u64;
+    let mut next_tick = 1_000 * MS;
+
+    let mut t = 0u64;
+    while t < end {
+        let now = now_at(t);
+        // The SRCs: INVITE, retransmissions, media, BYE.
+        for (c, call) in calls.iter_mut().enumerate() {
+            if t == call.start {
+                net.send(
+                    &mut rng,
+                    t,
+                    Datagram::Sip {
+                        to_srs: true,
+                        call: c,
+                        bytes: encode(&call.invite),
+                    },
+                );
+                call.retransmit = Some((t + 500 * MS, 500 * MS));
+            }
+            if let Some((at, every)) = call.retransmit {
+                if t == at {
+                    let request = call.bye.as_ref().unwrap_or(&call.invite);
+                    net.send(
+                        &mut rng,
+                        t,
+                        Datagram::Sip {
+                            to_srs: true,
+                            call: c,
+                            bytes: encode(request),
+                        },
+                    );
+                    let every = (every * 2).min(4_000 * MS);
+                    call.retransmit = Some((t + every, every));
+                }
+            }
+            if t >= call.bye_at && call.bye.is_none() && call.to_tag.is_some() {
+                let bye = call.request(Method::Bye, 2, &format!("bye{seed}x{c}"));
+                net.send(
+                    &mut rng,
+                    t,
+                    Datagram::Sip {
+                        to_srs: true,
+                        call: c,
+                        bytes: encode(&bye),
+                    },
+                );
+                call.bye = Some(bye);
+                call.retransmit = Some((t + 500 * MS, 500 * MS));
+            }
+            let Some(from) = call.media_from else {
+                continue;
+            };
+            if t < from || t >= call.media_stop || !(t - from).is_multiple_of(20 * MS) {
+                continue;
+            }
+            for s in 0..call.streams {
+                let (epoch, ssrc, seq, ts) = &mut call.ssrc[s];
+                if rng.chance(1) {
+                    *epoch += 1;
+                    *ssrc = ssrc.wrapping_add(11);
+                    *seq = rng.next() as u16;
+                    *ts = rng.next() as u32;
+                }
+                let audio: Vec<i16> = (0..160)
+                    .map(|_| g711::ulaw_to_linear(rng.next() as u8))
+                    .collect();
+                let payload: Vec<u8> = audio.iter().map(|&x| g711::linear_to_ulaw(x)).collect();
+                let mut bytes = Vec::new();
+                write_packet(0, *seq, *ts, *ssrc, &payload, &mut bytes);
+                let packet = call.sent[s].len();
+                call.sent[s].push((*epoch, *ts, audio));
+                *seq = seq.wrapping_add(1);
+                *ts = ts.wrapping_add(160);
+                let port = call.answer_ports[s];
+                net.send(
+                    &mut rng,
+                    t,
+                    Datagram::Rtp {
+                        call: c,
+                        stream: s,
+                        packet,
+                        port,
+                        bytes,
+                    },
+                );
+            }
+        }
+
+        // The network delivers what is due.
+        while let Some(entry) = net.queue.first_entry() {
+            if entry.key().0 > t {
+                break;
+            }
+            match entry.remove() {
+                Datagram::Sip {
+                    to_srs: true,
+                    call,
+                    bytes,
+                } => {
+                    let peer = Peer {
+                        transport: Transport::Udp,
+                        addr: calls[call].addr,
+                        conn: Some(0),
+                    };
+                    match sip::parse_datagram(&bytes) {
+                        Ok(message) => tsx.handle_message(instant(t), peer, message),
+                        Err(e) => return Err(format!("SRC sent unparsable SIP: {e}")),
+                    }
+                }
+                Datagram::Sip {
+                    to_srs: false,
+                    call: c,
+                    bytes,
+                } => {
+                    let call = &mut calls[c];
+                    let Ok(Message::Response(response)) = sip::parse_datagram(&bytes) else {
+                        continue; // the SRS asks nothing of the SRC here
+                    };
+                    let method = response.cseq().map(|c| c.method);
+                    if method == Some(Method::Invite)
+                        && response.status >= 100
+                        && call.bye.is_none()
+                    {
+                        call.retransmit = None;
+                    }
+                    if method == Some(Method::Invite) && response.status == 200 {
+                        // Every copy of the 200 gets an ACK (RFC 3261 §13.2.2.4).
+                        call.to_tag = response.to_tag();
+                        if call.answer_ports.is_empty() {
+                            call.answer_ports =
+                                common::answer_ports(&String::from_utf8_lossy(&response.body));
+                            call.media_from = Some(t + 20 * MS);
+                        }
+                        let ack = call.request(Method::Ack, 1, &format!("ack{seed}x{c}"));
+                        net.send(
+                            &mut rng,
+                            t,
+                            Datagram::Sip {
+                                to_srs: true,
+                                call: c,
+                                bytes: encode(&ack),
+                            },
+                        );
+                    } else if method == Some(Method::Invite) && response.status >= 300 {
+                        return Err(format!("call {c}: INVITE answered {}", response.status));
+                    }
+                    if method == Some(Method::Bye) && response.status >= 200 {
+                        call.bye_answered = true;
+                        call.retransmit = None;
+                    }
+                }
+                Datagram::Rtp {
+                    call,
+                    stream,
+                    packet,
+                    port,
+                    bytes,
+                } => {
+                    let Some(open) = open.get_mut(&port) else {
+                        continue; // before the answer or after the BYE: no stream, as on a socket
+                    };
+                    if (open.call, open.stream) != (call, stream) {
+                        return Err(format!("port {port} carries two streams"));
+                    }
+                    calls[call].delivered[stream].insert(packet);
+                    if open
+                        .rx
+                        .handle_packet(MONO_BASE + t, &bytes, &mut frame)
+                        .is_ok()
+                    {
+                        loop {
+                            if stt_ring.push(frame.clone()).is_err() {
+                                stt_drops += 1;
+                            }
+                            if ring.push(frame.clone()).is_err() {
+                                ring_drops += 1;
+                                *counted.entry((call, stream)).or_default() += 1;
+                            }
+                            if !open.rx.next_frame(&mut frame) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // The SRS: transactions, sessions, the recorder.
+        if tsx.poll_timeout().is_some_and(|at| at <= instant(t)) {
+            tsx.handle_timeout(instant(t));
+        }
+        if t >= next_tick {
+            sessions.handle_tick(now, &mut ports);
+            next_tick += 1_000 * MS;
+        }
+        if t >= recorder_free_at {
+            rec.step(MONO_BASE + t);
+            if rng.chance(stall_chance) {
+                stalls += 1;
+                recorder_free_at = t + (50 + rng.below(1450)) * MS;
+            }
+        }
+        while let Ok(event) = handle.events.try_recv() {
+            if let RecorderEvent::SessionClosed {
+                session, streams, ..
+            } = &event
+            {
+                for s in streams {
+                    let dropped = s.samples_late_dropped + s.samples_early_dropped;
+                    timeline_drops.insert((*session, s.index), dropped);
+                }
+            }
+            sessions.handle_recorder_event(now, &mut ports, event);
+        }
+        loop {
+            let mut progressed = false;
+            while let Some(out) = tsx.poll_output() {
+                progressed = true;
+                match out {
+                    Output::Transmit(tr) => {
+                        let Some(&call) = by_addr.get(&tr.peer.addr) else {
+                            return Err(format!("SIP to an unknown address {}", tr.peer.addr));
+                        };
+                        net.send(
+                            &mut rng,
+                            t,
+                            Datagram::Sip {
+                                to_srs: false,
+                                call,
+                                bytes: tr.payload.to_vec(),
+                            },
+                        );
+                    }
+                    Output::Event(e) => sessions.handle_tsx_event(now, &mut ports, e),
+                }
+            }
+            while let Some(action) = sessions.poll_action() {
+                progressed = true;
+                match action {
+                    Action::Respond { key, response } => tsx.respond(instant(t), key, response),
+                    Action::SendRequest { peer, request } => {
+                        tsx.send_request(instant(t), peer, request);
+                    }
+                    Action::OpenStream { port, params } => {
+                        let key = params.key;
+                        let call = calls.iter().position(|c| {
+                            sessions
+                                .summaries()
+                                .iter()
+                                .any(|s| s.session == key.session && s.call_id == c.call_id)
+                        });
+                        let Some(call) = call else {
+                            return Err(format!("stream {key:?} of no known call"));
+                        };
+                        session_of.insert(key.session, call);
+                        let stream = key.stream as usize;
+                        open.insert(
+                            port,
+                            SimStream {
+                                rx: RtpReceiver::new(params),
+                                call,
+                                stream,
+                            },
+                        );
+                    }
+                    Action::UpdateStream { port, params } => {
+                        if let Some(s) = open.get_mut(&port) {
+                            s.rx.update(params);
+                        }
+                    }
+                    Action::CloseStream { port, key } => {
+                        if let Some(s) = open.remove(&port) {
+                            let stats = *s.rx.stats();
+                            let n = stats.too_old + stats.foreign_ssrc + stats.malformed;
+                            *counted.entry((s.call, s.stream)).or_default() += n;
+                            sessions.handle_stream_stats(key, stats);
+                        }
+                    }
+                    Action::Recorder(cmd) => {
+                        let _ = handle.commands.send(cmd);
+                    }
+                    Action::WriteFile { path, bytes } => {
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                        }
+                        recorder::write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+                    }
+                    Action::DropPartialSession { dir } => {
+                        let _ =
+                            std::fs::remove_file(dir.join(siprec::session::PARTIAL_SESSION_FILE));
+                    }
+                    Action::Event(_) => {}
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        t += MS;
+    }
+    rec.finish(MONO_BASE + t);
+
+    // Checker 1: every call was answered, ended by its BYE, and left session.json and valid,
+    // closed files.
+    let mut found: HashMap<String, std::path::PathBuf> = HashMap::new();
+    for date in std::fs::read_dir(&root)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        for session in std::fs::read_dir(date.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let json = session.path().join("session.json");
+            if let Ok(bytes) = std::fs::read(&json) {
+                let meta: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                found.insert(
+                    meta["call_id"].as_str().unwrap_or("").to_owned(),
+                    session.path(),
+                );
+            }
+        }
+    }
+    let mut missing = 0u64;
+    for (c, call) in calls.iter().enumerate() {
+        if !call.bye_answered {
+            return Err(format!("call {c}: BYE never answered"));
+        }
+        let Some(dir) = found.get(&call.call_id) else {
+            return Err(format!("call {c}: no session.json"));
+        };
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap();
+        if meta["end_reason"] != "bye" {
+            return Err(format!("call {c}: ended {}", meta["end_reason"]));
+        }
+        let session = session_of
+            .iter()
+            .find(|(_, &v)| v == c)
+            .map(|(&k, _)| k)
+            .unwrap_or(0);
+        for s in 0..call.streams {
+            let path = dir.join(format!("{}.wav", s + 1));
+            let (_, _, recording) = read_wav(&path).map_err(|e| format!("call {c}: {e}"))?;
+            let len = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+            if len != 44 + 2 * recording.len() as u64 {
+                return Err(format!(
+                    "call {c} stream {s}: header says {} samples, file {len} bytes",
+                    recording.len()
+                ));
+            }
+            // Checker 2: each delivered packet where its timestamp puts it (relative to its
+            // SSRC epoch's first packet found), or counted as dropped.
+            let sent = &call.sent[s];
+            let epochs: BTreeSet<usize> = call.delivered[s].iter().map(|&i| sent[i].0).collect();
+            let mut lost_here = 0;
+            for e in epochs {
+                let of_epoch: Vec<usize> = call.delivered[s]
+                    .iter()
+                    .copied()
+                    .filter(|&i| sent[i].0 == e)
+                    .collect();
+                let Some((anchor, at0)) = of_epoch
+                    .iter()
+                    .find_map(|&i| find(&recording, &sent[i].2).map(|at| (i, at)))
+                else {
+                    lost_here += of_epoch.len() as u64;
+                    continue;
+                };
+                for &i in &of_epoch {
+                    let at = at0 as i64 + sent[i].1.wrapping_sub(sent[anchor].1) as i32 as i64;
+                    let end = (at + 160).min(recording.len() as i64);
+                    let ok = at >= 0
+                        && (at >= end
+                            || recording[at as usize..end as usize]
+                                == sent[i].2[..(end - at) as usize]);
+                    if !ok {
+                        lost_here += 1;
+                    }
+                }
+            }
+            let timeline = timeline_drops
+                .get(&(session, s as u32))
+                .copied()
+                .unwrap_or(0);
+            let counted_here = counted.get(&(c, s)).copied().unwrap_or(0) + timeline.div_ceil(160);
+            if lost_here > counted_here {
+                return Err(format!(
+                    "call {c} stream {s}: {lost_here} delivered packets not in the file, only \
+                     {counted_here} counted as dropped"
+                ));
+            }
+            missing += lost_here;
+        }
+    }
+    Ok(format!(
+        "{} calls, ring {ring_slots} slots ({ring_drops} full), {stalls} recorder stalls, STT \
+         ring full {stt_drops} times, {missing} packets dropped and counted",
+        calls.len()
+    ))
+}
+
+#[test]
+fn whole_core_under_a_seeded_network() {
+    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
+        Err(_) => {
+            let n = std::env::var("SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(40);
+            (1..=n).collect()
+        }
+    };
+    for seed in seeds {
+        match simulate_core(seed) {
+            Ok(summary) if std::env::var("SIM_SEED").is_ok() => eprintln!("seed {seed}: {summary}"),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "seed {seed}: {e}\nreplay: SIM_SEED={seed} cargo test --test simulation whole_core"
+            ),
+        }
+    }
+}

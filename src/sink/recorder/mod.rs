@@ -240,6 +240,43 @@ pub fn spawn<C: MonotonicClock>(
     rings: Vec<Consumer<MediaFrame>>,
     clock: C,
 ) -> std::io::Result<(RecorderHandle, std::thread::JoinHandle<()>)> {
+    let (handle, recorder) = new_recorder(config, rings);
+    let join = std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || recorder.run(clock))?;
+    Ok((handle, join))
+}
+
+/// The recorder without its thread: the caller owns time and calls `step(now)` for each turn
+/// of the thread's loop. Simulations drive it this way (tests/simulation.rs).
+pub fn stepped(
+    config: RecorderConfig,
+    rings: Vec<Consumer<MediaFrame>>,
+) -> (RecorderHandle, SteppedRecorder) {
+    let (handle, recorder) = new_recorder(config, rings);
+    (handle, SteppedRecorder(recorder))
+}
+
+/// See [`stepped`].
+pub struct SteppedRecorder(Recorder);
+
+impl SteppedRecorder {
+    /// One turn at `now_ns` (the frames' clock): commands, rings, commits, header patches.
+    /// False once a shutdown was asked for; then call `finish`.
+    pub fn step(&mut self, now_ns: u64) -> bool {
+        self.0.step(now_ns) != Turn::Shutdown
+    }
+
+    /// Closes every session still open, as the thread does on its way out.
+    pub fn finish(self, now_ns: u64) {
+        self.0.finish(now_ns);
+    }
+}
+
+fn new_recorder(
+    config: RecorderConfig,
+    rings: Vec<Consumer<MediaFrame>>,
+) -> (RecorderHandle, Recorder) {
     let (command_tx, command_rx) = crossbeam_channel::unbounded();
     let (event_tx, event_rx) = crossbeam_channel::unbounded();
     let counters = Arc::new(RecorderCounters::default());
@@ -248,7 +285,6 @@ pub fn spawn<C: MonotonicClock>(
         patch_interval_ns: u64::from(config.header_patch_interval_ms.max(1)) * NANOS_PER_MS,
         config,
         rings,
-        clock,
         commands: command_rx,
         events: event_tx,
         counters: counters.clone(),
@@ -257,25 +293,28 @@ pub fn spawn<C: MonotonicClock>(
         next_patch_ns: 0,
         shutdown_requested: false,
     };
-    let join = std::thread::Builder::new()
-        .name("recorder".into())
-        .spawn(move || recorder.run())?;
-    Ok((
-        RecorderHandle {
-            commands: command_tx,
-            events: event_rx,
-            counters,
-        },
-        join,
-    ))
+    let handle = RecorderHandle {
+        commands: command_tx,
+        events: event_rx,
+        counters,
+    };
+    (handle, recorder)
 }
 
-struct Recorder<C> {
+/// What one turn of the loop found.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    Busy,
+    /// No command and empty rings: the thread sleeps a little.
+    Idle,
+    Shutdown,
+}
+
+struct Recorder {
     config: RecorderConfig,
     commit_delay_ns: u64,
     patch_interval_ns: u64,
     rings: Vec<Consumer<MediaFrame>>,
-    clock: C,
     commands: Receiver<RecorderCommand>,
     events: Sender<RecorderEvent>,
     counters: Arc<RecorderCounters>,
@@ -285,38 +324,53 @@ struct Recorder<C> {
     shutdown_requested: bool,
 }
 
-impl<C: MonotonicClock> Recorder<C> {
-    fn run(mut self) {
+impl Recorder {
+    fn run<C: MonotonicClock>(mut self, clock: C) {
         info!(rings = self.rings.len(), "recorder started");
         loop {
-            let now = self.clock.now_ns();
-            let commands = self.drain_commands();
-            if self.shutdown_requested {
-                break;
-            }
-            let drained = self.drain_rings(FRAMES_PER_RING_BATCH);
-            if self.shutdown_requested {
-                break;
-            }
-            // Drain before committing: a frame that arrived in time must not turn late because
-            // it waited in a ring while this thread was descheduled. With a backlog left in a
-            // ring, the commit waits, but not beyond COMMIT_BACKLOG_WAIT_NS (memory is bounded).
-            let due = now >= self.next_commit_ns;
-            let overdue = now >= self.next_commit_ns.saturating_add(COMMIT_BACKLOG_WAIT_NS);
-            if due && (drained != Drained::Backlog || overdue) {
-                self.commit_all(now);
-                self.finalize_due(now);
-                self.next_commit_ns = now + COMMIT_INTERVAL_NS;
-            }
-            if now >= self.next_patch_ns {
-                self.patch_all();
-                self.next_patch_ns = now + self.patch_interval_ns;
-            }
-            if !commands && drained == Drained::Empty {
-                std::thread::sleep(IDLE_SLEEP);
+            match self.step(clock.now_ns()) {
+                Turn::Busy => {}
+                Turn::Idle => std::thread::sleep(IDLE_SLEEP),
+                Turn::Shutdown => break,
             }
         }
-        let now = self.clock.now_ns();
+        self.finish(clock.now_ns());
+        info!("recorder stopped");
+    }
+
+    /// One turn of the loop at `now`.
+    fn step(&mut self, now: u64) -> Turn {
+        let commands = self.drain_commands();
+        if self.shutdown_requested {
+            return Turn::Shutdown;
+        }
+        let drained = self.drain_rings(FRAMES_PER_RING_BATCH);
+        if self.shutdown_requested {
+            return Turn::Shutdown;
+        }
+        // Drain before committing: a frame that arrived in time must not turn late because
+        // it waited in a ring while this thread was descheduled. With a backlog left in a
+        // ring, the commit waits, but not beyond COMMIT_BACKLOG_WAIT_NS (memory is bounded).
+        let due = now >= self.next_commit_ns;
+        let overdue = now >= self.next_commit_ns.saturating_add(COMMIT_BACKLOG_WAIT_NS);
+        if due && (drained != Drained::Backlog || overdue) {
+            self.commit_all(now);
+            self.finalize_due(now);
+            self.next_commit_ns = now + COMMIT_INTERVAL_NS;
+        }
+        if now >= self.next_patch_ns {
+            self.patch_all();
+            self.next_patch_ns = now + self.patch_interval_ns;
+        }
+        if !commands && drained == Drained::Empty {
+            Turn::Idle
+        } else {
+            Turn::Busy
+        }
+    }
+
+    /// Closes every session still open (shutdown), at `now`.
+    fn finish(mut self, now: u64) {
         // Frames already in the rings belong to the recordings; take them before closing.
         self.drain_rings(FRAMES_PER_RING_SHUTDOWN);
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
@@ -325,7 +379,6 @@ impl<C: MonotonicClock> Recorder<C> {
             let end_ns = session.end_ns.map_or(now, |end| end.min(now));
             self.close(session, end_ns);
         }
-        info!("recorder stopped");
     }
 
     /// Handles every queued command; returns whether there was any.
