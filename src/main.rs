@@ -244,13 +244,25 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
                 );
                 Some(inherited)
             }
-            Err(e) => {
+            // Nothing listens there: no server runs, so this one starts on its own.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 tracing::warn!(
                     path = %takeover_path.display(), error = %e,
                     "takeover: no running server answered; starting on our own"
                 );
                 None
             }
+            // A server may run (busy with another takeover, not ours to talk to, ...):
+            // starting anyway would fight it for its sockets and its recordings.
+            Err(e) => anyhow::bail!(
+                "takeover: the server at {} did not hand over: {e}",
+                takeover_path.display()
+            ),
         }
     } else {
         None
@@ -350,8 +362,14 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
 /// Finishes recordings a crash left unfinished: headers repaired, session.json marked
 /// `interrupted`.
 fn recover_interrupted(root: &std::path::Path) {
-    let recovered = recorder::recover(root, &siprec::proto::rfc3339_ms(now().unix_ms));
-    for r in &recovered {
+    log_recovered(&recorder::recover(
+        root,
+        &siprec::proto::rfc3339_ms(now().unix_ms),
+    ));
+}
+
+fn log_recovered(recovered: &[recorder::Recovered]) {
+    for r in recovered {
         let (dir, files) = (Pii(r.dir.display()), r.files.len());
         tracing::warn!(%dir, files, headers_repaired = r.repaired,
             "interrupted recording finished (session.json marked interrupted)");
@@ -588,9 +606,13 @@ async fn control_plane(
     let parse_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut udp = Vec::new();
     let conns: TcpConns = Arc::default();
-    // The listening sockets a successor would take, and the tasks reading them (stopped when
-    // it has).
+    // The listening sockets a successor would take, and the HTTP task serving one (stopped
+    // when it has). The SIP readers wait for the gate while a predecessor still reads them.
     let mut listeners = Listeners::default();
+    let (gate, gate_rx) = tokio::sync::watch::channel(match inherited {
+        Some(_) => Gate::Wait,
+        None => Gate::Run,
+    });
     for (i, &port) in config.sip.ports.iter().enumerate() {
         let addr = SocketAddr::new(config.sip.host, port);
         let socket = match take_inherited(&mut inherited, ListenerKind::SipUdp, addr) {
@@ -608,15 +630,16 @@ async fn control_plane(
         };
         listeners.add(ListenerKind::SipUdp, addr, socket.as_raw_fd());
         listeners.add(ListenerKind::SipTcp, addr, listener.as_raw_fd());
-        listeners.tasks.push(tokio::spawn(udp_receive(
+        tokio::spawn(udp_receive(
             socket.clone(),
             i as u64,
             tx.clone(),
             parse_errors.clone(),
-        )));
+            gate_rx.clone(),
+        ));
         let errors = parse_errors.clone();
-        let accept = tcp_accept(listener, conns.clone(), tx.clone(), errors);
-        listeners.tasks.push(tokio::spawn(accept));
+        let accept = tcp_accept(listener, conns.clone(), tx.clone(), errors, gate_rx.clone());
+        tokio::spawn(accept);
         tracing::info!(%addr, "SIP listening on UDP and TCP");
         udp.push(socket);
     }
@@ -632,14 +655,15 @@ async fn control_plane(
                 .with_context(|| format!("cannot bind SIP TLS {addr}"))?,
         };
         listeners.add(ListenerKind::SipTls, addr, listener.as_raw_fd());
-        listeners.tasks.push(tokio::spawn(tls_accept(
+        tokio::spawn(tls_accept(
             listener,
             sip_tls.clone(),
             conns.clone(),
             tx.clone(),
             parse_errors.clone(),
             tls_failures.clone(),
-        )));
+            gate_rx.clone(),
+        ));
         let mutual = config.sip.tls_ca_file.is_some();
         tracing::info!(%addr, mutual, "SIP listening on TLS");
     }
@@ -668,16 +692,10 @@ async fn control_plane(
     let serve = tokio::spawn(api::serve(api_listener, api_state.clone()));
     listeners.tasks.push(serve);
     tracing::info!(%http_addr, "HTTP API listening");
-    let mut uploader = match &config.upload.endpoint {
-        None => None,
-        Some(_) => {
-            let status = Arc::new(siprec::sink::upload::UploadStatus::default());
-            let _ = api_state.upload.set(status.clone());
-            let root = config.recording.dir.clone();
-            let up = siprec::sink::upload::Uploader::spawn(&config.upload, root, status)
-                .map_err(|e| anyhow::anyhow!("S3 upload: {e}"))?;
-            Some(up)
-        }
+    // Taking over, the uploader starts once the old process (and its uploader) has gone.
+    let mut uploader = match inherited {
+        Some(_) => None,
+        None => start_uploader(&config, &api_state)?,
     };
     let mut cluster_task = match config.cluster.redis_url.clone() {
         None => None,
@@ -763,17 +781,21 @@ async fn control_plane(
         counters: Arc::default(),
     });
     let mut amqp_task = None;
+    // Taking over, the publisher starts once the old process has given up its spool; events
+    // wait in the subscription until then.
+    let mut amqp_pending = None;
     let amqp_status = config.amqp.enabled.then(|| {
         let status = Arc::new(siprec::events::amqp::AmqpStatus::default());
         let _ = api_state.amqp.set(status.clone());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(siprec::events::amqp::run(
-            config.amqp.clone(),
-            events.subscribe(),
-            status.clone(),
-            stopped,
-        ));
-        amqp_task = Some((stop, task));
+        if inherited.is_some() {
+            amqp_pending = Some(events.subscribe());
+        } else {
+            amqp_task = Some(spawn_amqp(
+                config.amqp.clone(),
+                events.subscribe(),
+                status.clone(),
+            ));
+        }
         tracing::info!(exchange = %config.amqp.exchange, "AMQP publishing enabled");
         status
     });
@@ -792,7 +814,7 @@ async fn control_plane(
         events,
         amqp: amqp_status,
         stt: stt.as_ref().map(|s| s.commands.clone()),
-        successor: Default::default(),
+        relay: Default::default(),
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -813,9 +835,13 @@ async fn control_plane(
             None
         }
     };
-    let mut successor: Option<Link> = None;
+    let mut successor: Option<Successor> = None;
     let mut successor_child: Option<std::process::Child> = None;
     let mut handed_over = false;
+    // Once handed over: the calls we keep; SIP for any other goes to the successor.
+    let mut own_calls = std::collections::HashSet::new();
+    let (exited_tx, mut exited_rx) = mpsc::channel::<u32>(1);
+    let mut sigterm_seen = false;
     // Takeover, as the new process: the old one's link and the calls it still runs.
     let mut predecessor = inherited.take().and_then(|inherited| {
         for listener in inherited.unused() {
@@ -831,6 +857,7 @@ async fn control_plane(
                 pid,
                 link: takeover::link::spawn(stream, inherited.reader),
                 calls: Default::default(),
+                dirs: Vec::new(),
             }),
             Err(e) => {
                 tracing::error!(error = %e, "takeover link unusable");
@@ -844,6 +871,7 @@ async fn control_plane(
         dataplane.backend()
     ));
     if let Some(p) = &predecessor {
+        *io.relay.borrow_mut() = Some(p.link.tx.clone());
         let _ = p.link.tx.try_send(Frame::Ready {
             pid: std::process::id(),
         });
@@ -870,12 +898,15 @@ async fn control_plane(
                         let source = Pii(ip);
                         tracing::warn!(%source, block_s = secs, "SIP flood: source blocked");
                     }
-                } else if let Some(p) = predecessor.as_ref().filter(|p| p.owns(&inbound.message)) {
+                } else if let Some(link) =
+                    relay_to(&predecessor, &own_calls, &successor, handed_over, &inbound.message)
+                {
+                    // Another process's call (or, once handed over, anything not ours).
                     let mut message = Vec::new();
                     inbound.message.encode(&mut message);
                     let frame = Frame::Forward { peer: inbound.peer, message };
-                    if p.link.tx.try_send(frame).is_err() {
-                        tracing::warn!("takeover link full; message of an old call dropped");
+                    if link.try_send(frame).is_err() {
+                        tracing::warn!("takeover link full; a SIP message dropped");
                     }
                 } else {
                     io.count_inbound(&inbound.message);
@@ -883,15 +914,17 @@ async fn control_plane(
                 }
             }
             accepted = accept_successor(takeover_listener.as_ref().map(|l| &l.listener)),
-                if successor.is_none() && !handed_over => {
+                if successor.is_none() && !handed_over && predecessor.is_none() => {
                 match accepted {
                     Ok(mut stream) => {
                         let (hello, fds) = listeners.hello();
+                        let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
                         match takeover::link::send_hello(&mut stream, &hello, &fds).await {
                             Ok(()) => {
-                                tracing::info!("takeover: a new process took the sockets");
+                                let msg = "takeover: a new process took the sockets";
+                                tracing::info!(?peer_pid, "{msg}");
                                 let link = takeover::link::spawn(stream, Default::default());
-                                successor = Some(link);
+                                successor = Some(Successor { link, peer_pid });
                             }
                             Err(e) => tracing::warn!(error = %e, "takeover: hello failed"),
                         }
@@ -899,61 +932,76 @@ async fn control_plane(
                     Err(e) => tracing::warn!(error = %e, "takeover socket accept failed"),
                 }
             }
-            frame = next_frame(successor.as_mut()) => match frame {
+            frame = next_frame(successor.as_mut().map(|s| &mut s.link)) => match frame {
                 Some(Frame::Ready { pid }) if !handed_over => {
-                    // The successor serves on the sockets: stop reading them, give it the
-                    // node's registry and uploads, and drain our calls.
+                    // The successor is ready: stop reading the sockets (what was read is still
+                    // handled, or forwarded to it), keep our calls, and drain them.
                     handed_over = true;
+                    let pid = successor.as_ref().and_then(|s| s.peer_pid).map_or(pid, |p| p as u32);
+                    let _ = gate.send(Gate::Stop);
                     for task in listeners.tasks.drain(..) {
                         task.abort();
                     }
+                    // The successor publishes the node's registry now.
                     if let Some((_, task)) = cluster_task.take() {
                         task.abort();
                     }
-                    if let Some(up) = uploader.take() {
-                        tokio::task::spawn_blocking(move || up.stop(Duration::from_secs(5)));
+                    // The AMQP spool is the successor's from here: ours is flushed to it and
+                    // our last events are published without one.
+                    if config.amqp.spool_dir.is_some() {
+                        if let Some((stop, task)) = amqp_task.take() {
+                            let _ = stop.send(true);
+                            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                            let mut amqp = config.amqp.clone();
+                            amqp.spool_dir = None;
+                            if let Some(status) = &io.amqp {
+                                let rx = io.events.subscribe();
+                                amqp_task = Some(spawn_amqp(amqp, rx, status.clone()));
+                            }
+                        }
                     }
-                    let calls = sessions.call_ids();
+                    own_calls = sessions.call_ids().into_iter().collect();
+                    let dirs = sessions.summaries().into_iter().map(|s| s.recording_path).collect();
                     tracing::info!(
                         successor = pid,
-                        calls = calls.len(),
+                        calls = own_calls.len(),
                         "takeover: handed over; draining the running calls"
                     );
                     notifier.send(&format!(
                         "MAINPID={pid}\nSTATUS=handed over to {pid}; draining {} calls",
-                        calls.len()
+                        own_calls.len()
                     ));
-                    if let Some(link) = &successor {
-                        let _ = link.tx.try_send(Frame::Calls(calls));
-                        *io.successor.borrow_mut() = Some(link.tx.clone());
+                    if let Some(s) = &successor {
+                        let calls = own_calls.iter().cloned().collect();
+                        let _ = s.link.tx.try_send(Frame::Calls { calls, dirs });
+                        *io.relay.borrow_mut() = Some(s.link.tx.clone());
                     }
                     sessions.set_draining(true);
-                    if matches!(stop, Stop::Running) {
-                        stop = Stop::Draining { until: Instant::now() + drain_timeout };
-                    }
+                    // Our calls go on until they end: the ports no longer block anything.
+                    let cap = match config.media.max_call_duration_s {
+                        0 => TAKEOVER_DRAIN_MAX,
+                        s => Duration::from_secs(u64::from(s)),
+                    };
+                    stop = Stop::Draining { until: Instant::now() + cap.max(drain_timeout) };
                 }
-                Some(Frame::Forward { peer, message }) => match sip::parse_datagram(&message) {
-                    Ok(message) => {
-                        let conn = FORWARDED | peer.conn.unwrap_or(0);
-                        let peer = Peer { conn: Some(conn), ..peer };
-                        io.count_inbound(&message);
-                        tsx.handle_message(Instant::now(), peer, message);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "takeover: unparsable forwarded message"),
-                },
+                Some(Frame::Forward { peer, message }) => io.relayed_in(&mut tsx, peer, &message),
+                Some(Frame::Transmit { peer, message }) => io.transmit(peer, &message),
                 Some(other) => {
                     tracing::warn!(?other, "takeover: unexpected frame from the new process")
                 }
                 None => {
                     successor = None;
-                    *io.successor.borrow_mut() = None;
+                    *io.relay.borrow_mut() = None;
                     if handed_over {
                         // Keep hearing our calls' BYEs until they end.
                         tracing::error!("takeover: the new process exited; reading SIP UDP again");
+                        let (_, udp_gate) = tokio::sync::watch::channel(Gate::Run);
                         for (i, socket) in io.udp.iter().enumerate() {
                             let errors = io.parse_errors.clone();
-                            tokio::spawn(udp_receive(socket.clone(), i as u64, tx.clone(), errors));
+                            let (tx, g) = (tx.clone(), udp_gate.clone());
+                            tokio::spawn(udp_receive(socket.clone(), i as u64, tx, errors, g));
                         }
+                        own_calls.clear();
                     } else {
                         // It may have taken the socket's path: take it back unless it
                         // listens there still.
@@ -967,29 +1015,59 @@ async fn control_plane(
                 }
             },
             frame = next_frame(predecessor.as_mut().map(|p| &mut p.link)) => match frame {
-                Some(Frame::Calls(calls)) => {
+                Some(Frame::Calls { calls, dirs }) => {
                     if let Some(p) = &mut predecessor {
                         p.calls.extend(calls);
+                        p.dirs.extend(dirs.into_iter().map(PathBuf::from));
+                    }
+                    tracing::info!("takeover: the old process stopped reading; reading SIP now");
+                    let _ = gate.send(Gate::Run);
+                    if let Some(rx) = amqp_pending.take() {
+                        if let Some(status) = &io.amqp {
+                            amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
+                        }
                     }
                 }
+                Some(Frame::Forward { peer, message }) => io.relayed_in(&mut tsx, peer, &message),
                 Some(Frame::Transmit { peer, message }) => io.transmit(peer, &message),
                 Some(other) => {
                     tracing::warn!(?other, "takeover: unexpected frame from the old process")
                 }
                 None => {
-                    let pid = predecessor.take().map(|p| p.pid);
-                    tracing::info!(?pid, "takeover: the old process has exited");
-                    // Anything it left unfinished was interrupted.
-                    let root = config.recording.dir.clone();
-                    tokio::task::spawn_blocking(move || recover_interrupted(&root));
+                    // Its last SIP went through us; what remains is to see it gone, then
+                    // finish what it left unfinished and take over its duties.
+                    let Some(p) = predecessor.take() else { continue };
+                    *io.relay.borrow_mut() = None;
+                    let _ = gate.send(Gate::Run);
+                    if let Some(rx) = amqp_pending.take() {
+                        if let Some(status) = &io.amqp {
+                            amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
+                        }
+                    }
+                    let exited = exited_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        wait_gone(p.pid, Duration::from_secs(60));
+                        let recovered = recorder::recover_dirs(
+                            &p.dirs,
+                            &siprec::proto::rfc3339_ms(now().unix_ms),
+                        );
+                        log_recovered(&recovered);
+                        let _ = exited.blocking_send(p.pid);
+                    });
                 }
             },
+            Some(pid) = exited_rx.recv() => {
+                tracing::info!(pid, "takeover: the old process has exited");
+                if uploader.is_none() {
+                    uploader = start_uploader(&config, &api_state)?;
+                }
+            }
             _ = sigusr2.recv() => {
                 let running = successor_child
                     .as_mut()
                     .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-                if successor.is_some() || handed_over || running {
-                    tracing::warn!("SIGUSR2: a takeover is already under way");
+                if successor.is_some() || handed_over || running || predecessor.is_some() {
+                    tracing::warn!("SIGUSR2: a takeover is under way or still draining");
                 } else if takeover_listener.is_none() {
                     tracing::error!("SIGUSR2: no takeover socket; cannot start a successor");
                 } else {
@@ -1128,7 +1206,13 @@ async fn control_plane(
                 stop = Stop::Ending { until: Instant::now() + Duration::from_secs(10) };
             }
             _ = sigterm.recv(), if !matches!(stop, Stop::Ending { .. }) => {
-                if matches!(stop, Stop::Running) && !drain_timeout.is_zero() {
+                // Having handed over we are draining already, but a first SIGTERM (systemd
+                // stopping the unit) still leaves the calls DRAIN_TIMEOUT, not nothing.
+                let first_after_handover = handed_over && !sigterm_seen;
+                sigterm_seen = true;
+                if (matches!(stop, Stop::Running) || first_after_handover)
+                    && !drain_timeout.is_zero()
+                {
                     // Graceful drain: refuse new calls (503), let running ones finish.
                     tracing::info!(
                         active = sessions.active_calls(),
@@ -1193,6 +1277,81 @@ async fn control_plane(
     Ok(())
 }
 
+/// Uploads finished recordings when object storage is configured.
+fn start_uploader(
+    config: &Config,
+    api_state: &Arc<ApiState>,
+) -> anyhow::Result<Option<siprec::sink::upload::Uploader>> {
+    if config.upload.endpoint.is_none() {
+        return Ok(None);
+    }
+    let status = Arc::new(siprec::sink::upload::UploadStatus::default());
+    let _ = api_state.upload.set(status.clone());
+    let root = config.recording.dir.clone();
+    let up = siprec::sink::upload::Uploader::spawn(&config.upload, root, status)
+        .map_err(|e| anyhow::anyhow!("S3 upload: {e}"))?;
+    Ok(Some(up))
+}
+
+type AmqpTask = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Starts the AMQP publisher on `events`; stop it by sending true.
+fn spawn_amqp(
+    config: config::AmqpConfig,
+    events: tokio::sync::broadcast::Receiver<Arc<siprec::events::Event>>,
+    status: Arc<siprec::events::amqp::AmqpStatus>,
+) -> AmqpTask {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(siprec::events::amqp::run(config, events, status, stopped));
+    (stop, task)
+}
+
+/// How long a process that handed over drains its calls when `MAX_CALL_DURATION` does not
+/// bound them: the ports no longer stand in anyone's way.
+const TAKEOVER_DRAIN_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a SIP message goes instead of our transaction layer: to the predecessor when it is
+/// one of its calls; once we handed over, to the successor when it is not one of ours.
+fn relay_to<'a>(
+    predecessor: &'a Option<Predecessor>,
+    own_calls: &std::collections::HashSet<String>,
+    successor: &'a Option<Successor>,
+    handed_over: bool,
+    message: &Message,
+) -> Option<&'a mpsc::Sender<Frame>> {
+    if let Some(p) = predecessor.as_ref().filter(|p| p.owns(message)) {
+        return Some(&p.link.tx);
+    }
+    let ours = message.call_id().is_some_and(|c| own_calls.contains(c));
+    match successor {
+        Some(s) if handed_over && !ours => Some(&s.link.tx),
+        _ => None,
+    }
+}
+
+/// The process taking over from us.
+struct Successor {
+    link: Link,
+    /// Its pid as the kernel tells it (SO_PEERCRED), for MAINPID=.
+    peer_pid: Option<i32>,
+}
+
+/// Waits (blocking) until process `pid` has exited (or is a zombie), at most `timeout`.
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if !stat.contains(") Z ") => {}
+            _ => return,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::warn!(pid, "takeover: the old process is still there");
+}
+
 /// Set on the connection id of a SIP message the successor forwarded to us (after a
 /// takeover): its answer goes back through the successor.
 const FORWARDED: u64 = 1 << 63;
@@ -1226,6 +1385,8 @@ struct Predecessor {
     link: Link,
     /// Its calls: SIP carrying one of these Call-IDs is forwarded to it.
     calls: std::collections::HashSet<String>,
+    /// Their recording directories: finished (recovered) if it leaves them unfinished.
+    dirs: Vec<PathBuf>,
 }
 
 impl Predecessor {
@@ -1486,8 +1647,9 @@ struct Io {
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
     /// Failed SIP TLS handshakes, counted by the accept task.
     tls_failures: Arc<std::sync::atomic::AtomicU64>,
-    /// After a takeover: the successor, through which answers to forwarded requests leave.
-    successor: std::cell::RefCell<Option<mpsc::Sender<Frame>>>,
+    /// During a takeover: the other process, through which answers to the SIP it forwarded
+    /// to us leave.
+    relay: std::cell::RefCell<Option<mpsc::Sender<Frame>>>,
 }
 
 impl Io {
@@ -1525,6 +1687,23 @@ impl Io {
         }
     }
 
+    /// A SIP message the other process of a takeover forwarded: ours to handle; the
+    /// connection id is marked so the answer goes back through it.
+    fn relayed_in(&self, tsx: &mut TransactionLayer, peer: Peer, bytes: &[u8]) {
+        match sip::parse_datagram(bytes) {
+            Ok(message) => {
+                let conn = FORWARDED | peer.conn.unwrap_or(0);
+                let peer = Peer {
+                    conn: Some(conn),
+                    ..peer
+                };
+                self.count_inbound(&message);
+                tsx.handle_message(Instant::now(), peer, message);
+            }
+            Err(e) => tracing::warn!(error = %e, "takeover: unparsable forwarded message"),
+        }
+    }
+
     fn transmit(&self, peer: Peer, payload: &[u8]) {
         // "SIP/2.0 NNN …": count responses by status code.
         if payload.starts_with(b"SIP/2.0 ") {
@@ -1536,13 +1715,13 @@ impl Io {
             }
         }
         if let Some(conn) = peer.conn.filter(|c| c & FORWARDED != 0) {
-            // A request the successor forwarded: the answer leaves where the request came in.
+            // A message the other process forwarded: the answer leaves where it came in.
             let peer = Peer {
                 conn: Some(conn & !FORWARDED),
                 ..peer
             };
             let message = payload.to_vec();
-            let sent = match self.successor.borrow().as_ref() {
+            let sent = match self.relay.borrow().as_ref() {
                 Some(link) => link.try_send(Frame::Transmit { peer, message }).is_ok(),
                 None => false,
             };
@@ -1872,10 +2051,19 @@ async fn udp_receive(
     index: u64,
     tx: mpsc::Sender<Inbound>,
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
+    mut gate: tokio::sync::watch::Receiver<Gate>,
 ) {
     let mut buf = vec![0u8; sip::MAX_MESSAGE_BYTES + 1];
+    if !opened(&mut gate).await {
+        return;
+    }
     loop {
-        let (n, addr) = match socket.recv_from(&mut buf).await {
+        // Stopping between datagrams only: one read is never lost half-handled.
+        let received = tokio::select! {
+            r = socket.recv_from(&mut buf) => r,
+            _ = closed(&mut gate) => return,
+        };
+        let (n, addr) = match received {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "SIP UDP receive error");
@@ -1910,6 +2098,28 @@ async fn udp_receive(
     }
 }
 
+/// Whether the SIP listening sockets are read. A process taking over waits until its
+/// predecessor has stopped reading them and said which calls are its own; that one stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Wait,
+    Run,
+    Stop,
+}
+
+/// Waits until the gate leaves `Wait`; whether it opened.
+async fn opened(gate: &mut tokio::sync::watch::Receiver<Gate>) -> bool {
+    matches!(
+        gate.wait_for(|g| *g != Gate::Wait).await.as_deref(),
+        Ok(Gate::Run)
+    )
+}
+
+/// Resolves when the gate says stop (or its sender is gone); never otherwise.
+async fn closed(gate: &mut tokio::sync::watch::Receiver<Gate>) {
+    let _ = gate.wait_for(|g| *g == Gate::Stop).await;
+}
+
 /// Connection ids of SIP TCP and TLS connections (UDP sockets are numbered from 0).
 static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
 
@@ -1918,9 +2128,17 @@ async fn tcp_accept(
     conns: TcpConns,
     tx: mpsc::Sender<Inbound>,
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
+    mut gate: tokio::sync::watch::Receiver<Gate>,
 ) {
+    if !opened(&mut gate).await {
+        return;
+    }
     loop {
-        let (stream, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = closed(&mut gate) => return,
+        };
+        let (stream, addr) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "SIP TCP accept failed");
@@ -1942,9 +2160,17 @@ async fn tls_accept(
     tx: mpsc::Sender<Inbound>,
     parse_errors: Arc<std::sync::atomic::AtomicU64>,
     failures: Arc<std::sync::atomic::AtomicU64>,
+    mut gate: tokio::sync::watch::Receiver<Gate>,
 ) {
+    if !opened(&mut gate).await {
+        return;
+    }
     loop {
-        let (stream, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = closed(&mut gate) => return,
+        };
+        let (stream, addr) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "SIP TLS accept failed");

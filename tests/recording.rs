@@ -588,9 +588,11 @@ fn drain_timeout_ends_remaining_calls() {
 
 /// An upgrade without a gap (docs/operations.md, Upgrading): SIGUSR2 starts a new process
 /// that takes the listening sockets. The call running across the takeover is recorded whole
-/// by the old process, and its BYE reaches it through the new one; a call placed after the
-/// takeover is the new process's; systemd is told the new main PID; the old process exits 0
-/// once its call has ended, and the new one marks nothing interrupted.
+/// by the old process, and its BYE reaches it through the new one. A TCP connection the old
+/// process holds keeps working: OPTIONS and a new call on it are passed to the new process
+/// and answered through the old one. A UDP call placed after the takeover is the new
+/// process's and runs past the old one's exit without being taken for interrupted. systemd
+/// is told the new main PID; the old process exits 0 once its call has ended.
 #[test]
 fn sigusr2_hands_the_sockets_to_a_new_process() {
     let notify_dir = tempfile::tempdir().unwrap();
@@ -613,6 +615,11 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
         let audio = audio.clone();
         std::thread::spawn(move || send_pcmu(&rtp, port, &audio, 1, 0x7a7a))
     };
+    // An SBC's persistent TCP connection, to the old process.
+    let mut tcp_src = Src::new(ports.src_sip + 7, ports.sip, "takeover-tcp@127.0.0.1");
+    let mut tcp = TcpSip::connect(ports.sip);
+    let options = tcp_src.request(siprec::sip::Method::Options);
+    assert_eq!(tcp.transact(&options).status, 200);
     std::thread::sleep(Duration::from_millis(800));
     old.signal(libc::SIGUSR2);
 
@@ -640,9 +647,15 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
     let (status, body) = http_get(ports.http, "/api/sessions").unwrap();
     assert_eq!(status, 200);
     assert!(!body.contains("takeover-old"), "{body}");
-    // ...and has a call placed now.
+    // ...and has a call placed now, which outlives the old process.
     let mut second = Src::new(ports.src_sip + 5, ports.sip, "takeover-new@127.0.0.1");
     let port2 = second.record_one(ports.src_rtp + 5);
+    let audio2 = source_audio(64, 8000 * 6);
+    let rtp2 = UdpSocket::bind(("127.0.0.1", ports.src_rtp + 5)).unwrap();
+    let sender2 = {
+        let audio = audio2.clone();
+        std::thread::spawn(move || send_pcmu(&rtp2, port2, &audio, 1, 0x7b7b))
+    };
     // (The list is refreshed every 100 ms.)
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -653,10 +666,29 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
         assert!(Instant::now() < deadline, "{body}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let audio2 = source_audio(64, 8000);
-    let rtp2 = UdpSocket::bind(("127.0.0.1", ports.src_rtp + 5)).unwrap();
-    send_pcmu(&rtp2, port2, &audio2, 1, 0x7b7b);
-    assert_eq!(second.bye().status, 200);
+
+    // The old process's TCP connection: not refused (it is draining), but passed on.
+    let options = tcp_src.request(siprec::sip::Method::Options);
+    assert_eq!(
+        tcp.transact(&options).status,
+        200,
+        "OPTIONS after the takeover"
+    );
+    let (ct, body) = siprec_body(1, "sendonly", ports.src_rtp + 7);
+    let mut invite = tcp_src.request(siprec::sip::Method::Invite);
+    invite.headers.push("Require", "siprec");
+    invite.headers.push("Content-Type", ct);
+    invite.body = body.into_bytes().into();
+    let ok = tcp.transact(&invite);
+    assert_eq!(ok.status, 200, "INVITE on the old process's TCP connection");
+    tcp_src.to_tag = ok.to_tag();
+    tcp.send(&tcp_src.request(siprec::sip::Method::Ack));
+    let port3 = answer_ports(&String::from_utf8_lossy(&ok.body))[0];
+    let audio3 = source_audio(65, 8000);
+    let rtp3 = UdpSocket::bind(("127.0.0.1", ports.src_rtp + 7)).unwrap();
+    send_pcmu(&rtp3, port3, &audio3, 1, 0x7c7c);
+    let bye = tcp_src.request(siprec::sip::Method::Bye);
+    assert_eq!(tcp.transact(&bye).status, 200, "BYE on the TCP connection");
 
     // The old call's BYE goes to the new process, which forwards it to the old one.
     sender.join().unwrap();
@@ -671,8 +703,19 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
         "the old process exits 0 once its call ended; log:\n{}",
         old.log_text()
     );
+    // The new process sees it gone (and finishes what it left unfinished: nothing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !old
+        .log_text()
+        .contains("takeover: the old process has exited")
+    {
+        assert!(Instant::now() < deadline, "{}", old.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sender2.join().unwrap();
+    assert_eq!(second.bye().status, 200);
 
-    let dirs = wait_sessions(&old.recordings(), 2, Duration::from_secs(10));
+    let dirs = wait_sessions(&old.recordings(), 3, Duration::from_secs(10));
     let meta = |dir: &std::path::Path| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.join("session.json")).unwrap()).unwrap()
     };
@@ -683,6 +726,7 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
     for (call, audio) in [
         ("takeover-old@127.0.0.1", &audio),
         ("takeover-new@127.0.0.1", &audio2),
+        ("takeover-tcp@127.0.0.1", &audio3),
     ] {
         let dir = by_call(call);
         let meta = meta(dir);
@@ -698,11 +742,74 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
     }
     let log = old.log_text();
     assert!(!log.contains("interrupted recording finished"), "{log}");
-    assert!(
-        log.contains("takeover: the old process has exited"),
-        "{log}"
-    );
     new.stop();
+}
+
+/// A SIP client over one TCP connection (the Via says TCP; framing by Content-Length).
+struct TcpSip {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpSip {
+    fn connect(port: u16) -> TcpSip {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        TcpSip {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, request: &siprec::sip::Request) {
+        use std::io::Write;
+        let mut request = request.clone();
+        for h in request.headers.0.iter_mut().filter(|h| h.name == "Via") {
+            h.value = h.value.replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        }
+        let mut out = Vec::new();
+        request.encode(&mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Sends `request` and returns its final response (provisionals skipped).
+    fn transact(&mut self, request: &siprec::sip::Request) -> siprec::sip::Response {
+        self.send(request);
+        loop {
+            let response = self.read_response();
+            if response.status >= 200 {
+                return response;
+            }
+        }
+    }
+
+    fn read_response(&mut self) -> siprec::sip::Response {
+        use std::io::Read;
+        loop {
+            if let Some(head) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&self.buf[..head]).to_ascii_lowercase();
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let total = head + 4 + length;
+                if self.buf.len() >= total {
+                    let message: Vec<u8> = self.buf.drain(..total).collect();
+                    match siprec::sip::parse_datagram(&message) {
+                        Ok(siprec::sip::Message::Response(r)) => return r,
+                        other => panic!("not a response: {other:?}"),
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("a response in 5 s");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 /// `--takeover` with no server running starts on its own sockets, and a socket file a crash
@@ -729,6 +836,51 @@ fn takeover_with_no_running_server_starts_on_its_own() {
     assert!(!log.contains("takeover socket unavailable"), "{log}");
     assert!(!path.exists(), "the socket file is removed at exit");
     wait_sessions(&server.recordings(), 1, Duration::from_secs(5));
+}
+
+/// `--takeover` while a server runs but does not hand over (here: busy with another
+/// takeover) exits with an error, and neither binds nor "recovers" the running server's open
+/// recordings.
+#[test]
+fn takeover_refused_leaves_the_running_server_alone() {
+    let mut server = Server::start(65, &[]);
+    let ports = TestPorts::new(65);
+    let mut src = Src::new(ports.src_sip, ports.sip, "takeover-busy@127.0.0.1");
+    let port = src.record_one(ports.src_rtp);
+    let rtp = UdpSocket::bind(("127.0.0.1", ports.src_rtp)).unwrap();
+    send_pcmu(&rtp, port, &source_audio(66, 1600), 1, 0x7d7d);
+    // Another "successor" holds the server's takeover socket and never says it is ready.
+    let socket = server.recordings().join(".takeover.sock");
+    let _busy = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siprec"))
+        .arg("--takeover")
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("SIP_HOST", "127.0.0.1")
+        .env("HTTP_HOST", "127.0.0.1")
+        .env("PORTS", ports.sip.to_string())
+        .env("HTTP_PORT", ports.http.to_string())
+        .env("RTP_PORT_MIN", ports.rtp_min.to_string())
+        .env("RTP_PORT_MAX", ports.rtp_max.to_string())
+        .env("RECORDING_DIR", server.recordings())
+        .env("STT_PROVIDER", "none")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not hand over"), "{stderr}");
+    assert!(
+        !stderr.contains("interrupted recording finished"),
+        "{stderr}"
+    );
+    // The running server's call goes on and ends normally.
+    send_pcmu(&rtp, port, &source_audio(67, 800), 11, 0x7d7d);
+    assert_eq!(src.bye().status, 200);
+    let dir = &wait_sessions(&server.recordings(), 1, Duration::from_secs(5))[0];
+    let meta = std::fs::read_to_string(dir.join("session.json")).unwrap();
+    assert!(meta.contains("\"end_reason\": \"bye\""), "{meta}");
+    assert!(!meta.contains("\"interrupted\": true"), "{meta}");
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// A process this test did not start (the successor a server started): SIGTERM on drop.

@@ -65,8 +65,13 @@ pub enum Frame {
     Hello(Hello),
     /// Successor → predecessor: it serves on the sockets now.
     Ready { pid: u32 },
-    /// Predecessor → successor: Call-IDs of the calls it still runs.
-    Calls(Vec<String>),
+    /// Predecessor → successor, once it stopped reading the sockets: the Call-IDs of the
+    /// calls it keeps, and their recording directories (to finish if it leaves them
+    /// unfinished).
+    Calls {
+        calls: Vec<String>,
+        dirs: Vec<String>,
+    },
     /// Successor → predecessor: a SIP message of one of its calls, as received from `peer`.
     Forward { peer: Peer, message: Vec<u8> },
     /// Predecessor → successor: send `message` to `peer` (an answer to a forwarded request).
@@ -81,8 +86,8 @@ pub enum FrameError {
     Kind(u8),
     #[error("truncated {0} frame")]
     Truncated(&'static str),
-    #[error("bad hello: {0}")]
-    Hello(String),
+    #[error("bad {0} frame: {1}")]
+    Json(&'static str, String),
     #[error("bad peer address {0:?}")]
     Addr(String),
 }
@@ -102,14 +107,13 @@ impl Frame {
                 out.push(b'R');
                 out.extend_from_slice(&pid.to_le_bytes());
             }
-            Frame::Calls(calls) => {
+            Frame::Calls { calls, dirs } => {
                 out.push(b'C');
-                for (i, call) in calls.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'\n');
-                    }
-                    out.extend_from_slice(call.as_bytes());
-                }
+                let body = CallsBody {
+                    calls: calls.clone(),
+                    dirs: dirs.clone(),
+                };
+                out.extend_from_slice(&serde_json::to_vec(&body).unwrap_or_default());
             }
             Frame::Forward { peer, message } | Frame::Transmit { peer, message } => {
                 out.push(if matches!(self, Frame::Forward { .. }) {
@@ -145,7 +149,7 @@ impl Frame {
         match kind {
             b'H' => serde_json::from_slice(body)
                 .map(Frame::Hello)
-                .map_err(|e| FrameError::Hello(e.to_string())),
+                .map_err(|e| FrameError::Json("hello", e.to_string())),
             b'R' => {
                 let pid = body
                     .try_into()
@@ -154,11 +158,12 @@ impl Frame {
                     pid: u32::from_le_bytes(pid),
                 })
             }
-            b'C' => {
-                let text = String::from_utf8_lossy(body);
-                let calls = text.split('\n').filter(|c| !c.is_empty());
-                Ok(Frame::Calls(calls.map(str::to_owned).collect()))
-            }
+            b'C' => serde_json::from_slice(body)
+                .map(|b: CallsBody| Frame::Calls {
+                    calls: b.calls,
+                    dirs: b.dirs,
+                })
+                .map_err(|e| FrameError::Json("calls", e.to_string())),
             b'F' | b'T' => {
                 let (peer, message) = decode_peer(body)?;
                 let message = message.to_vec();
@@ -171,6 +176,12 @@ impl Frame {
             other => Err(FrameError::Kind(other)),
         }
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CallsBody {
+    calls: Vec<String>,
+    dirs: Vec<String>,
 }
 
 fn decode_peer(body: &[u8]) -> Result<(Peer, &[u8]), FrameError> {
@@ -283,8 +294,14 @@ mod tests {
             ],
         }));
         roundtrip(Frame::Ready { pid: 7 });
-        roundtrip(Frame::Calls(vec!["a@b".into(), "c".into()]));
-        roundtrip(Frame::Calls(vec![]));
+        roundtrip(Frame::Calls {
+            calls: vec!["a@b".into(), "c".into()],
+            dirs: vec!["/rec/2026-11-29/a_1".into()],
+        });
+        roundtrip(Frame::Calls {
+            calls: vec![],
+            dirs: vec![],
+        });
         let bye = b"BYE sip:srs@10.0.0.1 SIP/2.0\r\nCall-ID: a@b\r\n\r\n".to_vec();
         roundtrip(Frame::Forward {
             peer: Peer {
@@ -343,7 +360,10 @@ mod tests {
         }
         let mut reader = FrameReader::default();
         reader.push(&[3, 0, 0, 0, b'H', b'{', b'}']);
-        assert!(matches!(reader.next_frame(), Err(FrameError::Hello(_))));
+        assert!(matches!(
+            reader.next_frame(),
+            Err(FrameError::Json("hello", _))
+        ));
     }
 
     #[test]

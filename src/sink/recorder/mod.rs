@@ -37,7 +37,7 @@ pub use error::RecorderError;
 pub use flac::read_flac;
 pub use fsutil::{sanitize_component, write_atomic};
 pub use oggopus::read_ogg_opus;
-pub use recover::{recover, Recovered, RECOVERED};
+pub use recover::{recover, recover_dirs, Recovered, RECOVERED};
 pub use timeline::{position_at, StreamTimeline, TimelineStats};
 pub use wav::{read_wav, WavInfo, WavWriter};
 

@@ -72,6 +72,28 @@ pub fn recover(root: &Path, now_rfc3339: &str) -> Vec<Recovered> {
     out
 }
 
+/// Finishes the recordings in `dirs` that have no session.json: those a process left when it
+/// handed over and exited (src/takeover). Others' live recordings in the same root are not
+/// touched.
+pub fn recover_dirs(dirs: &[PathBuf], now_rfc3339: &str) -> Vec<Recovered> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        if !dir.is_dir() || dir.join("session.json").exists() {
+            continue;
+        }
+        match recover_session(dir, now_rfc3339) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(e) => {
+                let e = pii::redact_in(&e.to_string(), &dir.display().to_string());
+                tracing::error!(dir = %Pii(dir.display()), error = %e,
+                    "interrupted recording left as found")
+            }
+        }
+    }
+    out
+}
+
 fn recover_session(dir: &Path, now: &str) -> Result<Option<Recovered>, RecorderError> {
     let mut audio: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| RecorderError::io("read_dir", dir, e))?
