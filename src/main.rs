@@ -268,13 +268,6 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
         None
     };
 
-    // Before any call: recordings a crash left unfinished get their headers and session.json.
-    // Not while a predecessor runs: its recordings are open, not interrupted; this runs when
-    // it has gone.
-    if inherited.is_none() {
-        recover_interrupted(&config.recording.dir);
-    }
-
     let nofile = dataplane::raise_nofile_limit();
     tracing::debug!(nofile, "open file limit");
     let stt_wanted = config.stt.provider != config::SttProvider::None;
@@ -675,6 +668,12 @@ async fn control_plane(
             .with_context(|| format!("cannot bind HTTP {http_addr}"))?,
     };
     listeners.add(ListenerKind::Http, http_addr, api_listener.as_raw_fd());
+    // Before any call, and only once our sockets are bound (no other server runs on them):
+    // recordings a crash left unfinished get their headers and session.json. Not while a
+    // predecessor runs: its recordings are open, not interrupted; that waits until it has gone.
+    if inherited.is_none() {
+        recover_interrupted(&config.recording.dir);
+    }
     let (api_tx, mut api_rx) = mpsc::channel::<api::ApiRequest>(64);
     let api_state = ApiState::new(
         config.recording.dir.clone(),
@@ -858,6 +857,7 @@ async fn control_plane(
                 link: takeover::link::spawn(stream, inherited.reader),
                 calls: Default::default(),
                 dirs: Vec::new(),
+                listed: false,
             }),
             Err(e) => {
                 tracing::error!(error = %e, "takeover link unusable");
@@ -914,7 +914,11 @@ async fn control_plane(
                 }
             }
             accepted = accept_successor(takeover_listener.as_ref().map(|l| &l.listener)),
-                if successor.is_none() && !handed_over && predecessor.is_none() => {
+                if successor.is_none()
+                    && !handed_over
+                    && predecessor.is_none()
+                    && matches!(stop, Stop::Running) =>
+            {
                 match accepted {
                     Ok(mut stream) => {
                         let (hello, fds) = listeners.hello();
@@ -946,22 +950,12 @@ async fn control_plane(
                     if let Some((_, task)) = cluster_task.take() {
                         task.abort();
                     }
-                    // The AMQP spool is the successor's from here: ours is flushed to it and
-                    // our last events are published without one.
-                    if config.amqp.spool_dir.is_some() {
-                        if let Some((stop, task)) = amqp_task.take() {
-                            let _ = stop.send(true);
-                            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-                            let mut amqp = config.amqp.clone();
-                            amqp.spool_dir = None;
-                            if let Some(status) = &io.amqp {
-                                let rx = io.events.subscribe();
-                                amqp_task = Some(spawn_amqp(amqp, rx, status.clone()));
-                            }
-                        }
-                    }
                     own_calls = sessions.call_ids().into_iter().collect();
-                    let dirs = sessions.summaries().into_iter().map(|s| s.recording_path).collect();
+                    let dirs = sessions
+                        .recording_dirs()
+                        .into_iter()
+                        .map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string())
+                        .collect();
                     tracing::info!(
                         successor = pid,
                         calls = own_calls.len(),
@@ -973,16 +967,33 @@ async fn control_plane(
                     ));
                     if let Some(s) = &successor {
                         let calls = own_calls.iter().cloned().collect();
-                        let _ = s.link.tx.try_send(Frame::Calls { calls, dirs });
+                        // The link is idle but for this: the queue has room.
+                        let _ = s.link.tx.send(Frame::Calls { calls, dirs }).await;
                         *io.relay.borrow_mut() = Some(s.link.tx.clone());
+                        // The AMQP spool becomes the successor's once our publisher has
+                        // flushed into it; our last events are published without one.
+                        let old = amqp_task
+                            .take_if(|_| config.amqp.spool_dir.is_some());
+                        if let (Some(old), Some(status)) = (old, &io.amqp) {
+                            let mut amqp = config.amqp.clone();
+                            amqp.spool_dir = None;
+                            let rx = io.events.subscribe();
+                            amqp_task = Some(spawn_amqp(amqp, rx, status.clone()));
+                            tokio::spawn(release_spool(old, s.link.tx.clone()));
+                        } else {
+                            let _ = s.link.tx.send(Frame::SpoolFree).await;
+                        }
                     }
                     sessions.set_draining(true);
-                    // Our calls go on until they end: the ports no longer block anything.
+                    // Our calls go on until they end: the ports no longer block anything. A
+                    // SIGTERM that came first keeps its deadline.
                     let cap = match config.media.max_call_duration_s {
                         0 => TAKEOVER_DRAIN_MAX,
                         s => Duration::from_secs(u64::from(s)),
                     };
-                    stop = Stop::Draining { until: Instant::now() + cap.max(drain_timeout) };
+                    if matches!(stop, Stop::Running) {
+                        stop = Stop::Draining { until: Instant::now() + cap.max(drain_timeout) };
+                    }
                 }
                 Some(Frame::Forward { peer, message }) => io.relayed_in(&mut tsx, peer, &message),
                 Some(Frame::Transmit { peer, message }) => io.transmit(peer, &message),
@@ -995,6 +1006,7 @@ async fn control_plane(
                     if handed_over {
                         // Keep hearing our calls' BYEs until they end.
                         tracing::error!("takeover: the new process exited; reading SIP UDP again");
+                        // (The gate's sender going away does not close it.)
                         let (_, udp_gate) = tokio::sync::watch::channel(Gate::Run);
                         for (i, socket) in io.udp.iter().enumerate() {
                             let errors = io.parse_errors.clone();
@@ -1019,13 +1031,14 @@ async fn control_plane(
                     if let Some(p) = &mut predecessor {
                         p.calls.extend(calls);
                         p.dirs.extend(dirs.into_iter().map(PathBuf::from));
+                        p.listed = true;
                     }
                     tracing::info!("takeover: the old process stopped reading; reading SIP now");
                     let _ = gate.send(Gate::Run);
-                    if let Some(rx) = amqp_pending.take() {
-                        if let Some(status) = &io.amqp {
-                            amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
-                        }
+                }
+                Some(Frame::SpoolFree) => {
+                    if let (Some(rx), Some(status)) = (amqp_pending.take(), &io.amqp) {
+                        amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
                     }
                 }
                 Some(Frame::Forward { peer, message }) => io.relayed_in(&mut tsx, peer, &message),
@@ -1038,36 +1051,50 @@ async fn control_plane(
                     // finish what it left unfinished and take over its duties.
                     let Some(p) = predecessor.take() else { continue };
                     *io.relay.borrow_mut() = None;
-                    let _ = gate.send(Gate::Run);
-                    if let Some(rx) = amqp_pending.take() {
-                        if let Some(status) = &io.amqp {
-                            amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
-                        }
+                    if let (Some(rx), Some(status)) = (amqp_pending.take(), &io.amqp) {
+                        amqp_task = Some(spawn_amqp(config.amqp.clone(), rx, status.clone()));
                     }
                     let exited = exited_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        wait_gone(p.pid, Duration::from_secs(60));
-                        let recovered = recorder::recover_dirs(
-                            &p.dirs,
-                            &siprec::proto::rfc3339_ms(now().unix_ms),
-                        );
-                        log_recovered(&recovered);
-                        let _ = exited.blocking_send(p.pid);
-                    });
+                    let root = config.recording.dir.clone();
+                    if p.listed {
+                        // We read SIP already: finish only its recordings, beside ours.
+                        tokio::task::spawn_blocking(move || {
+                            if wait_gone(p.pid, Duration::from_secs(60)) {
+                                let now = siprec::proto::rfc3339_ms(now().unix_ms);
+                                log_recovered(&recorder::recover_dirs(&p.dirs, &now));
+                            }
+                            let _ = exited.blocking_send(p.pid);
+                        });
+                    } else {
+                        // It went before saying which calls were its own; we have none yet,
+                        // so everything unfinished is its: recover all, then read SIP.
+                        tracing::warn!("takeover: the old process went away mid-handover");
+                        tokio::task::spawn_blocking(move || {
+                            if wait_gone(p.pid, Duration::from_secs(60)) {
+                                recover_interrupted(&root);
+                            }
+                            let _ = exited.blocking_send(p.pid);
+                        });
+                    }
                 }
             },
             Some(pid) = exited_rx.recv() => {
                 tracing::info!(pid, "takeover: the old process has exited");
+                let _ = gate.send(Gate::Run);
                 if uploader.is_none() {
-                    uploader = start_uploader(&config, &api_state)?;
+                    uploader = start_uploader(&config, &api_state).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "uploads stay off");
+                        None
+                    });
                 }
             }
             _ = sigusr2.recv() => {
                 let running = successor_child
                     .as_mut()
                     .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-                if successor.is_some() || handed_over || running || predecessor.is_some() {
-                    tracing::warn!("SIGUSR2: a takeover is under way or still draining");
+                let busy = successor.is_some() || handed_over || running || predecessor.is_some();
+                if busy || !matches!(stop, Stop::Running) {
+                    tracing::warn!("SIGUSR2: a takeover is under way, or draining");
                 } else if takeover_listener.is_none() {
                     tracing::error!("SIGUSR2: no takeover socket; cannot start a successor");
                 } else {
@@ -1339,17 +1366,38 @@ struct Successor {
     peer_pid: Option<i32>,
 }
 
-/// Waits (blocking) until process `pid` has exited (or is a zombie), at most `timeout`.
-fn wait_gone(pid: u32, timeout: Duration) {
+/// Waits (blocking) until process `pid` has exited (or is a zombie), at most `timeout`;
+/// whether it has.
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) if !stat.contains(") Z ") => {}
-            _ => return,
+            _ => return true,
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    tracing::warn!(pid, "takeover: the old process is still there");
+    tracing::warn!(
+        pid,
+        "takeover: the old process is still there; its files left as they are"
+    );
+    false
+}
+
+/// Stops the publisher that owns the AMQP spool (it flushes into it), then tells the
+/// successor the spool is its own.
+async fn release_spool(old: AmqpTask, link: mpsc::Sender<Frame>) {
+    let (stop, task) = old;
+    let _ = stop.send(true);
+    let abort = task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("AMQP publisher did not stop in 5 s; aborted");
+        abort.abort();
+    }
+    let _ = link.send(Frame::SpoolFree).await;
 }
 
 /// Set on the connection id of a SIP message the successor forwarded to us (after a
@@ -1387,6 +1435,8 @@ struct Predecessor {
     calls: std::collections::HashSet<String>,
     /// Their recording directories: finished (recovered) if it leaves them unfinished.
     dirs: Vec<PathBuf>,
+    /// It sent its list of calls (it had stopped reading SIP).
+    listed: bool,
 }
 
 impl Predecessor {
@@ -1714,8 +1764,9 @@ impl Io {
                 *self.sip.borrow_mut().responses.entry(code).or_default() += 1;
             }
         }
-        if let Some(conn) = peer.conn.filter(|c| c & FORWARDED != 0) {
-            // A message the other process forwarded: the answer leaves where it came in.
+        let forwarded = peer.conn.filter(|c| c & FORWARDED != 0);
+        if let Some(conn) = forwarded.filter(|_| peer.transport != Transport::Udp) {
+            // Came over the other process's TCP/TLS connection: the answer goes back on it.
             let peer = Peer {
                 conn: Some(conn & !FORWARDED),
                 ..peer
@@ -1732,7 +1783,9 @@ impl Io {
         }
         match peer.transport {
             Transport::Udp => {
-                let socket = &self.udp[peer.conn.unwrap_or(0) as usize % self.udp.len()];
+                // The UDP sockets are shared: one forwarded to us is answered on ours.
+                let index = peer.conn.unwrap_or(0) & !FORWARDED;
+                let socket = &self.udp[index as usize % self.udp.len()];
                 if let Err(e) = socket.try_send_to(payload, peer.addr) {
                     tracing::warn!(error = %e, "SIP UDP send failed");
                 }
@@ -2060,8 +2113,9 @@ async fn udp_receive(
     loop {
         // Stopping between datagrams only: one read is never lost half-handled.
         let received = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
+            biased;
             _ = closed(&mut gate) => return,
+            r = socket.recv_from(&mut buf) => r,
         };
         let (n, addr) = match received {
             Ok(r) => r,
@@ -2115,13 +2169,17 @@ async fn opened(gate: &mut tokio::sync::watch::Receiver<Gate>) -> bool {
     )
 }
 
-/// Resolves when the gate says stop (or its sender is gone); never otherwise.
+/// Resolves when the gate says stop; never otherwise (also not when its sender is gone).
 async fn closed(gate: &mut tokio::sync::watch::Receiver<Gate>) {
-    let _ = gate.wait_for(|g| *g == Gate::Stop).await;
+    if gate.wait_for(|g| *g == Gate::Stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Connection ids of SIP TCP and TLS connections (UDP sockets are numbered from 0).
-static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
+/// The process id goes in the high half, so the two processes of a takeover never number two
+/// connections alike.
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn tcp_accept(
     listener: TcpListener,
@@ -2135,8 +2193,9 @@ async fn tcp_accept(
     }
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = closed(&mut gate) => return,
+            r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
             Ok(s) => s,
@@ -2167,8 +2226,9 @@ async fn tls_accept(
     }
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = closed(&mut gate) => return,
+            r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
             Ok(s) => s,
@@ -2207,7 +2267,8 @@ fn serve_sip_stream<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let id = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seq = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = (u64::from(std::process::id()) + 1) << 32 | (seq & 0xffff_ffff);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     conns
         .lock()

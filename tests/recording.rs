@@ -624,24 +624,7 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
     old.signal(libc::SIGUSR2);
 
     // The old process hands systemd the new main PID once the new one serves.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new_pid = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no MAINPID= in 30 s; log:\n{}",
-            old.log_text()
-        );
-        let mut buf = [0u8; 512];
-        let Ok(n) = notify.recv(&mut buf) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("MAINPID=")) {
-            break pid.parse::<i32>().unwrap();
-        }
-    };
-    assert_ne!(new_pid, old.pid());
-    let new = Pid(new_pid);
+    let new = wait_mainpid(&notify, &old);
 
     // HTTP and SIP are the new process's now: its session list lacks the old call...
     let (status, body) = http_get(ports.http, "/api/sessions").unwrap();
@@ -840,10 +823,17 @@ fn takeover_with_no_running_server_starts_on_its_own() {
 
 /// `--takeover` while a server runs but does not hand over (here: busy with another
 /// takeover) exits with an error, and neither binds nor "recovers" the running server's open
-/// recordings.
+/// recordings. Then a real takeover whose old process is killed while it drains: the new
+/// process finishes the recording it left (marked interrupted), once it has gone.
 #[test]
-fn takeover_refused_leaves_the_running_server_alone() {
-    let mut server = Server::start(65, &[]);
+fn a_refused_takeover_and_a_killed_old_process_lose_nothing() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut server = Server::start(65, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
     let ports = TestPorts::new(65);
     let mut src = Src::new(ports.src_sip, ports.sip, "takeover-busy@127.0.0.1");
     let port = src.record_one(ports.src_rtp);
@@ -851,8 +841,8 @@ fn takeover_refused_leaves_the_running_server_alone() {
     send_pcmu(&rtp, port, &source_audio(66, 1600), 1, 0x7d7d);
     // Another "successor" holds the server's takeover socket and never says it is ready.
     let socket = server.recordings().join(".takeover.sock");
-    let _busy = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siprec"))
+    let busy = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_siprec"))
         .arg("--takeover")
         .env_clear()
         .env("RUST_LOG", "info")
@@ -864,15 +854,29 @@ fn takeover_refused_leaves_the_running_server_alone() {
         .env("RTP_PORT_MAX", ports.rtp_max.to_string())
         .env("RECORDING_DIR", server.recordings())
         .env("STT_PROVIDER", "none")
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("--takeover against a busy server did not give up in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("did not hand over"), "{stderr}");
     assert!(
         !stderr.contains("interrupted recording finished"),
         "{stderr}"
     );
+    drop(busy);
     // The running server's call goes on and ends normally.
     send_pcmu(&rtp, port, &source_audio(67, 800), 11, 0x7d7d);
     assert_eq!(src.bye().status, 200);
@@ -880,7 +884,65 @@ fn takeover_refused_leaves_the_running_server_alone() {
     let meta = std::fs::read_to_string(dir.join("session.json")).unwrap();
     assert!(meta.contains("\"end_reason\": \"bye\""), "{meta}");
     assert!(!meta.contains("\"interrupted\": true"), "{meta}");
-    assert_eq!(server.stop(), Some(0));
+
+    // A real takeover; the old process is then killed while its call runs.
+    let mut second = Src::new(ports.src_sip + 5, ports.sip, "takeover-killed@127.0.0.1");
+    let port2 = second.record_one(ports.src_rtp + 5);
+    let rtp2 = UdpSocket::bind(("127.0.0.1", ports.src_rtp + 5)).unwrap();
+    send_pcmu(&rtp2, port2, &source_audio(68, 8000), 1, 0x7e7e);
+    // (The listener may still be re-arming after the busy connection went.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("went away before it was ready") {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal(libc::SIGUSR2);
+    let new = wait_mainpid(&notify, &server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("reading SIP now") {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal(libc::SIGKILL);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), None, "killed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .log_text()
+        .contains("takeover: the old process has exited")
+    {
+        assert!(Instant::now() < deadline, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dirs = wait_sessions(&server.recordings(), 2, Duration::from_secs(10));
+    let killed = dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("session.json")).unwrap())
+        .find(|m| m.contains("takeover-killed"))
+        .expect("the killed process's recording finished by the new one");
+    assert!(killed.contains("\"interrupted\": true"), "{killed}");
+    new.stop();
+}
+
+/// Waits for the MAINPID= a server sends when it hands over; the new process.
+fn wait_mainpid(notify: &std::os::unix::net::UnixDatagram, old: &Server) -> Pid {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no MAINPID= in 30 s; log:\n{}",
+            old.log_text()
+        );
+        let mut buf = [0u8; 512];
+        let Ok(n) = notify.recv(&mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("MAINPID=")) {
+            let pid = pid.parse::<i32>().unwrap();
+            assert_ne!(pid, old.pid());
+            return Pid(pid);
+        }
+    }
 }
 
 /// A process this test did not start (the successor a server started): SIGTERM on drop.

@@ -622,6 +622,11 @@ impl Call {
         &self.local_tag
     }
 
+    /// The recording session's directory.
+    pub(super) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub(super) fn is_active(&self) -> bool {
         self.state != CallState::Ending
     }

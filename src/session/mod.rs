@@ -224,6 +224,11 @@ impl SessionManager {
         self.calls.keys().cloned().collect()
     }
 
+    /// The recording directories of the calls held.
+    pub fn recording_dirs(&self) -> Vec<PathBuf> {
+        self.calls.values().map(|c| c.dir().to_path_buf()).collect()
+    }
+
     /// Summaries for the API, oldest first.
     pub fn summaries(&self) -> Vec<CallSummary> {
         let mut v: Vec<CallSummary> = self.calls.values().map(|c| c.summary()).collect();

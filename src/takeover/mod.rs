@@ -8,11 +8,12 @@
 //! the Call-IDs of its running calls ([`Frame::Calls`]), hands systemd the main PID, and
 //! drains: its calls go on, on their own RTP sockets, until they end or the drain deadline.
 //!
-//! The listening sockets are shared from then on, so SIP for the predecessor's calls (BYE,
-//! re-INVITE, the answers to its own BYEs, a new TCP connection carrying an old dialog)
-//! reaches the successor. The successor forwards whatever carries one of those Call-IDs
-//! ([`Frame::Forward`]); the predecessor answers through it ([`Frame::Transmit`]), so the
-//! answer leaves from the socket or connection the request came in on.
+//! The successor reads SIP only once it has the Calls frame, so each message is read by one
+//! process, which forwards what belongs to the other ([`Frame::Forward`]): the successor what
+//! carries one of the predecessor's Call-IDs (BYE, re-INVITE, the answers to its own BYEs),
+//! the predecessor what its TCP/TLS connections carry for anything else (OPTIONS, new calls).
+//! Answers leave from the socket or connection the message came in on: UDP directly (the
+//! socket is shared), TCP/TLS back over the link ([`Frame::Transmit`]).
 //!
 //! This file is the wire format, sans-IO; `fds` passes the sockets, `link` runs the socket.
 
@@ -72,9 +73,15 @@ pub enum Frame {
         calls: Vec<String>,
         dirs: Vec<String>,
     },
-    /// Successor → predecessor: a SIP message of one of its calls, as received from `peer`.
+    /// Predecessor → successor: the AMQP spool (`AMQP_SPOOL_DIR`) is no longer written by the
+    /// predecessor; the successor's publisher may open it.
+    SpoolFree,
+    /// Either way: a SIP message for the other process, as received from `peer` (by the
+    /// successor for the predecessor's calls; by the predecessor, on its TCP/TLS connections,
+    /// for anything else).
     Forward { peer: Peer, message: Vec<u8> },
-    /// Predecessor → successor: send `message` to `peer` (an answer to a forwarded request).
+    /// Either way: send `message` to `peer` on the TCP/TLS connection it came in on (an answer
+    /// to a forwarded message). Answers over UDP leave the shared socket directly.
     Transmit { peer: Peer, message: Vec<u8> },
 }
 
@@ -103,6 +110,7 @@ impl Frame {
                 // A struct of strings and numbers always serializes.
                 out.extend_from_slice(&serde_json::to_vec(hello).unwrap_or_default());
             }
+            Frame::SpoolFree => out.push(b'S'),
             Frame::Ready { pid } => {
                 out.push(b'R');
                 out.extend_from_slice(&pid.to_le_bytes());
@@ -158,6 +166,7 @@ impl Frame {
                     pid: u32::from_le_bytes(pid),
                 })
             }
+            b'S' => Ok(Frame::SpoolFree),
             b'C' => serde_json::from_slice(body)
                 .map(|b: CallsBody| Frame::Calls {
                     calls: b.calls,
@@ -294,6 +303,7 @@ mod tests {
             ],
         }));
         roundtrip(Frame::Ready { pid: 7 });
+        roundtrip(Frame::SpoolFree);
         roundtrip(Frame::Calls {
             calls: vec!["a@b".into(), "c".into()],
             dirs: vec!["/rec/2026-11-29/a_1".into()],
