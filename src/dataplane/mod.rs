@@ -19,6 +19,7 @@
 mod epoll;
 mod uring;
 mod worker;
+pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
