@@ -190,14 +190,32 @@ fn overload_then_sigkill_under_load() {
             leg.len()
         );
         let n = kept.min(sent.len());
-        let differ: Vec<usize> = (0..n).filter(|&j| leg[p + j] != sent[j]).collect();
+        // Every 20 ms packet is there exactly, or (sent late under load, past the recorder's
+        // commit delay) is silence: never other audio, never shifted.
+        let packets = n / 160;
+        let mut silent = 0;
+        for slot in 0..packets {
+            let (a, b) = (slot * 160, slot * 160 + 160);
+            if leg[p + a..p + b] == sent[a..b] {
+                continue;
+            }
+            let differ: Vec<usize> = (a..b).filter(|&j| leg[p + j] != sent[j]).collect();
+            assert!(
+                leg[p + a..p + b].iter().all(|&x| x == 0),
+                "call {k}: packet {slot} is neither the audio sent nor silence: {} of 160 \
+                 samples differ, first at {:?}",
+                differ.len(),
+                differ.first()
+            );
+            silent += 1;
+        }
         assert!(
-            differ.is_empty(),
-            "call {k}: what is there is exact; {} of {n} samples differ, first at {:?}, last at {:?}",
-            differ.len(),
-            differ.first(),
-            differ.last()
+            silent * 2 <= packets,
+            "call {k}: {silent} of {packets} packets silent"
         );
+        if silent > 0 {
+            eprintln!("call {k}: {silent} of {packets} packets late (silence), the rest exact");
+        }
     }
     drop(again);
 }
