@@ -570,6 +570,50 @@ pub fn wait_sessions(root: &Path, count: usize, timeout: Duration) -> Vec<PathBu
 }
 
 /// Finds `needle` in `hay` (exact sample match); returns its first index.
+/// Checks that `sent` (20 ms packets of 160 samples) is in `leg` in order and never shifted:
+/// each packet exactly, or missing on a loaded machine: silence (too late for the recorder)
+/// or other audio (lost, and concealed by the receiver). Returns (silent, concealed) packet
+/// counts for the caller to hold against the server's counters; an error says what is wrong.
+/// More than half missing is an error.
+pub fn exact_or_missing(leg: &[i16], sent: &[i16]) -> Result<(usize, usize), String> {
+    let packets = sent.len() / 160;
+    // Where packet 0 is (or would be: before the recording's start when the first packets
+    // never made it).
+    let anchor = (0..packets).find_map(|k| {
+        let at = find(leg, &sent[k * 160..k * 160 + 160])?;
+        Some(at as i64 - (k * 160) as i64)
+    });
+    let Some(p0) = anchor else {
+        return Err(format!("none of the {packets} packets is in the recording"));
+    };
+    let (mut silent, mut other) = (0, 0);
+    for k in 0..packets {
+        let (a, b) = (k * 160, k * 160 + 160);
+        if p0 + (a as i64) < 0 {
+            silent += 1; // Before the recording began: missing.
+            continue;
+        }
+        let start = (p0 + a as i64) as usize;
+        let Some(got) = leg.get(start..start + 160) else {
+            return Err(format!("packet {k} is past the end of the recording"));
+        };
+        if got == &sent[a..b] {
+            continue;
+        }
+        if got.iter().any(|&x| x != 0) {
+            other += 1;
+        } else {
+            silent += 1;
+        }
+    }
+    if (silent + other) * 2 > packets {
+        return Err(format!(
+            "{silent} silent and {other} other of {packets} packets"
+        ));
+    }
+    Ok((silent, other))
+}
+
 pub fn find(hay: &[i16], needle: &[i16]) -> Option<usize> {
     if needle.is_empty() || needle.len() > hay.len() {
         return None;
