@@ -9,10 +9,10 @@ set -euo pipefail
 # are the reference codecs the FLAC and Ogg Opus recording tests check our files with;
 # dpkg-dev lets cargo-deb compute the package's library dependencies (systemd/deb.sh);
 # redis-server is the cluster test's own Redis, which it stops and restarts mid-call;
-# iproute2 and iputils-ping build and check the AF_XDP test's veth pair and namespace.
+# iproute2, iputils-ping and ethtool build and check the AF_XDP tests' veth pair and namespace.
 packages=(build-essential pkg-config cmake libssl-dev python3 python3-venv sip-tester sox flite
   tshark curl ca-certificates systemd libbcg729-dev libopus-dev libspandsp2 flac opus-tools
-  dpkg-dev redis-server iproute2 iputils-ping)
+  dpkg-dev redis-server iproute2 iputils-ping ethtool)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -310,6 +310,16 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
         batch_size: config.dataplane.batch_size,
         cores,
         sqpoll: config.dataplane.sqpoll,
+        xdp: config.dataplane.xdp_interface.clone().map(|interface| {
+            dataplane::xdp::XdpSettings {
+                interface,
+                zerocopy: config.dataplane.xdp_zerocopy,
+                port_min: config.media.rtp_port_min,
+                port_max: config.media.rtp_port_max,
+                // SIP_HOST when it names one; else every address of the interface.
+                address: Some(config.sip.host).filter(|h| !h.is_unspecified()),
+            }
+        }),
     };
     let dataplane = Dataplane::start(settings, outputs).context("cannot start data plane")?;
     let budget = dataplane::memory_budget_bytes(

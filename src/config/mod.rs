@@ -357,6 +357,11 @@ pub struct DataplaneConfig {
     /// io_uring: a kernel thread per worker polls its submission queue (`DATAPLANE_SQPOLL`,
     /// default false). Costs a busy kernel thread while traffic flows; saves submit calls.
     pub sqpoll: bool,
+    /// af_xdp: the interface RTP arrives on (`DATAPLANE_XDP_INTERFACE`); required then.
+    pub xdp_interface: Option<String>,
+    /// af_xdp: ask the driver for zero-copy (`DATAPLANE_XDP_ZEROCOPY`, default false; copy
+    /// mode, which every driver offers, when it refuses).
+    pub xdp_zerocopy: bool,
 }
 
 /// A configuration value that cannot be used, with everything needed to fix it.
@@ -567,6 +572,8 @@ pub struct FileDataplane {
     pub ring_slots: Option<usize>,
     pub batch_size: Option<usize>,
     pub sqpoll: Option<bool>,
+    pub xdp_interface: Option<String>,
+    pub xdp_zerocopy: Option<bool>,
 }
 
 /// One override from the environment or a CLI flag: the env-style key and its text.
@@ -620,6 +627,8 @@ pub const OVERRIDE_KEYS: &[(&str, &str)] = &[
     ("DATAPLANE_RING_SLOTS", "dataplane.ring_slots"),
     ("DATAPLANE_BATCH_SIZE", "dataplane.batch_size"),
     ("DATAPLANE_SQPOLL", "dataplane.sqpoll"),
+    ("DATAPLANE_XDP_INTERFACE", "dataplane.xdp_interface"),
+    ("DATAPLANE_XDP_ZEROCOPY", "dataplane.xdp_zerocopy"),
     ("ENABLE_REALTIME_AMQP", "amqp.enabled"),
     ("AMQP_URL", "amqp.url"),
     ("AMQP_TLS_CA_FILE", "amqp.tls_ca_file"),
@@ -878,7 +887,22 @@ impl Config {
             ring_slots: f.dataplane.ring_slots.unwrap_or(4096),
             batch_size: f.dataplane.batch_size.unwrap_or(32),
             sqpoll: f.dataplane.sqpoll.unwrap_or(false),
+            xdp_interface: f.dataplane.xdp_interface.clone().filter(|i| !i.is_empty()),
+            xdp_zerocopy: f.dataplane.xdp_zerocopy.unwrap_or(false),
         };
+        if dataplane.backend == crate::dataplane::BackendChoice::AfXdp {
+            match &dataplane.xdp_interface {
+                None => {
+                    let allowed = "an interface name when DATAPLANE_BACKEND=af_xdp";
+                    return Err(invalid("DATAPLANE_XDP_INTERFACE", "", allowed));
+                }
+                Some(name) if name.len() > 15 || name.contains(['/', ' ']) => {
+                    let allowed = "an interface name (at most 15 characters)";
+                    return Err(invalid("DATAPLANE_XDP_INTERFACE", name.as_str(), allowed));
+                }
+                Some(_) => {}
+            }
+        }
         if !(16..=1 << 20).contains(&dataplane.ring_slots) {
             let v = dataplane.ring_slots.to_string();
             return Err(invalid("DATAPLANE_RING_SLOTS", v, "16 to 1048576 slots"));
@@ -1414,7 +1438,8 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
                 "auto" => BackendChoice::Auto,
                 "io_uring" => BackendChoice::IoUring,
                 "epoll" => BackendChoice::Epoll,
-                _ => return Err(invalid(key, v, "auto, io_uring or epoll")),
+                "af_xdp" => BackendChoice::AfXdp,
+                _ => return Err(invalid(key, v, "auto, io_uring, epoll or af_xdp")),
             };
             f.dataplane.backend = Some(choice);
         }
@@ -1422,6 +1447,8 @@ fn apply_override(f: &mut FileConfig, key: &'static str, v: &str) -> Result<(), 
         "DATAPLANE_RING_SLOTS" => f.dataplane.ring_slots = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_BATCH_SIZE" => f.dataplane.batch_size = Some(parse_num(key, v, COUNT)?),
         "DATAPLANE_SQPOLL" => f.dataplane.sqpoll = Some(parse_bool(key, v)?),
+        "DATAPLANE_XDP_INTERFACE" => f.dataplane.xdp_interface = Some(v.trim().to_owned()),
+        "DATAPLANE_XDP_ZEROCOPY" => f.dataplane.xdp_zerocopy = Some(parse_bool(key, v)?),
         "ENABLE_REALTIME_AMQP" => f.amqp.enabled = Some(parse_bool(key, v)?),
         "AMQP_URL" => f.amqp.url = Some(v.trim().to_owned()),
         "AMQP_TLS_CA_FILE" => f.amqp.tls_ca_file = Some(v.trim().into()),

@@ -10,6 +10,8 @@ use super::{mono_now_ns, socket_addr_from_raw, NameBuf, SOCKADDR_BYTES};
 const EVENTS_MAX: usize = 256;
 /// recvmmsg calls per ready socket per iteration, so one busy socket can't starve others.
 const BATCHES_PER_SOCKET_MAX: usize = 4;
+/// The token of a descriptor that only wakes the loop (`watch`).
+const WAKE_TOKEN: u64 = u64::MAX;
 
 pub(super) struct Epoll {
     epoll: RawFd,
@@ -63,6 +65,12 @@ impl Epoll {
             names,
             headers,
         })
+    }
+
+    /// Also wakes `poll` when `fd` is readable, without reading it (an AF_XDP socket: its
+    /// owner drains the ring after `poll`).
+    pub(super) fn watch(&self, fd: RawFd) -> std::io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, WAKE_TOKEN)
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -163,6 +171,9 @@ impl Backend for Epoll {
         let now = mono_now_ns();
         for i in 0..n.max(0) as usize {
             let token = self.events[i].u64;
+            if token == WAKE_TOKEN {
+                continue;
+            }
             self.drain_socket(core, now, (token >> 1) as usize, token & 1 == 1);
         }
     }

@@ -57,6 +57,9 @@ pub enum BackendChoice {
     IoUring,
     /// epoll + recvmmsg.
     Epoll,
+    /// AF_XDP sockets on `DATAPLANE_XDP_INTERFACE`'s queues fed by an XDP program, beside
+    /// epoll for RTCP and what the program leaves to the kernel. Never chosen by `Auto`.
+    AfXdp,
 }
 
 /// Sizes and placement of the workers.
@@ -71,6 +74,8 @@ pub struct DataplaneSettings {
     pub cores: Vec<Option<usize>>,
     /// io_uring: a kernel thread polls each worker's submission queue (`DATAPLANE_SQPOLL`).
     pub sqpoll: bool,
+    /// AF_XDP: where and what to take off the NIC (with `BackendChoice::AfXdp`).
+    pub xdp: Option<xdp::XdpSettings>,
 }
 
 /// Commands from the control plane to one worker.
@@ -114,6 +119,8 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     reports: crossbeam_channel::Receiver<Report>,
     backend_name: &'static str,
+    /// AF_XDP's program, map and link: detached when dropped (after the workers stopped).
+    _xdp: Option<xdp::Attached>,
 }
 
 struct WorkerHandle {
@@ -132,8 +139,17 @@ impl Dataplane {
             settings.workers,
             "one set of rings per worker"
         );
+        // AF_XDP: the program is loaded and attached once; each worker binds a socket to its
+        // queue and enters it in the map.
+        let xdp = match (settings.backend, &settings.xdp) {
+            (BackendChoice::AfXdp, Some(x)) => Some(xdp::Attached::new(x, settings.workers)?),
+            (BackendChoice::AfXdp, None) => {
+                return Err(std::io::Error::other("af_xdp needs an interface"))
+            }
+            _ => None,
+        };
         let use_uring = match settings.backend {
-            BackendChoice::Epoll => false,
+            BackendChoice::Epoll | BackendChoice::AfXdp => false,
             BackendChoice::IoUring => {
                 uring::probe().map_err(|e| {
                     std::io::Error::other(format!("io_uring required but unavailable: {e}"))
@@ -171,12 +187,17 @@ impl Dataplane {
             );
             let batch = settings.batch_size;
             let sqpoll = settings.sqpoll;
+            let xsk = xdp.as_ref().map(|x| x.worker(index as u32));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("rx-{index}"))
                 .spawn(move || {
-                    let uring = use_uring.then_some(sqpoll);
-                    run_worker(index, core_id, uring, batch, core, ready_tx)
+                    let kind = match (xsk, use_uring) {
+                        (Some(x), _) => Kind::AfXdp(x),
+                        (None, true) => Kind::Uring(sqpoll),
+                        (None, false) => Kind::Epoll,
+                    };
+                    run_worker(index, core_id, kind, batch, core, ready_tx)
                 })?;
             match ready_rx.recv() {
                 Ok(Ok(name)) => backend_name = name,
@@ -194,10 +215,11 @@ impl Dataplane {
             workers,
             reports,
             backend_name,
+            _xdp: xdp,
         })
     }
 
-    /// The receive backend the workers run: "io_uring" or "epoll".
+    /// The receive backend the workers run: "io_uring", "epoll" or "af_xdp".
     pub fn backend(&self) -> &'static str {
         self.backend_name
     }
@@ -298,13 +320,20 @@ pub(crate) fn socket_addr_from_raw(bytes: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// The backend a worker builds.
+enum Kind {
+    /// io_uring, with SQPOLL or not.
+    Uring(bool),
+    Epoll,
+    AfXdp(xdp::WorkerXdp),
+}
+
 /// A worker thread's body: pin, build the backend on this thread (io_uring's SINGLE_ISSUER
 /// ties a ring to its creator), report which one runs, then loop until Shutdown.
 fn run_worker(
     index: usize,
     core_id: Option<usize>,
-    // io_uring (with SQPOLL or not), or epoll.
-    uring: Option<bool>,
+    kind: Kind,
     batch: usize,
     core: worker::Core,
     ready: std::sync::mpsc::Sender<std::io::Result<&'static str>>,
@@ -314,7 +343,25 @@ fn run_worker(
             tracing::warn!(worker = index, core = id, "could not pin worker");
         }
     }
-    if let Some(sqpoll) = uring {
+    if let Kind::AfXdp(x) = kind {
+        // No fallback: AF_XDP was asked for by name.
+        match xdp::backend::XdpBackend::new(batch, &x) {
+            Ok(mut b) => {
+                tracing::info!(
+                    worker = index,
+                    zerocopy = b.zerocopy(),
+                    "AF_XDP worker ready"
+                );
+                let _ = ready.send(Ok("af_xdp"));
+                core.run(&mut b);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+        return;
+    }
+    if let Kind::Uring(sqpoll) = kind {
         match uring::Uring::new(sqpoll) {
             Ok(mut u) => {
                 tracing::info!(worker = index, taskrun = ?u.taskrun(), "io_uring worker ready");
@@ -370,6 +417,8 @@ pub fn memory_budget_bytes(workers: usize, ring_slots: usize, backend: &str, stt
     per_worker += match backend {
         // Provided buffers the kernel fills.
         "io_uring" => uring::PROVIDED_BUFFER_BYTES,
+        // The UMEM, plus the epoll path's recvmmsg buffers for RTCP.
+        "af_xdp" => xdp::UMEM_BYTES + 1024 * worker::DATAGRAM_MAX,
         // recvmmsg batch buffers (at most 1,024 datagrams per call).
         _ => 1024 * worker::DATAGRAM_MAX,
     };

@@ -39,6 +39,11 @@ pub struct Filter {
     /// Returned when the queue has no socket in the map. XDP_PASS in service (the kernel
     /// gets the frame); tests use XDP_TX to see what would have been redirected.
     pub miss_action: u32,
+    /// Receive workers: a stream's port belongs to worker `port / 2 % workers`, whose socket
+    /// is bound to the queue of the same number. A frame that arrived on another queue goes
+    /// to the kernel, where the owner reads it from the stream's UDP socket: slower, never
+    /// lost.
+    pub workers: u32,
 }
 
 // Registers.
@@ -293,7 +298,8 @@ pub fn generate(filter: &Filter, map_fd: i32) -> Vec<Insn> {
     a.finish()
 }
 
-/// r5 holds the destination port as loaded: in range and even, or `pass`.
+/// r5 holds the destination port as loaded: in range, even, and owned by the worker of the
+/// queue the frame came in on, or `pass`.
 fn port_check(a: &mut Asm, filter: &Filter, pass: Label, redirect: Label) {
     a.be16(R5);
     a.jlt_imm(R5, i32::from(filter.port_min), pass);
@@ -301,6 +307,11 @@ fn port_check(a: &mut Asm, filter: &Filter, pass: Label, redirect: Label) {
     a.mov_reg(R4, R5);
     a.and_imm(R4, 1);
     a.jne_imm(R4, 0, pass);
+    a.mov_reg(R4, R5);
+    a.emit(0x77, R4, 0, 0, 1); // r4 >>= 1
+    a.emit(0x97, R4, 0, 0, filter.workers.max(1) as i32); // r4 %= workers
+    a.load_u32(R5, R6, 16); // rx_queue_index
+    a.jump(0x5d, R4, R5, 0, pass); // r4 != r5
     a.ja(redirect);
 }
 
@@ -315,6 +326,7 @@ mod tests {
             port_max: 20999,
             addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             miss_action: XDP_PASS,
+            workers: 1,
         };
         let insns = generate(&filter, 7);
         // Every jump stays inside the program; the last instruction exits.

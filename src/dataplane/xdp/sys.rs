@@ -220,6 +220,7 @@ mod tests {
                 port_max: 20999,
                 addresses,
                 miss_action: XDP_TX,
+                workers: 1,
             };
             let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
             let rtp = b"\x80\x00\x00\x01";
@@ -233,12 +234,32 @@ mod tests {
             let run = |frame: &[u8]| test_run(prog.as_raw_fd(), frame).unwrap();
             assert_eq!((run(&f4), run(&f6)), (want4, want6));
         }
+        // Two workers: a port belongs to worker port / 2 % 2; the test runs as queue 0, so
+        // only worker 0's ports are taken, worker 1's pass to the kernel.
+        let filter = Filter {
+            port_min: 20000,
+            port_max: 20999,
+            addresses: vec![v4],
+            miss_action: XDP_TX,
+            workers: 2,
+        };
+        let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
+        for (port, want) in [(20000, XDP_TX), (20002, XDP_PASS), (20004, XDP_TX)] {
+            let to = std::net::SocketAddr::new(v4, port);
+            let frame = build(addr("192.0.2.9:4000"), to, None, b"\x80\x00\x00\x01");
+            assert_eq!(
+                test_run(prog.as_raw_fd(), &frame).unwrap(),
+                want,
+                "port {port}"
+            );
+        }
         for addresses in [vec![], vec![v4, v6]] {
             let filter = Filter {
                 port_min: 20000,
                 port_max: 20999,
                 addresses: addresses.clone(),
                 miss_action: XDP_TX,
+                workers: 1,
             };
             let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
             let run = |frame: &[u8]| test_run(prog.as_raw_fd(), frame).unwrap();
