@@ -836,7 +836,14 @@ async fn control_plane(
     let mut exit_now = false;
     // Takeover, as the old process: the listener a successor connects to, the link once one
     // has, the child SIGUSR2 started, and whether the sockets are the successor's now.
-    let mut takeover_listener = match takeover::link::listen(&takeover_path, inherited.is_some()) {
+    // AF_XDP holds the interface's one XDP program: a second process could not attach its
+    // own beside it, so there is no takeover (an upgrade restarts; docs/operations.md).
+    let xdp = config.dataplane.backend == dataplane::BackendChoice::AfXdp;
+    let listen = match xdp {
+        true => Err(std::io::Error::other("not with DATAPLANE_BACKEND=af_xdp")),
+        false => takeover::link::listen(&takeover_path, inherited.is_some()),
+    };
+    let mut takeover_listener = match listen {
         Ok(l) => Some(l),
         Err(e) => {
             let path = takeover_path.display();

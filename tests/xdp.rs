@@ -144,7 +144,12 @@ fn rtp_reaches_the_af_xdp_socket_and_the_rest_the_kernel() {
         miss_action: program::XDP_PASS,
         workers: 1,
     };
-    let prog = sys::load_xdp(&program::generate(&filter, map.as_raw_fd())).unwrap();
+    let ports = sys::create_port_map().unwrap();
+    for port in [20000, 20002] {
+        sys::set_port(ports.as_raw_fd(), port, true).unwrap();
+    }
+    let insns = program::generate(&filter, map.as_raw_fd(), ports.as_raw_fd());
+    let prog = sys::load_xdp(&insns).unwrap();
     let index = ifindex(&near);
     let link = sys::attach_xdp(prog.as_raw_fd(), index, sys::XDP_FLAGS_DRV_MODE)
         .or_else(|_| sys::attach_xdp(prog.as_raw_fd(), index, sys::XDP_FLAGS_SKB_MODE))
@@ -424,6 +429,28 @@ fn a_call_is_recorded_through_af_xdp() {
     assert!(
         metrics.contains("siprec_rtp_packets_received_total"),
         "metrics served"
+    );
+    // The RTP went around the kernel's UDP stack: the namespace's UDP counters saw the SIP
+    // (a handful of datagrams), not the 100 RTP packets and the garbage.
+    let snmp = Command::new("ip")
+        .args(["netns", "exec", &ns, "cat", "/proc/net/snmp"])
+        .output()
+        .unwrap();
+    let snmp = String::from_utf8_lossy(&snmp.stdout).into_owned();
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let column = udp[0]
+        .split_whitespace()
+        .position(|c| c == "InDatagrams")
+        .unwrap();
+    let in_datagrams: u64 = udp[1]
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        in_datagrams < 50,
+        "{in_datagrams} UDP datagrams went through the kernel: {snmp}"
     );
 
     // SIGTERM (to the server inside `ip netns exec`, which execs it): exit 0, program gone.

@@ -19,6 +19,8 @@ const BATCH: u32 = 64;
 pub struct XdpBackend {
     kernel: Epoll,
     xsk: Xsk,
+    /// The program's port map: a port is taken off the NIC only while a stream has it.
+    ports_fd: std::os::fd::RawFd,
     /// Slot + 1 of the stream whose RTP port is the index; 0: none.
     slots: Box<[u32]>,
 }
@@ -38,6 +40,7 @@ impl XdpBackend {
         Ok(XdpBackend {
             kernel,
             xsk,
+            ports_fd: x.ports_fd,
             slots: vec![0; 1 << 16].into_boxed_slice(),
         })
     }
@@ -52,6 +55,10 @@ impl Backend for XdpBackend {
         self.kernel.add(slot, stream)?;
         let port = stream.sockets.rtp.local_addr()?.port();
         self.slots[usize::from(port)] = slot as u32 + 1;
+        // Until this succeeds the port's frames stay with the kernel (and its socket).
+        if let Err(e) = sys::set_port(self.ports_fd, port, true) {
+            tracing::warn!(port, error = %e, "AF_XDP: port left to the kernel path");
+        }
         Ok(())
     }
 
@@ -60,6 +67,7 @@ impl Backend for XdpBackend {
             let entry = &mut self.slots[usize::from(addr.port())];
             if *entry == slot as u32 + 1 {
                 *entry = 0;
+                let _ = sys::set_port(self.ports_fd, addr.port(), false);
             }
         }
         self.kernel.remove(slot, stream);
@@ -79,7 +87,9 @@ impl XdpBackend {
     fn drain(&mut self, core: &mut Core) {
         let now = mono_now_ns();
         let slots = &self.slots;
-        loop {
+        // Bounded, so commands, RTCP and the heartbeat get their turn under any load (epoll
+        // reports the socket ready at once if frames remain).
+        for _ in 0..UMEM_FRAMES / BATCH {
             let n = self.xsk.receive(BATCH, |frame| match packet::parse(frame) {
                 Ok(udp) => match slots[usize::from(udp.destination.port())] {
                     // A port in the range with no stream: the program takes it, nobody wants it.

@@ -38,6 +38,7 @@ pub struct Attached {
     ifindex: u32,
     zerocopy: bool,
     map: OwnedFd,
+    ports: OwnedFd,
     _prog: OwnedFd,
     _link: OwnedFd,
 }
@@ -47,6 +48,7 @@ pub struct WorkerXdp {
     pub(crate) ifindex: u32,
     pub(crate) queue: u32,
     pub(crate) map_fd: RawFd,
+    pub(crate) ports_fd: RawFd,
     pub(crate) zerocopy: bool,
 }
 
@@ -75,10 +77,19 @@ impl Attached {
                 "creating the socket map (needs CAP_BPF and CAP_NET_ADMIN, e.g. root)",
             )
         })?;
+        let ports = sys::create_port_map()
+            .map_err(|e| explain(e, "creating the port map (needs CAP_BPF and CAP_NET_ADMIN)"))?;
+        // Never "any address": frames bridged or forwarded through the interface are not ours.
         let addresses = match settings.address {
             Some(a) => vec![a],
             None => interface_addresses(name),
         };
+        if addresses.is_empty() {
+            return Err(io::Error::other(format!(
+                "AF_XDP: {name} has no address to match (or they could not be read): set \
+                 SIP_HOST to the address RTP arrives at"
+            )));
+        }
         let filter = program::Filter {
             port_min: settings.port_min,
             port_max: settings.port_max,
@@ -86,7 +97,7 @@ impl Attached {
             miss_action: program::XDP_PASS,
             workers: workers as u32,
         };
-        let insns = program::generate(&filter, map.as_raw_fd());
+        let insns = program::generate(&filter, map.as_raw_fd(), ports.as_raw_fd());
         let prog = sys::load_xdp(&insns)
             .map_err(|e| explain(e, "loading the XDP program (kernel ≥ 5.9 with BPF links)"))?;
         let (link, mode) = match sys::attach_xdp(prog.as_raw_fd(), ifindex, sys::XDP_FLAGS_DRV_MODE)
@@ -117,6 +128,7 @@ impl Attached {
             ifindex,
             zerocopy: settings.zerocopy,
             map,
+            ports,
             _prog: prog,
             _link: link,
         })
@@ -128,6 +140,7 @@ impl Attached {
             ifindex: self.ifindex,
             queue,
             map_fd: self.map.as_raw_fd(),
+            ports_fd: self.ports.as_raw_fd(),
             zerocopy: self.zerocopy,
         }
     }

@@ -15,7 +15,8 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
-/// `bpf_redirect_map` (`enum bpf_func_id`).
+/// `bpf_map_lookup_elem` and `bpf_redirect_map` (`enum bpf_func_id`).
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const HELPER_REDIRECT_MAP: i32 = 51;
 
 /// One eBPF instruction as the kernel reads it (`struct bpf_insn`).
@@ -54,6 +55,8 @@ const R3: u8 = 3;
 const R4: u8 = 4;
 const R5: u8 = 5;
 const R6: u8 = 6;
+const R7: u8 = 7;
+const R10: u8 = 10;
 
 /// A jump target, resolved when the program is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +183,11 @@ fn wire32(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
 }
 
-/// The program for `filter`, redirecting into the XSKMAP `map_fd`.
-pub fn generate(filter: &Filter, map_fd: i32) -> Vec<Insn> {
+/// The program for `filter`, redirecting into the XSKMAP `map_fd` the frames whose port is
+/// marked open in the array map `ports_fd` (a u32 per port; the workers mark their streams'
+/// ports). A port no stream has open passes to the kernel: a socket of another program, or
+/// of the process a takeover replaced, bound in the range keeps its traffic.
+pub fn generate(filter: &Filter, map_fd: i32, ports_fd: i32) -> Vec<Insn> {
     let mut a = Asm::default();
     let pass = a.label();
     let redirect = a.label();
@@ -284,8 +290,17 @@ pub fn generate(filter: &Filter, map_fd: i32) -> Vec<Insn> {
         port_check(&mut a, filter, pass, redirect);
     }
 
-    // To the socket of this receive queue; without one, `miss_action`.
+    // Only a port a stream has open: r7 = port, looked up in the port map.
     a.bind(redirect);
+    a.emit(0x63, R10, R7, -4, 0); // *(u32 *)(r10 - 4) = r7
+    a.mov_reg(R2, R10);
+    a.add_imm(R2, -4);
+    a.load_map_fd(R1, ports_fd);
+    a.call(HELPER_MAP_LOOKUP_ELEM);
+    a.jeq_imm(R0, 0, pass);
+    a.load_u32(R0, R0, 0);
+    a.jeq_imm(R0, 0, pass);
+    // To the socket of this receive queue; without one, `miss_action`.
     a.load_u32(R2, R6, 16); // rx_queue_index
     a.load_map_fd(R1, map_fd);
     a.mov_imm(R3, filter.miss_action as i32);
@@ -310,6 +325,7 @@ fn port_check(a: &mut Asm, filter: &Filter, pass: Label, redirect: Label) {
     a.mov_reg(R4, R5);
     a.emit(0x77, R4, 0, 0, 1); // r4 >>= 1
     a.emit(0x97, R4, 0, 0, filter.workers.max(1) as i32); // r4 %= workers
+    a.mov_reg(R7, R5);
     a.load_u32(R5, R6, 16); // rx_queue_index
     a.jump(0x5d, R4, R5, 0, pass); // r4 != r5
     a.ja(redirect);
@@ -328,7 +344,7 @@ mod tests {
             miss_action: XDP_PASS,
             workers: 1,
         };
-        let insns = generate(&filter, 7);
+        let insns = generate(&filter, 7, 8);
         // Every jump stays inside the program; the last instruction exits.
         for (i, insn) in insns.iter().enumerate() {
             let class = insn.code & 0x07;
@@ -339,8 +355,10 @@ mod tests {
             }
         }
         assert_eq!(insns.last().unwrap().code, 0x95);
-        // The map fd is in the one 64-bit load.
-        let load = insns.iter().position(|i| i.code == 0x18).unwrap();
-        assert_eq!((insns[load].imm, insns[load].regs >> 4), (7, 1));
+        // The map fds are in the two 64-bit loads: the port map's, then the socket map's.
+        let loads: Vec<_> = insns.iter().filter(|i| i.code == 0x18).collect();
+        assert_eq!(loads.len(), 2);
+        assert_eq!((loads[0].imm, loads[0].regs >> 4), (8, 1));
+        assert_eq!((loads[1].imm, loads[1].regs >> 4), (7, 1));
     }
 }

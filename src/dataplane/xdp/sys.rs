@@ -13,6 +13,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -120,6 +121,30 @@ pub fn create_xskmap(entries: u32) -> io::Result<OwnedFd> {
     bpf(BPF_MAP_CREATE, &mut attr).map(owned)
 }
 
+/// An array of a u32 per UDP port: nonzero where a stream has the port open.
+pub fn create_port_map() -> io::Result<OwnedFd> {
+    let mut attr = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1 << 16,
+        map_flags: 0,
+    };
+    bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+/// Marks `port` open (or not) in the port map.
+pub fn set_port(map_fd: i32, port: u16, open: bool) -> io::Result<()> {
+    let (key, value) = (u32::from(port), u32::from(open));
+    let mut attr = MapUpdate {
+        map_fd: map_fd as u32,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
 /// Puts the AF_XDP socket `xsk_fd` in slot `queue` of the XSKMAP.
 pub fn set_xsk(map_fd: i32, queue: u32, xsk_fd: i32) -> io::Result<()> {
     let (key, value) = (queue, xsk_fd as u32);
@@ -132,10 +157,15 @@ pub fn set_xsk(map_fd: i32, queue: u32, xsk_fd: i32) -> io::Result<()> {
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
-/// Loads an XDP program; on a verifier refusal the error carries the verifier's log.
+/// Loads an XDP program; on a verifier refusal the error carries the verifier's log. (The
+/// log is only asked for on a retry: a full log buffer fails even a program that verified.)
 pub fn load_xdp(insns: &[Insn]) -> io::Result<OwnedFd> {
+    load(insns, 0).or_else(|_| load(insns, 1))
+}
+
+fn load(insns: &[Insn], log_level: u32) -> io::Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 * 1024];
+    let mut log = vec![0u8; if log_level > 0 { 1 << 20 } else { 0 }];
     let mut name = [0u8; 16];
     name[..10].copy_from_slice(b"siprec_rtp");
     let mut attr = ProgLoad {
@@ -143,9 +173,13 @@ pub fn load_xdp(insns: &[Insn]) -> io::Result<OwnedFd> {
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
+        log_level,
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         prog_name: name,
         ..Default::default()
     };
@@ -209,6 +243,11 @@ mod tests {
             }
             Err(e) => panic!("XSKMAP: {e}"),
         };
+        // Every even port of the range is open but 20010, which no stream has.
+        let ports = create_port_map().unwrap();
+        for port in (20000..21000).step_by(2) {
+            set_port(ports.as_raw_fd(), port, port != 20010).unwrap();
+        }
         let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
         // One family only: the other's frames all pass.
@@ -222,7 +261,8 @@ mod tests {
                 miss_action: XDP_TX,
                 workers: 1,
             };
-            let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
+            let prog =
+                load_xdp(&generate(&filter, map.as_raw_fd(), ports.as_raw_fd())).expect("verifier");
             let rtp = b"\x80\x00\x00\x01";
             let f4 = build(addr("192.0.2.9:4000"), addr("192.0.2.1:20000"), None, rtp);
             let f6 = build(
@@ -243,7 +283,8 @@ mod tests {
             miss_action: XDP_TX,
             workers: 2,
         };
-        let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
+        let prog =
+            load_xdp(&generate(&filter, map.as_raw_fd(), ports.as_raw_fd())).expect("verifier");
         for (port, want) in [(20000, XDP_TX), (20002, XDP_PASS), (20004, XDP_TX)] {
             let to = std::net::SocketAddr::new(v4, port);
             let frame = build(addr("192.0.2.9:4000"), to, None, b"\x80\x00\x00\x01");
@@ -261,7 +302,8 @@ mod tests {
                 miss_action: XDP_TX,
                 workers: 1,
             };
-            let prog = load_xdp(&generate(&filter, map.as_raw_fd())).expect("verifier");
+            let prog =
+                load_xdp(&generate(&filter, map.as_raw_fd(), ports.as_raw_fd())).expect("verifier");
             let run = |frame: &[u8]| test_run(prog.as_raw_fd(), frame).unwrap();
             let rtp = b"\x80\x00\x00\x01\x00\x00\x00\xa0\x00\x00\x00\x01payload";
             let cases = [
@@ -275,6 +317,8 @@ mod tests {
                 ("192.0.2.9:4000", "192.0.2.1:19998", None, XDP_PASS),
                 ("192.0.2.9:4000", "192.0.2.1:21000", None, XDP_PASS),
                 ("[2001:db8::9]:4000", "[2001:db8::1]:21000", None, XDP_PASS),
+                // A port in the range that no stream has open.
+                ("192.0.2.9:4000", "192.0.2.1:20010", None, XDP_PASS),
             ];
             for (src, dst, vlan, want) in cases {
                 let frame = build(addr(src), addr(dst), vlan, rtp);

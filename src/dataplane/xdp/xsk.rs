@@ -343,19 +343,22 @@ impl Xsk {
             self.fill
                 .producer()
                 .store(fill_at.wrapping_add(n), Ordering::Release);
-            if self.fill.flags() & XDP_RING_NEED_WAKEUP != 0 {
-                // SAFETY: a zero-length non-blocking receive: only wakes the driver up.
-                unsafe {
-                    libc::recvfrom(
-                        self.fd.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        0,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    )
-                };
-            }
+        }
+        // The driver may have asked for a kick after our last refill, also when nothing came
+        // (one waiting for it would never fill the RX ring again).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.fill.flags() & XDP_RING_NEED_WAKEUP != 0 {
+            // SAFETY: a zero-length non-blocking receive: only wakes the driver up.
+            unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
         }
         n
     }
