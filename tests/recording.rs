@@ -595,15 +595,10 @@ fn drain_timeout_ends_remaining_calls() {
 /// is told the new main PID; the old process exits 0 once its call has ended.
 #[test]
 fn sigusr2_hands_the_sockets_to_a_new_process() {
-    let notify_dir = tempfile::tempdir().unwrap();
-    let notify_path = notify_dir.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let notify = Notify::new();
     let env = [
         ("DRAIN_TIMEOUT", "60"),
-        ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+        ("NOTIFY_SOCKET", notify.path.as_str()),
     ];
     let mut old = Server::start(63, &env);
     let ports = TestPorts::new(63);
@@ -624,7 +619,7 @@ fn sigusr2_hands_the_sockets_to_a_new_process() {
     old.signal(libc::SIGUSR2);
 
     // The old process hands systemd the new main PID once the new one serves.
-    let new = wait_mainpid(&notify, &old);
+    let new = wait_mainpid(&notify.socket, &old);
 
     // HTTP and SIP are the new process's now: its session list lacks the old call...
     let (status, body) = http_get(ports.http, "/api/sessions").unwrap();
@@ -827,13 +822,8 @@ fn takeover_with_no_running_server_starts_on_its_own() {
 /// process finishes the recording it left (marked interrupted), once it has gone.
 #[test]
 fn a_refused_takeover_and_a_killed_old_process_lose_nothing() {
-    let notify_dir = tempfile::tempdir().unwrap();
-    let notify_path = notify_dir.path().join("notify");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut server = Server::start(65, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let notify = Notify::new();
+    let mut server = Server::start(65, &[("NOTIFY_SOCKET", notify.path.as_str())]);
     let ports = TestPorts::new(65);
     let mut src = Src::new(ports.src_sip, ports.sip, "takeover-busy@127.0.0.1");
     let port = src.record_one(ports.src_rtp);
@@ -897,7 +887,7 @@ fn a_refused_takeover_and_a_killed_old_process_lose_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     server.signal(libc::SIGUSR2);
-    let new = wait_mainpid(&notify, &server);
+    let new = wait_mainpid(&notify.socket, &server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.log_text().contains("reading SIP now") {
         assert!(Instant::now() < deadline, "{}", server.log_text());
@@ -921,6 +911,30 @@ fn a_refused_takeover_and_a_killed_old_process_lose_nothing() {
         .expect("the killed process's recording finished by the new one");
     assert!(killed.contains("\"interrupted\": true"), "{killed}");
     new.stop();
+}
+
+/// A stand-in for systemd's notify socket ($NOTIFY_SOCKET), read with a short timeout.
+struct Notify {
+    _dir: tempfile::TempDir,
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+}
+
+impl Notify {
+    fn new() -> Notify {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        Notify {
+            _dir: dir,
+            socket,
+            path,
+        }
+    }
 }
 
 /// Waits for the MAINPID= a server sends when it hands over; the new process.

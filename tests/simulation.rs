@@ -231,19 +231,16 @@ fn explain(sent: &[Sent], arrivals: &[(u64, usize)], recording: &[i16], i: usize
     }
 }
 
-fn find(hay: &[i16], needle: &[i16]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-#[test]
-fn media_core_under_a_seeded_network() {
+/// Runs `simulate` on seeds 1..=`default` (`SIM_SEEDS=N` for more), or on `SIM_SEED` alone
+/// with its summary printed; a failing seed panics with the command that replays it.
+fn run_seeds(default: u64, test: &str, simulate: fn(u64) -> Result<String, String>) {
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
         Err(_) => {
             let n = std::env::var("SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(300);
+                .unwrap_or(default);
             (1..=n).collect()
         }
     };
@@ -251,11 +248,16 @@ fn media_core_under_a_seeded_network() {
         match simulate(seed) {
             Ok(summary) if std::env::var("SIM_SEED").is_ok() => eprintln!("seed {seed}: {summary}"),
             Ok(_) => {}
-            Err(e) => {
-                panic!("seed {seed}: {e}\nreplay: SIM_SEED={seed} cargo test --test simulation")
-            }
+            Err(e) => panic!(
+                "seed {seed}: {e}\nreplay: SIM_SEED={seed} cargo test --test simulation {test}"
+            ),
         }
     }
+}
+
+#[test]
+fn media_core_under_a_seeded_network() {
+    run_seeds(300, "media_core", simulate);
 }
 
 // --- The whole core -------------------------------------------------------------------------
@@ -271,6 +273,8 @@ fn media_core_under_a_seeded_network() {
 // its file where its timestamp puts it, or is counted as dropped (receiver, ring, timeline).
 
 mod common;
+
+use common::find;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -930,23 +934,5 @@ fn simulate_core(seed: u64) -> Result<String, String> {
 
 #[test]
 fn whole_core_under_a_seeded_network() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
-        Err(_) => {
-            let n = std::env::var("SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(40);
-            (1..=n).collect()
-        }
-    };
-    for seed in seeds {
-        match simulate_core(seed) {
-            Ok(summary) if std::env::var("SIM_SEED").is_ok() => eprintln!("seed {seed}: {summary}"),
-            Ok(_) => {}
-            Err(e) => panic!(
-                "seed {seed}: {e}\nreplay: SIM_SEED={seed} cargo test --test simulation whole_core"
-            ),
-        }
-    }
+    run_seeds(40, "whole_core", simulate_core);
 }

@@ -20,10 +20,47 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The veth pair and the namespace, removed on drop.
+/// A veth pair: `near` in this namespace, `far` in namespace `ns`, addressed in
+/// 10.`net`.x.0/24; removed on drop.
 struct Pair {
     ns: String,
     near: String,
+    far: String,
+    near_ip: Ipv4Addr,
+    far_ip: Ipv4Addr,
+}
+
+impl Pair {
+    /// Names start with `tag` and carry our pid, so parallel runs never meet.
+    fn new(tag: &str, net: u8) -> Pair {
+        let pid = std::process::id();
+        let subnet = (1 + pid % 200) as u8;
+        let pair = Pair {
+            ns: format!("s{tag}{pid}"),
+            near: format!("{tag}a{pid}"),
+            far: format!("{tag}b{pid}"),
+            near_ip: Ipv4Addr::new(10, net, subnet, 1),
+            far_ip: Ipv4Addr::new(10, net, subnet, 2),
+        };
+        let (ns, near, far) = (&pair.ns, &pair.near, &pair.far);
+        let (near_cidr, far_cidr) = (
+            format!("{}/24", pair.near_ip),
+            format!("{}/24", pair.far_ip),
+        );
+        for args in [
+            vec!["netns", "add", ns],
+            vec!["link", "add", near, "type", "veth", "peer", "name", far],
+            vec!["link", "set", far, "netns", ns],
+            vec!["addr", "add", &near_cidr, "dev", near],
+            vec!["link", "set", near, "up"],
+            vec!["-n", ns, "addr", "add", &far_cidr, "dev", far],
+            vec!["-n", ns, "link", "set", far, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            assert!(ip(&args), "ip {args:?}");
+        }
+        pair
+    }
 }
 
 impl Drop for Pair {
@@ -101,40 +138,9 @@ fn rtp_reaches_the_af_xdp_socket_and_the_rest_the_kernel() {
         eprintln!("skipped: AF_XDP on a veth pair needs root");
         return;
     }
-    let pid = std::process::id();
-    let pair = Pair {
-        ns: format!("sxdp{pid}"),
-        near: format!("xa{pid}"),
-    };
-    let far = format!("xb{pid}");
-    let subnet = 1 + pid % 200;
-    let (near_ip, far_ip) = (
-        Ipv4Addr::new(10, 77, subnet as u8, 1),
-        Ipv4Addr::new(10, 77, subnet as u8, 2),
-    );
-    let ns = pair.ns.clone();
-    let near = pair.near.clone();
-    for args in [
-        vec!["netns", "add", &ns],
-        vec!["link", "add", &near, "type", "veth", "peer", "name", &far],
-        vec!["link", "set", &far, "netns", &ns],
-        vec!["addr", "add", &format!("{near_ip}/24"), "dev", &near],
-        vec!["link", "set", &near, "up"],
-        vec![
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{far_ip}/24"),
-            "dev",
-            &far,
-        ],
-        vec!["-n", &ns, "link", "set", &far, "up"],
-        vec!["-n", &ns, "link", "set", "lo", "up"],
-    ] {
-        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-        assert!(ip(&args), "ip {args:?}");
-    }
+    let pair = Pair::new("x", 77);
+    let (ns, near, far) = (pair.ns.clone(), pair.near.clone(), pair.far.clone());
+    let (near_ip, far_ip) = (pair.near_ip, pair.far_ip);
 
     let map = sys::create_xskmap(1).unwrap();
     let filter = program::Filter {
@@ -274,39 +280,9 @@ fn a_call_is_recorded_through_af_xdp() {
     if Command::new("ethtool").arg("--version").output().is_err() {
         panic!("ethtool missing: run ./.ci/deps.sh");
     }
-    let pid = std::process::id();
-    let pair = Pair {
-        ns: format!("sxdr{pid}"),
-        near: format!("ya{pid}"),
-    };
-    let far = format!("yb{pid}");
-    let subnet = 1 + (pid + 100) % 200;
-    let (near_ip, far_ip) = (
-        Ipv4Addr::new(10, 78, subnet as u8, 1),
-        Ipv4Addr::new(10, 78, subnet as u8, 2),
-    );
-    let (ns, near) = (pair.ns.clone(), pair.near.clone());
-    for args in [
-        vec!["netns", "add", &ns],
-        vec!["link", "add", &near, "type", "veth", "peer", "name", &far],
-        vec!["link", "set", &far, "netns", &ns],
-        vec!["addr", "add", &format!("{near_ip}/24"), "dev", &near],
-        vec!["link", "set", &near, "up"],
-        vec![
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{far_ip}/24"),
-            "dev",
-            &far,
-        ],
-        vec!["-n", &ns, "link", "set", &far, "up"],
-        vec!["-n", &ns, "link", "set", "lo", "up"],
-    ] {
-        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-        assert!(ip(&args), "ip {args:?}");
-    }
+    let pair = Pair::new("y", 78);
+    let (ns, near, far) = (pair.ns.clone(), pair.near.clone(), pair.far.clone());
+    let (near_ip, far_ip) = (pair.near_ip, pair.far_ip);
     // A local sender's UDP checksums are left to the NIC; a veth leaves them unfinished.
     // Checksums are finished in software so the frames look like a real wire's.
     let off = Command::new("ethtool")

@@ -135,19 +135,16 @@ pub fn create_port_map() -> io::Result<OwnedFd> {
 
 /// Marks `port` open (or not) in the port map.
 pub fn set_port(map_fd: i32, port: u16, open: bool) -> io::Result<()> {
-    let (key, value) = (u32::from(port), u32::from(open));
-    let mut attr = MapUpdate {
-        map_fd: map_fd as u32,
-        key: &key as *const u32 as u64,
-        value: &value as *const u32 as u64,
-        ..Default::default()
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    update(map_fd, u32::from(port), u32::from(open))
 }
 
 /// Puts the AF_XDP socket `xsk_fd` in slot `queue` of the XSKMAP.
 pub fn set_xsk(map_fd: i32, queue: u32, xsk_fd: i32) -> io::Result<()> {
-    let (key, value) = (queue, xsk_fd as u32);
+    update(map_fd, queue, xsk_fd as u32)
+}
+
+/// `map[key] = value` for a map of u32 keys and values.
+fn update(map_fd: i32, key: u32, value: u32) -> io::Result<()> {
     let mut attr = MapUpdate {
         map_fd: map_fd as u32,
         key: &key as *const u32 as u64,

@@ -54,19 +54,7 @@ pub fn recover(root: &Path, now_rfc3339: &str) -> Vec<Recovered> {
             continue;
         };
         for session in sessions.flatten() {
-            let dir = session.path();
-            if !dir.is_dir() || dir.join("session.json").exists() {
-                continue;
-            }
-            match recover_session(&dir, now_rfc3339) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
-                Err(e) => {
-                    let e = pii::redact_in(&e.to_string(), &dir.display().to_string());
-                    tracing::error!(dir = %Pii(dir.display()), error = %e,
-                        "interrupted recording left as found")
-                }
-            }
+            finish_into(&session.path(), now_rfc3339, &mut out);
         }
     }
     out
@@ -78,20 +66,26 @@ pub fn recover(root: &Path, now_rfc3339: &str) -> Vec<Recovered> {
 pub fn recover_dirs(dirs: &[PathBuf], now_rfc3339: &str) -> Vec<Recovered> {
     let mut out = Vec::new();
     for dir in dirs {
-        if !dir.is_dir() || dir.join("session.json").exists() {
-            continue;
-        }
-        match recover_session(dir, now_rfc3339) {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {}
-            Err(e) => {
-                let e = pii::redact_in(&e.to_string(), &dir.display().to_string());
-                tracing::error!(dir = %Pii(dir.display()), error = %e,
-                    "interrupted recording left as found")
-            }
-        }
+        finish_into(dir, now_rfc3339, &mut out);
     }
     out
+}
+
+/// Finishes `dir` if it is a session directory without session.json; errors are logged and
+/// leave it as it was.
+fn finish_into(dir: &Path, now_rfc3339: &str, out: &mut Vec<Recovered>) {
+    if !dir.is_dir() || dir.join("session.json").exists() {
+        return;
+    }
+    match recover_session(dir, now_rfc3339) {
+        Ok(Some(r)) => out.push(r),
+        Ok(None) => {}
+        Err(e) => {
+            let e = pii::redact_in(&e.to_string(), &dir.display().to_string());
+            tracing::error!(dir = %Pii(dir.display()), error = %e,
+                "interrupted recording left as found")
+        }
+    }
 }
 
 fn recover_session(dir: &Path, now: &str) -> Result<Option<Recovered>, RecorderError> {
