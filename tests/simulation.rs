@@ -288,6 +288,7 @@ const MONO_BASE: u64 = 10_000_000_000;
 const SRS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 5060);
 
 /// What travels the simulated network.
+#[derive(Clone)]
 enum Datagram {
     /// SIP to the SRS from call `call`'s SRC, or back.
     Sip {
@@ -323,30 +324,7 @@ impl Net {
         for _ in 0..copies {
             let at = now + MS + rng.below(self.jitter.max(1));
             self.sent += 1;
-            let copy = match &datagram {
-                Datagram::Sip {
-                    to_srs,
-                    call,
-                    bytes,
-                } => Datagram::Sip {
-                    to_srs: *to_srs,
-                    call: *call,
-                    bytes: bytes.clone(),
-                },
-                Datagram::Rtp {
-                    call,
-                    stream,
-                    packet,
-                    port,
-                    bytes,
-                } => Datagram::Rtp {
-                    call: *call,
-                    stream: *stream,
-                    packet: *packet,
-                    port: *port,
-                    bytes: bytes.clone(),
-                },
-            };
+            let copy = datagram.clone();
             self.queue.insert((at, self.sent), copy);
         }
     }
