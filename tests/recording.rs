@@ -832,18 +832,8 @@ fn a_refused_takeover_and_a_killed_old_process_lose_nothing() {
     // Another "successor" holds the server's takeover socket and never says it is ready.
     let socket = server.recordings().join(".takeover.sock");
     let busy = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    let mut refused = std::process::Command::new(env!("CARGO_BIN_EXE_siprec"))
+    let mut refused = siprec_command(&ports, &server.recordings())
         .arg("--takeover")
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("SIP_HOST", "127.0.0.1")
-        .env("HTTP_HOST", "127.0.0.1")
-        .env("PORTS", ports.sip.to_string())
-        .env("HTTP_PORT", ports.http.to_string())
-        .env("RTP_PORT_MIN", ports.rtp_min.to_string())
-        .env("RTP_PORT_MAX", ports.rtp_max.to_string())
-        .env("RECORDING_DIR", server.recordings())
-        .env("STT_PROVIDER", "none")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

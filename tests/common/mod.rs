@@ -87,6 +87,31 @@ impl TestPorts {
     }
 }
 
+/// The server binary with a test's environment: `ports` on 127.0.0.1, recordings under
+/// `recordings`, no live transcription, the suite's data-plane backend.
+pub fn siprec_command(ports: &TestPorts, recordings: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprec"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("SIP_HOST", "127.0.0.1")
+        .env("HTTP_HOST", "127.0.0.1")
+        .env("PORTS", ports.sip.to_string())
+        .env("HTTP_PORT", ports.http.to_string())
+        .env("RTP_PORT_MIN", ports.rtp_min.to_string())
+        .env("RTP_PORT_MAX", ports.rtp_max.to_string())
+        .env("RECORDING_DIR", recordings)
+        .env("RECORDING_MIN_FREE_MB", "1")
+        .env("RTP_PORT_COOLDOWN", "0")
+        // Live transcription only where a test asks for it (tests/stt.rs).
+        .env("STT_PROVIDER", "none");
+    // The suite runs once per data-plane backend: .ci/test sets DATAPLANE_BACKEND.
+    if let Ok(backend) = std::env::var("DATAPLANE_BACKEND") {
+        cmd.env("DATAPLANE_BACKEND", backend);
+    }
+    cmd
+}
+
 /// A running server with its own recording directory; killed on drop.
 pub struct Server {
     pub child: Option<Child>,
@@ -107,28 +132,8 @@ impl Server {
         let log = dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let recordings = dir.path().join("recordings");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprec"));
-        cmd.args(args);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("SIP_HOST", "127.0.0.1")
-            .env("HTTP_HOST", "127.0.0.1")
-            .env("PORTS", ports.sip.to_string())
-            .env("HTTP_PORT", ports.http.to_string())
-            .env("RTP_PORT_MIN", ports.rtp_min.to_string())
-            .env("RTP_PORT_MAX", ports.rtp_max.to_string())
-            .env("RECORDING_DIR", &recordings)
-            .env("RECORDING_MIN_FREE_MB", "1")
-            .env("RTP_PORT_COOLDOWN", "0")
-            // Live transcription only where a test asks for it (tests/stt.rs).
-            .env("STT_PROVIDER", "none")
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        // The suite runs once per data-plane backend: .ci/test sets DATAPLANE_BACKEND.
-        if let Ok(backend) = std::env::var("DATAPLANE_BACKEND") {
-            cmd.env("DATAPLANE_BACKEND", backend);
-        }
+        let mut cmd = siprec_command(&ports, &recordings);
+        cmd.args(args).stdout(Stdio::null()).stderr(log_file);
         for (k, v) in env {
             cmd.env(k, v);
         }
