@@ -400,6 +400,11 @@ fn a_call_is_recorded_through_af_xdp() {
         metrics.contains("siprec_rtp_packets_received_total"),
         "metrics served"
     );
+    // The kernel's AF_XDP drop counters are exported; 50 packets/s never fill the ring.
+    assert!(
+        metrics.contains("siprec_dataplane_events_total{event=\"xdp_kernel_drop\"} 0"),
+        "{metrics}"
+    );
     // The RTP went around the kernel's UDP stack: the namespace's UDP counters saw the SIP
     // (a handful of datagrams), not the 100 RTP packets and the garbage.
     let snmp = Command::new("ip")

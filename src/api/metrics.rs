@@ -331,7 +331,7 @@ impl Metrics {
                 &r,
                 "dataplane_events_total",
                 "Data-plane receive events (io_uring re-arms, ENOBUFS, receive errors, \
-                 SRTP packets unprotected in lane groups)",
+                 SRTP packets unprotected in lane groups, frames AF_XDP dropped)",
                 &["event"],
             ),
             srtp_auth_failures: counter(
@@ -534,6 +534,11 @@ impl Metrics {
             &self.dataplane,
             &["receive_error"],
             s.dataplane.receive_errors,
+        );
+        follow(
+            &self.dataplane,
+            &["xdp_kernel_drop"],
+            s.dataplane.xdp_kernel_drops,
         );
         follow(
             &self.dataplane,

@@ -33,6 +33,7 @@ pub struct WorkerCounters {
     rearms: AtomicU64,
     no_buffers: AtomicU64,
     receive_errors: AtomicU64,
+    xdp_kernel_drops: AtomicU64,
     srtp_drops: AtomicU64,
     srtp_lane_packets: AtomicU64,
     stt_ring_full: AtomicU64,
@@ -51,6 +52,8 @@ pub struct CounterSnapshot {
     /// io_uring: completions that found the provided-buffer ring empty (ENOBUFS).
     pub no_buffers: u64,
     pub receive_errors: u64,
+    /// AF_XDP: frames the kernel dropped before our socket (RX ring full, no fill buffer).
+    pub xdp_kernel_drops: u64,
     /// SRTP/SRTCP packets that failed authentication, replay or parsing (per stream too).
     pub srtp_drops: u64,
     /// SRTP packets unprotected in lane groups (HMACs of several streams interleaved).
@@ -70,6 +73,7 @@ impl CounterSnapshot {
         self.rearms += o.rearms;
         self.no_buffers += o.no_buffers;
         self.receive_errors += o.receive_errors;
+        self.xdp_kernel_drops += o.xdp_kernel_drops;
         self.srtp_drops += o.srtp_drops;
         self.srtp_lane_packets += o.srtp_lane_packets;
         self.stt_ring_full += o.stt_ring_full;
@@ -89,6 +93,7 @@ impl WorkerCounters {
             rearms: l(&self.rearms),
             no_buffers: l(&self.no_buffers),
             receive_errors: l(&self.receive_errors),
+            xdp_kernel_drops: l(&self.xdp_kernel_drops),
             srtp_drops: l(&self.srtp_drops),
             srtp_lane_packets: l(&self.srtp_lane_packets),
             stt_ring_full: l(&self.stt_ring_full),
@@ -117,6 +122,7 @@ pub(super) struct Local {
     pub rearms: u64,
     pub no_buffers: u64,
     pub receive_errors: u64,
+    pub xdp_kernel_drops: u64,
     pub srtp_drops: u64,
     pub srtp_lane_packets: u64,
     pub stt_ring_full: u64,
@@ -487,6 +493,8 @@ impl Core {
         c.rearms.store(l.rearms, Ordering::Relaxed);
         c.no_buffers.store(l.no_buffers, Ordering::Relaxed);
         c.receive_errors.store(l.receive_errors, Ordering::Relaxed);
+        c.xdp_kernel_drops
+            .store(l.xdp_kernel_drops, Ordering::Relaxed);
         c.srtp_drops.store(l.srtp_drops, Ordering::Relaxed);
         c.srtp_lane_packets
             .store(l.srtp_lane_packets, Ordering::Relaxed);

@@ -8,6 +8,12 @@
 //! run — a floor: a bare recvmmsg receiver fed the same streams, so the server's cost is
 //! printed as a ratio to it. The sender reports its own lateness so a slow sender is never
 //! mistaken for a slow server.
+//!
+//! `--backend io_uring,epoll,af_xdp` runs the same load against each backend in turn and
+//! prints their costs side by side; `af_xdp` (or `--veth`) puts the server in a network
+//! namespace behind a veth pair, so the traffic crosses an interface the XDP program sits on.
+//! Besides the server's own CPU, the bench reports the box's softirq time per packet (where
+//! the kernel's receive path runs, charged to no process) and its own.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -62,6 +68,8 @@ enum Mode {
     /// (internal) The floor receiver: bind STREAMS sockets from BASE_PORT (step 2) and count
     /// datagrams with epoll + recvmmsg, doing nothing else. Prints the count on stdin close.
     Floor {
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
         #[arg(long)]
         base_port: u16,
         #[arg(long)]
@@ -102,9 +110,15 @@ struct RunArgs {
     spawn_http_port: u16,
     #[arg(long, default_value = "10000:29999")]
     spawn_rtp_range: String,
-    /// Data-plane backend for --spawn (auto, io_uring, epoll).
+    /// Data-plane backend for --spawn (auto, io_uring, epoll, af_xdp); a comma-separated
+    /// list runs the same load against each in turn and prints their costs side by side.
+    /// af_xdp implies --veth.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// With --spawn: run the server in a network namespace behind a veth pair (needs root),
+    /// so the traffic crosses an interface rather than loopback.
+    #[arg(long)]
+    veth: bool,
     /// Skip the floor receiver.
     #[arg(long)]
     no_floor: bool,
@@ -119,8 +133,12 @@ struct RunArgs {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Some(Mode::Floor { base_port, streams }) => {
-            floor(base_port, streams);
+        Some(Mode::Floor {
+            address,
+            base_port,
+            streams,
+        }) => {
+            floor(address, base_port, streams);
             return;
         }
         Some(Mode::Stt(args)) => {
@@ -320,8 +338,9 @@ fn invite(
             ),
         ),
     };
+    let ip = local.ip();
     let sdp = format!(
-        "v=0\r\no=bench {n} 1 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        "v=0\r\no=bench {n} 1 IN IP4 {ip}\r\ns=bench\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
 m=audio 9 {proto} {pt}\r\na=rtpmap:{pt} {codec}/8000\r\n{crypto}a=label:1\r\na=sendonly\r\n\
 m=audio 11 {proto} {pt}\r\na=rtpmap:{pt} {codec}/8000\r\n{crypto}a=label:2\r\na=sendonly\r\n"
     );
@@ -414,24 +433,335 @@ impl Drop for Spawned {
     }
 }
 
+/// What one backend's run measured.
+struct Run {
+    backend: String,
+    answered: usize,
+    streams: usize,
+    latencies: Vec<f64>,
+    window_s: f64,
+    packets: u64,
+    total_sent: u64,
+    received: Option<u64>,
+    lost: Option<u64>,
+    srtp_drops: Option<u64>,
+    late_avg_us: u64,
+    late_max_us: u64,
+    server_ns: Option<f64>,
+    softirq_ns: Option<f64>,
+    sender_ns: Option<f64>,
+    rss_per_call_kib: Option<f64>,
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
-    let pt: u8 = if args.codec.eq_ignore_ascii_case("pcma") {
+    let backends: Vec<String> = args
+        .backend
+        .split(',')
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if backends.is_empty() {
+        return Err("--backend names no backend".into());
+    }
+    let veth = args.veth || backends.iter().any(|b| b == "af_xdp");
+    if (veth || backends.len() > 1) && args.spawn.is_none() {
+        return Err("several backends, af_xdp and --veth need --spawn".into());
+    }
+    let _ = siprec::dataplane::raise_nofile_limit();
+    let net = if veth { Some(Net::new()?) } else { None };
+    let mut runs = Vec::new();
+    for backend in &backends {
+        runs.push(run_one(&args, backend, net.as_ref())?);
+    }
+
+    // The floor: a bare receiver fed the same number of streams at the same rate, on the
+    // same path. A spawned server is gone by now, so the floor can take its RTP range.
+    let pt = payload_type(&args.codec);
+    let streams = runs.iter().map(|r| r.streams).max().unwrap_or(0);
+    let floor_base = if args.spawn.is_some() { 10000 } else { 40000 };
+    let window = Duration::from_secs(args.duration.max(1));
+    let floor = if args.no_floor || streams == 0 {
+        None
+    } else {
+        floor_run(
+            floor_base,
+            streams,
+            args.ptime,
+            pt,
+            args.srtp,
+            window,
+            net.as_ref(),
+        )?
+    };
+    drop(net);
+
+    let network = if veth { "veth" } else { "loopback" };
+    let results: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|r| run_json(&args, r, floor, network))
+        .collect();
+    let result = if results.len() == 1 {
+        results[0].clone()
+    } else {
+        // Each backend's cost as a ratio to the first one's, measured in the same run.
+        let base = runs[0].server_ns;
+        let comparison: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "backend": r.backend,
+                    "server_cpu_ns_per_packet": r.server_ns,
+                    "softirq_ns_per_packet": r.softirq_ns,
+                    "ratio_to_first": match (r.server_ns, base) {
+                        (Some(s), Some(b)) if b > 0.0 => Some(s / b),
+                        _ => None,
+                    },
+                    "packets_lost_reported_by_server": r.lost,
+                })
+            })
+            .collect();
+        json!({ "network": network, "runs": results, "comparison": comparison })
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&result).unwrap_or_default()
+    );
+    if runs.len() > 1 {
+        eprintln!(
+            "\n{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
+            "backend", "server_ns", "softirq_ns", "sender_ns", "ratio", "lost"
+        );
+        let base = runs[0].server_ns.unwrap_or(0.0);
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        for r in &runs {
+            let ratio = r
+                .server_ns
+                .filter(|_| base > 0.0)
+                .map_or("-".to_owned(), |s| format!("{:.2}", s / base));
+            eprintln!(
+                "{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
+                r.backend,
+                show(r.server_ns),
+                show(r.softirq_ns),
+                show(r.sender_ns),
+                ratio,
+                r.lost.map_or("-".to_owned(), |l| l.to_string())
+            );
+        }
+    }
+    let path = args.json.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from(format!("perf/results/bench-{secs}.json"))
+    });
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&result).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+fn payload_type(codec: &str) -> u8 {
+    if codec.eq_ignore_ascii_case("pcma") {
         8
     } else {
         0
+    }
+}
+
+fn run_json(args: &RunArgs, r: &Run, floor: Option<f64>, network: &str) -> serde_json::Value {
+    let mut latencies = r.latencies.clone();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
     };
-    let _ = siprec::dataplane::raise_nofile_limit();
+    let ratio = match (r.server_ns, floor) {
+        (Some(s), Some(f)) if f > 0.0 => Some(s / f),
+        _ => None,
+    };
+    json!({
+        "calls": args.calls, "answered": r.answered, "failed": args.calls - r.answered,
+        "streams": r.streams, "ptime_ms": args.ptime, "codec": args.codec,
+        "backend": r.backend, "network": network,
+        "srtp": args.srtp, "srtp_drops_reported_by_server": r.srtp_drops,
+        "setup_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+        "window_s": r.window_s, "packets_sent_in_window": r.packets,
+        "packets_per_s": r.packets as f64 / r.window_s,
+        "packets_sent_total": r.total_sent, "packets_received_by_server": r.received,
+        "packets_lost_reported_by_server": r.lost,
+        "sender_lateness_us": {"avg": r.late_avg_us, "max": r.late_max_us},
+        "server_cpu_ns_per_packet": r.server_ns,
+        "softirq_ns_per_packet": r.softirq_ns,
+        "bench_cpu_ns_per_packet": r.sender_ns,
+        "floor_cpu_ns_per_packet": floor,
+        "server_to_floor_ratio": ratio,
+        "derived_streams_per_core": r.server_ns.map(|ns| 1e9 / (50.0 * ns)),
+        "server_rss_kib_per_call": r.rss_per_call_kib,
+    })
+}
+
+/// Box-wide softirq time (every CPU), ns: where the kernel's receive path runs.
+fn softirq_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    // cpu user nice system idle iowait irq softirq ...
+    let ticks: u64 = cpu.split_whitespace().nth(7)?.parse().ok()?;
+    // SAFETY: sysconf is a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+/// A veth pair with the server's end in a network namespace of its own, so traffic crosses
+/// a real (virtual) NIC that an XDP program can sit on; removed on drop.
+struct Net {
+    ns: String,
+    host_if: String,
+    server_if: String,
+    host_ip: std::net::Ipv4Addr,
+    server_ip: std::net::Ipv4Addr,
+}
+
+impl Net {
+    fn new() -> Result<Net, String> {
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("a veth pair and a network namespace (af_xdp, --veth) need root".into());
+        }
+        let pid = std::process::id();
+        let subnet = (1 + pid % 250) as u8;
+        let net = Net {
+            ns: format!("siprec-bench-{pid}"),
+            host_if: format!("sbh{pid}"),
+            server_if: format!("sbs{pid}"),
+            host_ip: std::net::Ipv4Addr::new(10, 253, subnet, 1),
+            server_ip: std::net::Ipv4Addr::new(10, 253, subnet, 2),
+        };
+        let (ns, host, server) = (&net.ns, &net.host_if, &net.server_if);
+        let host_cidr = format!("{}/24", net.host_ip);
+        let server_cidr = format!("{}/24", net.server_ip);
+        for args in [
+            vec!["netns", "add", ns],
+            vec!["link", "add", host, "type", "veth", "peer", "name", server],
+            vec!["link", "set", server, "netns", ns],
+            vec!["addr", "add", &host_cidr, "dev", host],
+            vec!["link", "set", host, "up"],
+            vec!["-n", ns, "addr", "add", &server_cidr, "dev", server],
+            vec!["-n", ns, "link", "set", server, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            let ok = Command::new("ip")
+                .args(&args)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!(
+                    "ip {} failed (iproute2 installed?)",
+                    args.join(" ")
+                ));
+            }
+        }
+        // A sender on this host leaves UDP checksums to the NIC and a veth never finishes
+        // them; finished in software they look like a wire's, which AF_XDP verifies.
+        let ok = Command::new("ethtool")
+            .args(["-K", host, "tx", "off"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!(
+                "ethtool -K {host} tx off failed (ethtool installed?)"
+            ));
+        }
+        Ok(net)
+    }
+
+    /// `cmd` run inside the namespace (`ip netns exec` execs it: same pid).
+    fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for args in [
+            vec!["link", "del", &self.host_if],
+            vec!["netns", "del", &self.ns],
+        ] {
+            let _ = Command::new("ip")
+                .args(&args)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Waits for the spawned server's `/health/ready` to answer 200.
+fn wait_ready(child: &mut Child, http: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(1))
+            .ok()
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                write!(s, "GET /health/ready HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                Some(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"))
+            });
+        if ready == Some(true) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the server exited at start-up: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the server was not ready within 30 s ({http})"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, String> {
+    let pt = payload_type(&args.codec);
+    let bind_ip: std::net::IpAddr = match net {
+        Some(n) => n.host_ip.into(),
+        None => [127, 0, 0, 1].into(),
+    };
     let mut spawned = None;
     let (target, pid) = match &args.spawn {
         Some(bin) => {
-            let dir = std::env::temp_dir().join(format!("siprec-bench-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("siprec-bench-{}-{backend}", std::process::id()));
             let (rtp_min, rtp_max) = args
                 .spawn_rtp_range
                 .split_once(':')
                 .ok_or("--spawn-rtp-range must be FIRST:LAST")?;
-            let child = Command::new(bin)
-                .env("SIP_HOST", "127.0.0.1")
-                .env("HTTP_HOST", "127.0.0.1")
+            let server_ip: std::net::IpAddr = match net {
+                Some(n) => n.server_ip.into(),
+                None => [127, 0, 0, 1].into(),
+            };
+            let mut command = match net {
+                Some(n) => n.command(bin),
+                None => Command::new(bin),
+            };
+            if let Some(n) = net {
+                command.env("DATAPLANE_XDP_INTERFACE", &n.server_if);
+            }
+            let mut child = command
+                .env("SIP_HOST", server_ip.to_string())
+                .env("HTTP_HOST", server_ip.to_string())
                 .env("PORTS", args.spawn_sip_port.to_string())
                 .env("HTTP_PORT", args.spawn_http_port.to_string())
                 .env("RTP_PORT_MIN", rtp_min)
@@ -439,7 +769,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .env("RECORDING_DIR", dir.join("rec"))
                 .env("MAX_CONCURRENT_CALLS", "100000")
                 .env("DATAPLANE_WORKERS", "1")
-                .env("DATAPLANE_BACKEND", &args.backend)
+                .env("DATAPLANE_BACKEND", backend)
                 // This bench measures the media path: speech recognition of its synthetic
                 // audio would take the cores and count in the CPU per packet
                 // (`siprec-bench stt` measures transcription).
@@ -450,20 +780,19 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .spawn()
                 .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
             let pid = child.id() as i32;
+            let ready = wait_ready(&mut child, SocketAddr::new(server_ip, args.spawn_http_port));
             spawned = Some(Spawned { child, dir });
-            std::thread::sleep(Duration::from_millis(700));
-            (
-                SocketAddr::from(([127, 0, 0, 1], args.spawn_sip_port)),
-                Some(pid),
-            )
+            ready.map_err(|e| format!("{backend}: {e}"))?;
+            eprintln!("{backend}: server {pid} ready on {server_ip}");
+            (SocketAddr::new(server_ip, args.spawn_sip_port), Some(pid))
         }
         None => (args.target, args.server_pid),
     };
-    let sip = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let sip = UdpSocket::bind((bind_ip, 0)).map_err(|e| e.to_string())?;
     sip.set_read_timeout(Some(Duration::from_millis(1)))
         .map_err(|e| e.to_string())?;
     let local = sip.local_addr().map_err(|e| e.to_string())?;
-    let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let rtp = UdpSocket::bind((bind_ip, 0)).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::default());
     let (stream_tx, stream_rx) = crossbeam_channel::unbounded();
     let sender_thread = {
@@ -563,9 +892,12 @@ fn run(args: RunArgs) -> Result<(), String> {
     // Steady state: warm up, then measure the server over the window.
     std::thread::sleep(Duration::from_secs(2));
     let window = Duration::from_secs(args.duration.max(1));
-    let (sent0, usage0, t0) = (
+    let me = std::process::id() as i32;
+    let (sent0, usage0, softirq0, self0, t0) = (
         shared.sent.load(Ordering::Relaxed),
         pid.and_then(proc_usage),
+        softirq_ns(),
+        proc_usage(me),
         Instant::now(),
     );
     shared.late_max_us.store(0, Ordering::Relaxed);
@@ -583,9 +915,11 @@ fn run(args: RunArgs) -> Result<(), String> {
         bar.set_message(format!("{pps:.0} packets/s sent"));
         bar.inc(1);
     }
-    let (sent1, usage1, elapsed) = (
+    let (sent1, usage1, softirq1, self1, elapsed) = (
         shared.sent.load(Ordering::Relaxed),
         pid.and_then(proc_usage),
+        softirq_ns(),
+        proc_usage(me),
         t0.elapsed(),
     );
     bar.finish();
@@ -593,10 +927,13 @@ fn run(args: RunArgs) -> Result<(), String> {
     let ticks = shared.ticks.load(Ordering::Relaxed).max(1);
     let late_avg_us = shared.late_sum_us.load(Ordering::Relaxed) / ticks;
     let late_max_us = shared.late_max_us.load(Ordering::Relaxed);
-    let server_ns_per_packet = match (usage0, usage1) {
-        (Some((c0, _)), Some((c1, _))) if packets > 0 => Some((c1 - c0) as f64 / packets as f64),
+    let per_packet = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if packets > 0 => Some(b.saturating_sub(a) as f64 / packets as f64),
         _ => None,
     };
+    let server_ns_per_packet = per_packet(usage0.map(|u| u.0), usage1.map(|u| u.0));
+    let softirq_ns_per_packet = per_packet(softirq0, softirq1);
+    let sender_ns_per_packet = per_packet(self0.map(|u| u.0), self1.map(|u| u.0));
     let rss_per_call_kib = match (idle, usage1) {
         (Some((_, r0)), Some((_, r1))) if answered > 0 => {
             Some(r1.saturating_sub(r0) as f64 / answered as f64)
@@ -651,64 +988,24 @@ fn run(args: RunArgs) -> Result<(), String> {
         srtp_drops = Some(d);
     }
     drop(spawned);
-
-    // The floor: a bare receiver fed the same number of streams at the same rate.
-    // A spawned server is gone by now, so the floor can take its RTP range.
-    let floor_base = if args.spawn.is_some() { 10000 } else { 40000 };
-    let floor_ns = if args.no_floor || streams == 0 {
-        None
-    } else {
-        floor_run(floor_base, streams, args.ptime, pt, args.srtp, window)?
-    };
-
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-    };
-    let ratio = match (server_ns_per_packet, floor_ns) {
-        (Some(s), Some(f)) if f > 0.0 => Some(s / f),
-        _ => None,
-    };
-    let capacity = server_ns_per_packet.map(|ns| 1e9 / (50.0 * ns));
-    let result = json!({
-        "calls": args.calls, "answered": answered, "failed": args.calls - answered,
-        "streams": streams, "ptime_ms": args.ptime, "codec": args.codec, "backend": args.backend,
-        "srtp": args.srtp, "srtp_drops_reported_by_server": srtp_drops,
-        "setup_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
-        "window_s": elapsed.as_secs_f64(), "packets_sent_in_window": packets,
-        "packets_per_s": packets as f64 / elapsed.as_secs_f64(),
-        "packets_sent_total": total_sent, "packets_received_by_server": received,
-        "packets_lost_reported_by_server": lost,
-        "sender_lateness_us": {"avg": late_avg_us, "max": late_max_us},
-        "server_cpu_ns_per_packet": server_ns_per_packet,
-        "floor_cpu_ns_per_packet": floor_ns,
-        "server_to_floor_ratio": ratio,
-        "derived_streams_per_core": capacity,
-        "server_rss_kib_per_call": rss_per_call_kib,
-    });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&result).unwrap_or_default()
-    );
-    let path = args.json.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        PathBuf::from(format!("perf/results/bench-{secs}.json"))
-    });
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&result).unwrap_or_default(),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    eprintln!("results written to {}", path.display());
-    Ok(())
+    Ok(Run {
+        backend: backend.to_owned(),
+        answered,
+        streams,
+        latencies,
+        window_s: elapsed.as_secs_f64(),
+        packets,
+        total_sent,
+        received,
+        lost,
+        srtp_drops,
+        late_avg_us,
+        late_max_us,
+        server_ns: server_ns_per_packet,
+        softirq_ns: softirq_ns_per_packet,
+        sender_ns: sender_ns_per_packet,
+        rss_per_call_kib,
+    })
 }
 
 /// Runs the floor receiver as a child process, feeds it `streams` streams for `window`, and
@@ -720,11 +1017,22 @@ fn floor_run(
     pt: u8,
     srtp: bool,
     window: Duration,
+    net: Option<&Net>,
 ) -> Result<Option<f64>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
+    let (from, to): (std::net::IpAddr, std::net::IpAddr) = match net {
+        Some(n) => (n.host_ip.into(), n.server_ip.into()),
+        None => ([127, 0, 0, 1].into(), [127, 0, 0, 1].into()),
+    };
+    let mut command = match net {
+        Some(n) => n.command(&exe),
+        None => Command::new(exe),
+    };
+    let mut child = command
         .args([
             "floor",
+            "--address",
+            &to.to_string(),
             "--base-port",
             &base.to_string(),
             "--streams",
@@ -736,12 +1044,12 @@ fn floor_run(
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
     let pid = child.id() as i32;
-    let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let rtp = UdpSocket::bind((from, 0)).map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared::default());
     let (tx, rx) = crossbeam_channel::unbounded();
     let list = (0..streams)
         .map(|i| TxStream {
-            dest: SocketAddr::from(([127, 0, 0, 1], base + 2 * i as u16)),
+            dest: SocketAddr::new(to, base + 2 * i as u16),
             ssrc: i as u32,
             pt,
             seq: 0,
@@ -770,12 +1078,12 @@ fn floor_run(
 }
 
 /// The floor receiver: epoll + recvmmsg over `streams` sockets, counting, nothing else.
-fn floor(base_port: u16, streams: usize) {
+fn floor(address: std::net::IpAddr, base_port: u16, streams: usize) {
     use std::os::fd::AsRawFd;
     let _ = siprec::dataplane::raise_nofile_limit();
     let sockets: Vec<UdpSocket> = (0..streams)
         .filter_map(|i| {
-            let s = UdpSocket::bind(("127.0.0.1", base_port + 2 * i as u16)).ok()?;
+            let s = UdpSocket::bind((address, base_port + 2 * i as u16)).ok()?;
             s.set_nonblocking(true).ok()?;
             Some(s)
         })

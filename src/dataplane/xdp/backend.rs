@@ -23,7 +23,13 @@ pub struct XdpBackend {
     ports_fd: std::os::fd::RawFd,
     /// Slot + 1 of the stream whose RTP port is the index; 0: none.
     slots: Box<[u32]>,
+    /// Polls since the kernel's drop counters were last read.
+    polls: u32,
 }
+
+/// The socket's kernel counters are read every this many polls (a getsockopt; a poll is a
+/// drained batch or a wait of up to WAIT_MS).
+const STATISTICS_EVERY: u32 = 256;
 
 impl XdpBackend {
     pub(in crate::dataplane) fn new(batch: usize, x: &WorkerXdp) -> io::Result<XdpBackend> {
@@ -42,6 +48,7 @@ impl XdpBackend {
             xsk,
             ports_fd: x.ports_fd,
             slots: vec![0; 1 << 16].into_boxed_slice(),
+            polls: 0,
         })
     }
 
@@ -78,6 +85,15 @@ impl Backend for XdpBackend {
         // commands: a stream opened just before its first packet came is there to take it
         // (the kernel path gets this for free, its socket holding the datagram meanwhile).
         self.drain(core);
+        self.polls += 1;
+        if self.polls >= STATISTICS_EVERY {
+            self.polls = 0;
+            // Frames the kernel could not hand us: our RX ring was full, or the fill ring
+            // had no chunk. Cumulative per socket, and the socket is this worker's only one.
+            if let Ok(s) = self.xsk.statistics() {
+                core.local.xdp_kernel_drops = s.rx_dropped + s.rx_ring_full;
+            }
+        }
         // Waits (up to WAIT_MS) on the kernel sockets and the AF_XDP socket alike.
         self.kernel.poll(core);
     }
