@@ -310,6 +310,7 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
         batch_size: config.dataplane.batch_size,
         cores,
         sqpoll: config.dataplane.sqpoll,
+        coalesce: Duration::from_micros(u64::from(config.dataplane.coalesce_us)),
         xdp: config.dataplane.xdp_interface.clone().map(|interface| {
             dataplane::xdp::XdpSettings {
                 interface,
@@ -620,9 +621,15 @@ async fn control_plane(
         let addr = SocketAddr::new(config.sip.host, port);
         let socket = match take_inherited(&mut inherited, ListenerKind::SipUdp, addr) {
             Some(fd) => UdpSocket::from_std(nonblocking(std::net::UdpSocket::from(fd))?)?,
-            None => UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind SIP UDP {addr}"))?,
+            None => {
+                let socket = UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind SIP UDP {addr}"))?;
+                // A burst of INVITEs (an SBC failing its calls over to us) must queue, not
+                // drop, while the control plane is busy: 4 MiB, capped by net.core.rmem_max.
+                let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(SIP_UDP_RCVBUF);
+                socket
+            }
         };
         let socket = Arc::new(socket);
         let listener = match take_inherited(&mut inherited, ListenerKind::SipTcp, addr) {
@@ -1355,6 +1362,9 @@ fn spawn_amqp(
 
 /// How long a process that handed over drains its calls when `MAX_CALL_DURATION` does not
 /// bound them: the ports no longer stand in anyone's way.
+/// Receive buffer asked for each SIP UDP socket.
+const SIP_UDP_RCVBUF: usize = 4 << 20;
+
 const TAKEOVER_DRAIN_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a SIP message goes instead of our transaction layer: to the predecessor when it is

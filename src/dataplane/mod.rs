@@ -74,6 +74,8 @@ pub struct DataplaneSettings {
     pub cores: Vec<Option<usize>>,
     /// io_uring: a kernel thread polls each worker's submission queue (`DATAPLANE_SQPOLL`).
     pub sqpoll: bool,
+    /// Sleep after a poll that handled packets, so the next takes a batch (0 = none).
+    pub coalesce: std::time::Duration,
     /// AF_XDP: where and what to take off the NIC (with `BackendChoice::AfXdp`).
     pub xdp: Option<xdp::XdpSettings>,
 }
@@ -184,6 +186,7 @@ impl Dataplane {
                 report_tx.clone(),
                 heartbeat_ns.clone(),
                 counters.clone(),
+                settings.coalesce,
             );
             let batch = settings.batch_size;
             let sqpoll = settings.sqpoll;

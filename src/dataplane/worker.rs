@@ -17,6 +17,8 @@ use super::{mono_now_ns, Command, Report, StreamSockets};
 pub(super) const DATAGRAM_MAX: usize = 2048;
 /// Longest sleep waiting for packets: bounds command latency and heartbeat staleness.
 pub(super) const WAIT_MS: u32 = 10;
+/// Packets in one poll beyond which the worker is behind and does not coalesce.
+const COALESCE_BACKLOG: u64 = 512;
 /// Stats publication period.
 const REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -222,6 +224,7 @@ pub(super) struct Core {
     frame: Box<MediaFrame>,
     last_report_ns: u64,
     next_generation: u32,
+    coalesce: std::time::Duration,
 }
 
 impl Core {
@@ -232,6 +235,7 @@ impl Core {
         reports: crossbeam_channel::Sender<Report>,
         heartbeat_ns: Arc<AtomicU64>,
         counters: Arc<WorkerCounters>,
+        coalesce: std::time::Duration,
     ) -> Core {
         Core {
             index,
@@ -247,6 +251,7 @@ impl Core {
             frame: Box::new(MediaFrame::empty()),
             last_report_ns: 0,
             next_generation: 1,
+            coalesce,
         }
     }
 
@@ -256,8 +261,18 @@ impl Core {
             if !self.apply_commands(backend) {
                 break;
             }
+            let before = self.local.packets;
             backend.poll(&mut self);
             self.publish(mono_now_ns());
+            // Interrupt moderation in user space: while packets flow, a short sleep lets the
+            // next poll take them as a batch instead of waking once per packet or two (a
+            // wake-up costs more than handling a packet). The kernel holds them meanwhile
+            // (socket buffers, the provided-buffer ring, the AF_XDP ring). A poll that found
+            // a backlog goes straight on.
+            let handled = self.local.packets - before;
+            if handled > 0 && handled < COALESCE_BACKLOG && !self.coalesce.is_zero() {
+                std::thread::sleep(self.coalesce);
+            }
         }
         // Close every stream so the backend releases what it registered.
         let keys: Vec<StreamKey> = self.by_key.keys().copied().collect();

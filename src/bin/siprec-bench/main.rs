@@ -448,6 +448,8 @@ struct Run {
     late_avg_us: u64,
     late_max_us: u64,
     server_ns: Option<f64>,
+    /// The server's CPU per packet by thread kind (rx, recorder, …).
+    threads_ns: Vec<(String, f64)>,
     softirq_ns: Option<f64>,
     sender_ns: Option<f64>,
     rss_per_call_kib: Option<f64>,
@@ -511,6 +513,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 json!({
                     "backend": r.backend,
                     "server_cpu_ns_per_packet": r.server_ns,
+                    "rx_ns_per_packet": rx_ns(r),
                     "softirq_ns_per_packet": r.softirq_ns,
                     "ratio_to_first": match (r.server_ns, base) {
                         (Some(s), Some(b)) if b > 0.0 => Some(s / b),
@@ -528,9 +531,10 @@ fn run(args: RunArgs) -> Result<(), String> {
     );
     if runs.len() > 1 {
         eprintln!(
-            "\n{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
-            "backend", "server_ns", "softirq_ns", "sender_ns", "ratio", "lost"
+            "\n{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>10} {:>8}",
+            "backend", "server_ns", "ratio", "rx_ns", "rx_ratio", "softirq_ns", "sender_ns", "lost"
         );
+        let base_rx = rx_ns(&runs[0]).unwrap_or(0.0);
         let base = runs[0].server_ns.unwrap_or(0.0);
         let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         for r in &runs {
@@ -538,13 +542,19 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .server_ns
                 .filter(|_| base > 0.0)
                 .map_or("-".to_owned(), |s| format!("{:.2}", s / base));
+            let rx = rx_ns(r);
+            let rx_ratio = rx
+                .filter(|_| base_rx > 0.0)
+                .map_or("-".to_owned(), |s| format!("{:.2}", s / base_rx));
             eprintln!(
-                "{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
+                "{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>10} {:>8}",
                 r.backend,
                 show(r.server_ns),
+                ratio,
+                show(rx),
+                rx_ratio,
                 show(r.softirq_ns),
                 show(r.sender_ns),
-                ratio,
                 r.lost.map_or("-".to_owned(), |l| l.to_string())
             );
         }
@@ -566,6 +576,44 @@ fn run(args: RunArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("results written to {}", path.display());
     Ok(())
+}
+
+/// The receive workers' CPU per packet: the part a data-plane backend changes.
+fn rx_ns(r: &Run) -> Option<f64> {
+    r.threads_ns
+        .iter()
+        .find(|(kind, _)| kind == "rx")
+        .map(|(_, ns)| *ns)
+}
+
+/// CPU time (ns) of `pid`'s threads summed by kind: the thread's name without a trailing
+/// `-N` (`rx-0`, `rx-1` → `rx`).
+fn thread_usage(pid: i32) -> std::collections::HashMap<String, u64> {
+    // SAFETY: sysconf is a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut out = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some((name_end, after))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = &name_end[open + 1..];
+        let kind = match name.rsplit_once('-') {
+            Some((head, n)) if n.chars().all(|c| c.is_ascii_digit()) => head,
+            _ => name,
+        };
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        *out.entry(kind.to_owned()).or_insert(0) += ticks * 1_000_000_000 / hz;
+    }
+    out
 }
 
 fn payload_type(codec: &str) -> u8 {
@@ -600,6 +648,9 @@ fn run_json(args: &RunArgs, r: &Run, floor: Option<f64>, network: &str) -> serde
         "packets_lost_reported_by_server": r.lost,
         "sender_lateness_us": {"avg": r.late_avg_us, "max": r.late_max_us},
         "server_cpu_ns_per_packet": r.server_ns,
+        "server_threads_cpu_ns_per_packet": r.threads_ns.iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
         "softirq_ns_per_packet": r.softirq_ns,
         "bench_cpu_ns_per_packet": r.sender_ns,
         "floor_cpu_ns_per_packet": floor,
@@ -607,6 +658,27 @@ fn run_json(args: &RunArgs, r: &Run, floor: Option<f64>, network: &str) -> serde
         "derived_streams_per_core": r.server_ns.map(|ns| 1e9 / (50.0 * ns)),
         "server_rss_kib_per_call": r.rss_per_call_kib,
     })
+}
+
+/// An 8 MiB receive buffer, past net.core.rmem_max when we may (root), else what it allows.
+fn big_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a c_int option value of the stated length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }
 
 /// Box-wide softirq time (every CPU), ns: where the kernel's receive path runs.
@@ -789,6 +861,8 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
         None => (args.target, args.server_pid),
     };
     let sip = UdpSocket::bind((bind_ip, 0)).map_err(|e| e.to_string())?;
+    // Answers to a burst of INVITEs queue here while the sender has the cores.
+    big_receive_buffer(&sip);
     sip.set_read_timeout(Some(Duration::from_millis(1)))
         .map_err(|e| e.to_string())?;
     let local = sip.local_addr().map_err(|e| e.to_string())?;
@@ -893,6 +967,7 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
     std::thread::sleep(Duration::from_secs(2));
     let window = Duration::from_secs(args.duration.max(1));
     let me = std::process::id() as i32;
+    let threads0 = pid.map(thread_usage).unwrap_or_default();
     let (sent0, usage0, softirq0, self0, t0) = (
         shared.sent.load(Ordering::Relaxed),
         pid.and_then(proc_usage),
@@ -922,6 +997,7 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
         proc_usage(me),
         t0.elapsed(),
     );
+    let threads1 = pid.map(thread_usage).unwrap_or_default();
     bar.finish();
     let packets = sent1 - sent0;
     let ticks = shared.ticks.load(Ordering::Relaxed).max(1);
@@ -934,6 +1010,15 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
     let server_ns_per_packet = per_packet(usage0.map(|u| u.0), usage1.map(|u| u.0));
     let softirq_ns_per_packet = per_packet(softirq0, softirq1);
     let sender_ns_per_packet = per_packet(self0.map(|u| u.0), self1.map(|u| u.0));
+    let mut threads_ns: Vec<(String, f64)> = threads1
+        .iter()
+        .filter_map(|(kind, &ns)| {
+            let before = threads0.get(kind).copied().unwrap_or(0);
+            Some((kind.clone(), per_packet(Some(before), Some(ns))?))
+        })
+        .filter(|(_, ns)| *ns >= 1.0)
+        .collect();
+    threads_ns.sort_by(|a, b| b.1.total_cmp(&a.1));
     let rss_per_call_kib = match (idle, usage1) {
         (Some((_, r0)), Some((_, r1))) if answered > 0 => {
             Some(r1.saturating_sub(r0) as f64 / answered as f64)
@@ -1002,6 +1087,7 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
         late_avg_us,
         late_max_us,
         server_ns: server_ns_per_packet,
+        threads_ns,
         softirq_ns: softirq_ns_per_packet,
         sender_ns: sender_ns_per_packet,
         rss_per_call_kib,
