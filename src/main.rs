@@ -276,7 +276,10 @@ fn run(config: Config, source: ConfigSource, lifecycle: Lifecycle) -> anyhow::Re
     let mut producers = Vec::with_capacity(workers);
     let mut consumers = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (p, c) = siprec::ring::channel(config.dataplane.ring_slots);
+        let (p, c) = siprec::ring::channel_filled(
+            config.dataplane.ring_slots,
+            siprec::media::MediaFrame::empty(),
+        );
         producers.push(p);
         consumers.push(c);
     }
@@ -465,7 +468,10 @@ fn start_stt(
     let mut producers = Vec::with_capacity(workers);
     let mut consumers = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let (p, c) = siprec::ring::channel(config.dataplane.ring_slots);
+        let (p, c) = siprec::ring::channel_filled(
+            config.dataplane.ring_slots,
+            siprec::media::MediaFrame::empty(),
+        );
         producers.push(Some(p));
         consumers.push(c);
     }

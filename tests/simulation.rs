@@ -439,8 +439,10 @@ fn simulate_core(seed: u64) -> Result<String, String> {
     });
     let mut tsx = TransactionLayer::new(Default::default());
     let mut ports = SimPorts(PortPool::new(20000, 20999, 0));
-    let (mut ring, consumer) = siprec::ring::channel(ring_slots);
-    let (mut stt_ring, _stalled_stt) = siprec::ring::channel(64);
+    // Filled rings written in place, as the data plane's are.
+    let empty = siprec::media::MediaFrame::empty();
+    let (mut ring, consumer) = siprec::ring::channel_filled(ring_slots, empty);
+    let (mut stt_ring, _stalled_stt) = siprec::ring::channel_filled(64, empty);
     let (handle, mut rec) = recorder::stepped(
         RecorderConfig {
             combine_legs: false,
@@ -677,10 +679,10 @@ fn simulate_core(seed: u64) -> Result<String, String> {
                         .is_ok()
                     {
                         loop {
-                            if stt_ring.push(frame.clone()).is_err() {
+                            if !stt_ring.push_in_place(|slot| slot.copy_from(&frame)) {
                                 stt_drops += 1;
                             }
-                            if ring.push(frame.clone()).is_err() {
+                            if !ring.push_in_place(|slot| slot.copy_from(&frame)) {
                                 ring_drops += 1;
                                 *counted.entry((call, stream)).or_default() += 1;
                             }

@@ -171,9 +171,8 @@ fn deliver(
         .handle_packet_from(now, source, packet, frame)
     {
         Ok(()) => loop {
-            // We purposely copy the frame into the ring slot rather than box it: no
-            // allocation.
-            if out.recorder.push(frame.clone()).is_err() {
+            // The frame is copied into the ring slot (no allocation), its valid part only.
+            if !out.recorder.push_in_place(|slot| slot.copy_from(frame)) {
                 stream.receiver.count_ring_full();
                 local.ring_full += 1;
             }
@@ -182,7 +181,7 @@ fn deliver(
                 .as_mut()
                 .filter(|_| stream.receiver.params().transcribe)
             {
-                if stt.push(frame.clone()).is_err() {
+                if !stt.push_in_place(|slot| slot.copy_from(frame)) {
                     local.stt_ring_full += 1;
                 }
             }

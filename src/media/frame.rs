@@ -21,7 +21,7 @@ pub struct StreamKey {
 /// `arrival_ns` (monotonic clock, read once per receive batch) for the first packet of each
 /// `ssrc_epoch`, and the extended RTP timestamp for every later packet of that epoch, so
 /// reordering, loss and jitter resolve by placement (see `docs/recording.md`).
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct MediaFrame {
     pub key: StreamKey,
     /// Monotonic nanoseconds at which the batch holding this packet was received.
@@ -43,6 +43,19 @@ const _: () = assert!(std::mem::size_of::<MediaFrame>() <= 2048);
 impl MediaFrame {
     pub fn pcm(&self) -> &[i16] {
         &self.samples[..self.len as usize]
+    }
+
+    /// Makes `self` equal to `other` where it counts: the header and the `len` valid
+    /// samples, not the whole buffer (a ring slot updated in place).
+    pub fn copy_from(&mut self, other: &MediaFrame) {
+        self.key = other.key;
+        self.arrival_ns = other.arrival_ns;
+        self.ext_ts = other.ext_ts;
+        self.ssrc_epoch = other.ssrc_epoch;
+        self.sample_rate = other.sample_rate;
+        self.len = other.len;
+        let n = other.len as usize;
+        self.samples[..n].copy_from_slice(&other.samples[..n]);
     }
 }
 

@@ -14,16 +14,33 @@ use std::sync::Arc;
 
 /// Creates a ring holding up to `capacity` values (rounded up to a power of two).
 pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    make(capacity, MaybeUninit::uninit, false)
+}
+
+/// A ring whose every slot starts as a copy of `fill`, for `Producer::push_in_place`: a
+/// producer that changes part of a large value writes only that part (a 20 ms G.711 frame is
+/// 320 bytes of a ~2 KiB slot). Every slot is written here, so the ring's memory is resident
+/// from the start, a fixed pool rather than pages faulted in under load.
+pub fn channel_filled<T: Copy + Send>(capacity: usize, fill: T) -> (Producer<T>, Consumer<T>) {
+    make(capacity, || MaybeUninit::new(fill), true)
+}
+
+fn make<T: Send>(
+    capacity: usize,
+    slot: impl Fn() -> MaybeUninit<T>,
+    filled: bool,
+) -> (Producer<T>, Consumer<T>) {
     assert!(capacity > 0, "ring capacity must be positive");
     let capacity = capacity.next_power_of_two();
     let slots = (0..capacity)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .map(|_| UnsafeCell::new(slot()))
         .collect::<Vec<_>>()
         .into_boxed_slice();
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(0)),
         tail: CachePadded(AtomicUsize::new(0)),
         mask: capacity - 1,
+        filled,
         slots,
     });
     (
@@ -67,6 +84,8 @@ struct Shared<T> {
     /// Next index to write; written by the producer only.
     tail: CachePadded<AtomicUsize>,
     mask: usize,
+    /// Every slot holds an initialised value at all times (`channel_filled`, `T: Copy`).
+    filled: bool,
     slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
 }
 
@@ -98,6 +117,35 @@ impl<T: Send> Producer<T> {
     /// Number of values the ring can hold.
     pub fn capacity(&self) -> usize {
         self.shared.mask + 1
+    }
+}
+
+impl<T: Copy + Send> Producer<T> {
+    /// Lets `f` update the next slot in place, then publishes it; false when the ring is full
+    /// (the caller counts the drop). The slot holds whatever was last written to it, so `f`
+    /// must set every part the consumer reads. Rings from `channel_filled` only.
+    pub fn push_in_place(&mut self, f: impl FnOnce(&mut T)) -> bool {
+        assert!(
+            self.shared.filled,
+            "push_in_place needs a ring from channel_filled"
+        );
+        let capacity = self.shared.mask + 1;
+        if self.tail.wrapping_sub(self.head_cache) == capacity {
+            // Acquire: the consumer's reads of the slots it released happen before our writes.
+            self.head_cache = self.shared.head.0.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.head_cache) == capacity {
+                return false;
+            }
+        }
+        let slot = &self.shared.slots[self.tail & self.shared.mask];
+        // SAFETY: the slot is outside [head, tail), so the consumer does not access it. It
+        // was initialised by `channel_filled` and stays so: a `Copy` value has no drop, and
+        // the consumer's reads (`pop`, `pop_with`) leave its bytes in place.
+        f(unsafe { (*slot.get()).assume_init_mut() });
+        self.tail = self.tail.wrapping_add(1);
+        // Release: the slot write above becomes visible before the consumer sees the new tail.
+        self.shared.tail.0.store(self.tail, Ordering::Release);
+        true
     }
 }
 
@@ -237,6 +285,28 @@ mod tests {
         assert_eq!(c.pop_with(|v| v.0), Some(2));
         assert_eq!(c.pop_with(|v| v.0), None);
         assert_eq!(Arc::strong_count(&marker), 1);
+    }
+
+    /// A filled ring updated in place: the consumer sees each push's writes, in order, and a
+    /// full ring refuses without calling the closure.
+    #[test]
+    fn push_in_place_on_a_filled_ring() {
+        let (mut p, mut c) = channel_filled::<[u32; 4]>(2, [7; 4]);
+        assert!(p.push_in_place(|v| v[0] = 1));
+        assert!(p.push_in_place(|v| v[1] = 2));
+        assert!(!p.push_in_place(|_| unreachable!("full")));
+        assert_eq!(c.pop(), Some([1, 7, 7, 7]));
+        assert_eq!(c.pop_with(|v| *v), Some([7, 2, 7, 7]));
+        // The slot keeps what was last written there.
+        assert!(p.push_in_place(|v| v[2] = 3));
+        assert_eq!(c.pop(), Some([1, 7, 3, 7]));
+    }
+
+    #[test]
+    #[should_panic(expected = "channel_filled")]
+    fn push_in_place_refuses_an_unfilled_ring() {
+        let (mut p, _c) = channel::<u32>(2);
+        p.push_in_place(|v| *v = 1);
     }
 
     /// Values still in the ring are dropped with it (no leak).
