@@ -45,6 +45,7 @@ fn check_run(v: &serde_json::Value) {
     // Packets sent after the BYE are not counted by the server; everything before is.
     assert!(received * 10 >= sent * 8, "{v}");
     assert_eq!(v["packets_lost_reported_by_server"], 0, "{v}");
+    assert_eq!(v["packets_dropped_ring_full"], 0, "{v}");
     assert!(v["server_cpu_ns_per_packet"].as_f64().unwrap() > 0.0);
 }
 

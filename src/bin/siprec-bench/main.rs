@@ -12,8 +12,9 @@
 //! `--backend io_uring,epoll,af_xdp` runs the same load against each backend in turn and
 //! prints their costs side by side; `af_xdp` (or `--veth`) puts the server in a network
 //! namespace behind a veth pair, so the traffic crosses an interface the XDP program sits on.
-//! Besides the server's own CPU, the bench reports the box's softirq time per packet (where
-//! the kernel's receive path runs, charged to no process) and its own.
+//! Besides the server's own CPU (in total and per thread kind: `rx` is the receive workers,
+//! the part a backend changes), the JSON has the box's softirq time per packet (where the
+//! kernel's receive path runs; tick-sampled, so noisy on a VM) and the bench's own CPU.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -444,6 +445,8 @@ struct Run {
     total_sent: u64,
     received: Option<u64>,
     lost: Option<u64>,
+    /// Packets the server received but could not hand to its recorder (ring full).
+    ring_full: Option<u64>,
     srtp_drops: Option<u64>,
     late_avg_us: u64,
     late_max_us: u64,
@@ -520,6 +523,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                         _ => None,
                     },
                     "packets_lost_reported_by_server": r.lost,
+                    "packets_dropped_ring_full": r.ring_full,
                 })
             })
             .collect();
@@ -531,8 +535,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     );
     if runs.len() > 1 {
         eprintln!(
-            "\n{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>10} {:>8}",
-            "backend", "server_ns", "ratio", "rx_ns", "rx_ratio", "softirq_ns", "sender_ns", "lost"
+            "\n{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>8} {:>10}",
+            "backend", "server_ns", "ratio", "rx_ns", "rx_ratio", "sender_ns", "lost", "ring_full"
         );
         let base_rx = rx_ns(&runs[0]).unwrap_or(0.0);
         let base = runs[0].server_ns.unwrap_or(0.0);
@@ -547,15 +551,15 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .filter(|_| base_rx > 0.0)
                 .map_or("-".to_owned(), |s| format!("{:.2}", s / base_rx));
             eprintln!(
-                "{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>10} {:>8}",
+                "{:<10} {:>10} {:>7} {:>8} {:>10} {:>10} {:>8} {:>10}",
                 r.backend,
                 show(r.server_ns),
                 ratio,
                 show(rx),
                 rx_ratio,
-                show(r.softirq_ns),
                 show(r.sender_ns),
-                r.lost.map_or("-".to_owned(), |l| l.to_string())
+                r.lost.map_or("-".to_owned(), |l| l.to_string()),
+                r.ring_full.map_or("-".to_owned(), |l| l.to_string())
             );
         }
     }
@@ -646,6 +650,7 @@ fn run_json(args: &RunArgs, r: &Run, floor: Option<f64>, network: &str) -> serde
         "packets_per_s": r.packets as f64 / r.window_s,
         "packets_sent_total": r.total_sent, "packets_received_by_server": r.received,
         "packets_lost_reported_by_server": r.lost,
+        "packets_dropped_ring_full": r.ring_full,
         "sender_lateness_us": {"avg": r.late_avg_us, "max": r.late_max_us},
         "server_cpu_ns_per_packet": r.server_ns,
         "server_threads_cpu_ns_per_packet": r.threads_ns.iter()
@@ -1041,35 +1046,53 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
     // What the server received and recorded, from session.json (spawned servers only).
     let mut received = None;
     let mut lost = None;
+    let mut ring_full = None;
     let mut srtp_drops = None;
     if let Some(s) = &spawned {
-        std::thread::sleep(Duration::from_secs(2));
-        let (mut r, mut l, mut d) = (0u64, 0u64, 0u64);
-        for day in std::fs::read_dir(s.dir.join("rec"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for session in std::fs::read_dir(day.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let Ok(text) = std::fs::read_to_string(session.path().join("session.json")) else {
-                    continue;
-                };
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                for st in v["streams"].as_array().into_iter().flatten() {
-                    r += st["rtp"]["audio_packets"].as_u64().unwrap_or(0);
-                    l += st["rtp"]["lost"].as_u64().unwrap_or(0);
-                    for k in ["srtp_auth_failures", "srtp_replays", "srtp_malformed"] {
-                        d += st["rtp"][k].as_u64().unwrap_or(0);
-                    }
+        // session.json is written when a recording closes: wait for every call's (a loaded
+        // recorder closes thousands of them over a few seconds).
+        let session_files = || -> Vec<PathBuf> {
+            let days = std::fs::read_dir(s.dir.join("rec")).into_iter().flatten();
+            days.flatten()
+                .flat_map(|day| {
+                    std::fs::read_dir(day.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|session| session.path().join("session.json"))
+                .filter(|path| path.exists())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while session_files().len() < answered && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let (mut r, mut l, mut d, mut f) = (0u64, 0u64, 0u64, 0u64);
+        let files = session_files();
+        if files.len() < answered {
+            eprintln!(
+                "{backend}: {} of {answered} session.json files after 30 s",
+                files.len()
+            );
+        }
+        for path in files {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for st in v["streams"].as_array().into_iter().flatten() {
+                r += st["rtp"]["audio_packets"].as_u64().unwrap_or(0);
+                l += st["rtp"]["lost"].as_u64().unwrap_or(0);
+                f += st["rtp"]["ring_full"].as_u64().unwrap_or(0);
+                for k in ["srtp_auth_failures", "srtp_replays", "srtp_malformed"] {
+                    d += st["rtp"][k].as_u64().unwrap_or(0);
                 }
             }
         }
         received = Some(r);
         lost = Some(l);
+        ring_full = Some(f);
         srtp_drops = Some(d);
     }
     drop(spawned);
@@ -1083,6 +1106,7 @@ fn run_one(args: &RunArgs, backend: &str, net: Option<&Net>) -> Result<Run, Stri
         total_sent,
         received,
         lost,
+        ring_full,
         srtp_drops,
         late_avg_us,
         late_max_us,

@@ -292,6 +292,7 @@ fn new_recorder(
         next_commit_ns: 0,
         next_patch_ns: 0,
         shutdown_requested: false,
+        scratch_ids: Vec::new(),
     };
     let handle = RecorderHandle {
         commands: command_tx,
@@ -322,6 +323,7 @@ struct Recorder {
     next_commit_ns: u64,
     next_patch_ns: u64,
     shutdown_requested: bool,
+    scratch_ids: Vec<u64>,
 }
 
 impl Recorder {
@@ -340,7 +342,11 @@ impl Recorder {
 
     /// One turn of the loop at `now`.
     fn step(&mut self, now: u64) -> Turn {
-        let commands = self.drain_commands();
+        // One per turn: opening a session's files takes a millisecond or, when ext4 looks for
+        // a free inode among many recently deleted ones, hundreds; calls set up by the hundred
+        // must not keep the rings undrained meanwhile (a ring holds 20 ms at 200,000
+        // packets/s). A frame of a session still queued pulls its command forward.
+        let commands = self.drain_commands(COMMANDS_PER_TURN);
         if self.shutdown_requested {
             return Turn::Shutdown;
         }
@@ -381,10 +387,13 @@ impl Recorder {
         }
     }
 
-    /// Handles every queued command; returns whether there was any.
-    fn drain_commands(&mut self) -> bool {
+    /// Handles up to `max` queued commands, in order; returns whether there was any.
+    fn drain_commands(&mut self, max: usize) -> bool {
         let mut any = false;
-        while !self.shutdown_requested {
+        for _ in 0..max {
+            if self.shutdown_requested {
+                break;
+            }
             match self.commands.try_recv() {
                 Ok(command) => {
                     any = true;
@@ -496,8 +505,8 @@ impl Recorder {
         if !self.knows(frame.key) && !self.shutdown_requested {
             // The control plane sends StartSession (or AddStream) before the data plane pushes
             // the stream's first frame, but this thread may have polled the command channel in
-            // between: look again.
-            self.drain_commands();
+            // between, or not reached it yet: take commands, in order, until it is known.
+            while !self.knows(frame.key) && self.drain_commands(1) {}
         }
         let stream = self
             .sessions
@@ -531,13 +540,19 @@ impl Recorder {
         let target = now.saturating_sub(self.commit_delay_ns);
         let mut failed = Vec::new();
         let mut reports = Vec::new();
-        for (id, recording) in self.sessions.iter_mut() {
+        let ids = self.session_ids();
+        for (k, id) in ids.iter().enumerate() {
+            self.drain_between_sessions(k);
+            let Some(recording) = self.sessions.get_mut(id) else {
+                continue;
+            };
             if let Err(e) = recording.commit_to(target) {
                 failed.push((*id, e));
             } else if let Some(report) = recording.activity_report(false) {
                 reports.push(report);
             }
         }
+        self.scratch_ids = ids;
         for report in reports {
             self.emit(report);
         }
@@ -547,12 +562,35 @@ impl Recorder {
     fn patch_all(&mut self) {
         let sync = self.config.fsync == FsyncPolicy::Periodic;
         let mut failed = Vec::new();
-        for (id, recording) in self.sessions.iter_mut() {
+        let ids = self.session_ids();
+        for (k, id) in ids.iter().enumerate() {
+            self.drain_between_sessions(k);
+            let Some(recording) = self.sessions.get_mut(id) else {
+                continue;
+            };
             if let Err(e) = recording.checkpoint(sync) {
                 failed.push((*id, e));
             }
         }
+        self.scratch_ids = ids;
         self.fail_all(failed);
+    }
+
+    /// The open sessions' ids, in the reused scratch vector (give it back when done).
+    fn session_ids(&mut self) -> Vec<u64> {
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.sessions.keys().copied());
+        ids
+    }
+
+    /// A pass over thousands of sessions (file writes, header patches) takes longer than a
+    /// ring holds at full rate (4,096 slots are 20 ms at 200,000 packets/s): the rings are
+    /// drained every `SESSIONS_PER_DRAIN` sessions so they never fill meanwhile.
+    fn drain_between_sessions(&mut self, k: usize) {
+        if k > 0 && k.is_multiple_of(SESSIONS_PER_DRAIN) {
+            self.drain_rings(FRAMES_PER_RING_BATCH);
+        }
     }
 
     fn finalize_due(&mut self, now: u64) {
@@ -563,7 +601,8 @@ impl Recorder {
             .filter_map(|(id, s)| s.end_ns.map(|end| (*id, end)))
             .filter(|(_, end)| now >= end.saturating_add(delay))
             .collect();
-        for (id, end_ns) in due {
+        for (k, (id, end_ns)) in due.into_iter().enumerate() {
+            self.drain_between_sessions(k);
             let recording = self.sessions.remove(&id).expect("id taken from the map");
             self.close(recording, end_ns);
         }
@@ -1048,6 +1087,12 @@ const COMMIT_BACKLOG_WAIT_NS: u64 = 500 * NANOS_PER_MS;
 /// Frames popped from one ring per iteration, so that one busy worker can't starve the others
 /// or the commands.
 const FRAMES_PER_RING_BATCH: usize = 256;
+
+/// Commands handled per turn of the loop, between ring drains.
+const COMMANDS_PER_TURN: usize = 1;
+
+/// Sessions committed or patched between two ring drains in a pass over all of them.
+const SESSIONS_PER_DRAIN: usize = 32;
 
 /// Frames popped from one ring at shutdown, to take what is queued without chasing a producer
 /// that never stops.
