@@ -97,21 +97,34 @@ unsafe impl<T: Send> Sync for Shared<T> {}
 impl<T: Send> Producer<T> {
     /// Appends `value`, or gives it back when the ring is full (the caller counts the drop).
     pub fn push(&mut self, value: T) -> Result<(), T> {
+        let Some(slot) = self.next_free() else {
+            return Err(value);
+        };
+        // SAFETY: the slot is outside [head, tail), so the consumer does not access it.
+        unsafe { (*slot.get()).write(value) };
+        self.publish();
+        Ok(())
+    }
+
+    /// The slot the next value goes to, if the ring has room.
+    fn next_free(&mut self) -> Option<&UnsafeCell<MaybeUninit<T>>> {
         let capacity = self.shared.mask + 1;
         if self.tail.wrapping_sub(self.head_cache) == capacity {
             // Acquire: the consumer's reads of the slots it released happen before our writes.
             self.head_cache = self.shared.head.0.load(Ordering::Acquire);
             if self.tail.wrapping_sub(self.head_cache) == capacity {
-                return Err(value);
+                return None;
             }
         }
-        let slot = &self.shared.slots[self.tail & self.shared.mask];
-        // SAFETY: the slot is outside [head, tail), so the consumer does not access it.
-        unsafe { (*slot.get()).write(value) };
+        Some(&self.shared.slots[self.tail & self.shared.mask])
+    }
+
+    /// Hands the slot `next_free` gave to the consumer.
+    fn publish(&mut self) {
         self.tail = self.tail.wrapping_add(1);
-        // Release: the slot write above becomes visible before the consumer sees the new tail.
+        // Release: the slot write before this becomes visible before the consumer sees the
+        // new tail.
         self.shared.tail.0.store(self.tail, Ordering::Release);
-        Ok(())
     }
 
     /// Number of values the ring can hold.
@@ -129,22 +142,14 @@ impl<T: Copy + Send> Producer<T> {
             self.shared.filled,
             "push_in_place needs a ring from channel_filled"
         );
-        let capacity = self.shared.mask + 1;
-        if self.tail.wrapping_sub(self.head_cache) == capacity {
-            // Acquire: the consumer's reads of the slots it released happen before our writes.
-            self.head_cache = self.shared.head.0.load(Ordering::Acquire);
-            if self.tail.wrapping_sub(self.head_cache) == capacity {
-                return false;
-            }
-        }
-        let slot = &self.shared.slots[self.tail & self.shared.mask];
+        let Some(slot) = self.next_free() else {
+            return false;
+        };
         // SAFETY: the slot is outside [head, tail), so the consumer does not access it. It
         // was initialised by `channel_filled` and stays so: a `Copy` value has no drop, and
         // the consumer's reads (`pop`, `pop_with`) leave its bytes in place.
         f(unsafe { (*slot.get()).assume_init_mut() });
-        self.tail = self.tail.wrapping_add(1);
-        // Release: the slot write above becomes visible before the consumer sees the new tail.
-        self.shared.tail.0.store(self.tail, Ordering::Release);
+        self.publish();
         true
     }
 }
