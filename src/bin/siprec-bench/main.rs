@@ -405,11 +405,7 @@ fn in_dialog(
 /// (utime + stime) of `pid` in nanoseconds, and its RSS in KiB.
 fn proc_usage(pid: i32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf is a plain query.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let cpu_ns = stat_cpu_ns(&stat)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()
@@ -417,7 +413,22 @@ fn proc_usage(pid: i32) -> Option<(u64, u64)> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Some((ticks * 1_000_000_000 / hz, rss))
+    Some((cpu_ns, rss))
+}
+
+/// utime + stime, in ns, from a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` line.
+fn stat_cpu_ns(stat: &str) -> Option<u64> {
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks_to_ns(ticks))
+}
+
+/// Clock ticks (`_SC_CLK_TCK`, as /proc counts CPU time) in nanoseconds.
+fn ticks_to_ns(ticks: u64) -> u64 {
+    // SAFETY: sysconf is a plain query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
 }
 
 struct Spawned {
@@ -593,8 +604,6 @@ fn rx_ns(r: &Run) -> Option<f64> {
 /// CPU time (ns) of `pid`'s threads summed by kind: the thread's name without a trailing
 /// `-N` (`rx-0`, `rx-1` → `rx`).
 fn thread_usage(pid: i32) -> std::collections::HashMap<String, u64> {
-    // SAFETY: sysconf is a plain query.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let mut out = std::collections::HashMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -604,7 +613,9 @@ fn thread_usage(pid: i32) -> std::collections::HashMap<String, u64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some((name_end, after))) = (stat.find('('), stat.rsplit_once(')')) else {
+        let (Some(open), Some((name_end, _)), Some(ns)) =
+            (stat.find('('), stat.rsplit_once(')'), stat_cpu_ns(&stat))
+        else {
             continue;
         };
         let name = &name_end[open + 1..];
@@ -612,10 +623,7 @@ fn thread_usage(pid: i32) -> std::collections::HashMap<String, u64> {
             Some((head, n)) if n.chars().all(|c| c.is_ascii_digit()) => head,
             _ => name,
         };
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        *out.entry(kind.to_owned()).or_insert(0) += ticks * 1_000_000_000 / hz;
+        *out.entry(kind.to_owned()).or_insert(0) += ns;
     }
     out
 }
@@ -692,9 +700,7 @@ fn softirq_ns() -> Option<u64> {
     let cpu = stat.lines().next()?;
     // cpu user nice system idle iowait irq softirq ...
     let ticks: u64 = cpu.split_whitespace().nth(7)?.parse().ok()?;
-    // SAFETY: sysconf is a plain query.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ticks * 1_000_000_000 / hz)
+    Some(ticks_to_ns(ticks))
 }
 
 /// A veth pair with the server's end in a network namespace of its own, so traffic crosses
