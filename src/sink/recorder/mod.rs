@@ -603,7 +603,11 @@ impl Recorder {
             .collect();
         for (k, (id, end_ns)) in due.into_iter().enumerate() {
             self.drain_between_sessions(k);
-            let recording = self.sessions.remove(&id).expect("id taken from the map");
+            // A drain may have handled a command that failed the session (an AddStream that
+            // could not create its file): it is closed and reported already.
+            let Some(recording) = self.sessions.remove(&id) else {
+                continue;
+            };
             self.close(recording, end_ns);
         }
     }
@@ -658,7 +662,10 @@ impl Recorder {
 
     fn fail_all(&mut self, failed: Vec<(u64, RecorderError)>) {
         for (id, e) in failed {
-            let recording = self.sessions.remove(&id).expect("id taken from the map");
+            // Gone when a drain during the pass failed it already (see `finalize_due`).
+            let Some(recording) = self.sessions.remove(&id) else {
+                continue;
+            };
             self.fail(recording, e);
         }
     }
